@@ -1,0 +1,229 @@
+"""Integer arithmetic of the ``fixed_pt`` models: the one definition.
+
+The ``fixed_pt`` ProcessModels call these functions step by step, and the
+integer golden model (:func:`run_layer`) calls the same functions over a
+whole window, so there is exactly one definition of every rounding.
+
+Number formats
+--------------
+state
+    Membranes hold ``v = round(A / sigma * 2**STATE_FRAC_BITS)`` as signed
+    24-bit integers: one unit of the neuron's own scale ``sigma`` is 65536
+    LSBs and the headroom is 128 sigma. Every write saturates to
+    ``[-STATE_MAX, STATE_MAX]`` (symmetric, so negating all inputs negates all
+    outputs) and the number of saturated elements is counted, never wrapped.
+weights
+    8-bit signed mantissas ``k`` in ``[-127, 127]`` with one exponent ``e``
+    per postsynaptic layer: the weight in state units is ``k * 2**(e+1)``.
+    Lava's ``Dense`` in MIXED sign mode keeps 8-bit weights with the LSB
+    dropped, so Dense holds ``2k`` (an even number) and computes ``2k . s``
+    exactly. Dense's own ``weight_exp`` stays 0 because its ``floating_pt``
+    model ignores it; the postsynaptic neuron applies ``e`` instead, so both
+    tags see identical synaptic currents.
+gains
+    The integration weight ``B**-j`` of input step ``j`` is the 12-bit
+    fraction ``G_j = round(B**-j * 4096)`` (Loihi's decay convention).
+thresholds
+    ``theta_m = max(1, round(c_B * B**-m * 2**16))``. Where ``c_B * B**-m``
+    drops below one LSB the table stays at 1, so the integer neuron resolves
+    only :func:`resolvable_steps` of the T steps (all of them for the
+    usual (B, T) = (1.15, 40) or (1.4, 16); fewer for e.g. B = 2, T = 64).
+
+Rounding
+--------
+:func:`round_shift` divides by a power of two rounding half away from zero.
+Products are formed in int64 before the shift; only the shifted result is
+stored in 24-bit state.
+"""
+import typing as ty
+
+import numpy as np
+
+from lava_spiked.phase import threshold_factor
+from lava_spiked.validation import check_base, check_finite, check_steps
+
+STATE_BITS = 24
+STATE_MAX = (1 << (STATE_BITS - 1)) - 1
+STATE_FRAC_BITS = 16
+GAIN_FRAC_BITS = 12
+WEIGHT_MANT_MAX = 127
+SPIKE_PAYLOAD_BITS = 2  # graded spike payload: the sign, -1 or +1
+
+
+def round_shift(x: ty.Any, n: int) -> np.ndarray:
+    """Return ``x / 2**n`` rounded half away from zero (``x * 2**-n`` for
+    ``n <= 0``, which is exact)."""
+    x = np.asarray(x, dtype=np.int64)
+    if n <= 0:
+        return x << -n
+    magnitude = (np.abs(x) + (1 << (n - 1))) >> n
+    return np.sign(x) * magnitude
+
+
+def saturate(x: ty.Any) -> ty.Tuple[np.ndarray, int]:
+    """Clip ``x`` to the signed 24-bit state range.
+
+    Returns
+    -------
+    clipped : numpy.ndarray of int64
+    n_saturated : int
+        How many elements were out of range.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    out = np.clip(x, -STATE_MAX, STATE_MAX)
+    return out, int(np.count_nonzero(out != x))
+
+
+def to_state(x_norm: ty.Any) -> ty.Tuple[np.ndarray, int]:
+    """Convert values in units of sigma to saturated state integers."""
+    x = check_finite("x", x_norm) * (1 << STATE_FRAC_BITS)
+    # Clip before the integer cast so huge inputs count as saturated instead
+    # of overflowing int64.
+    limit = float(STATE_MAX + 1)
+    rounded = np.sign(x) * np.floor(np.abs(np.clip(x, -limit, limit)) + 0.5)
+    return saturate(rounded.astype(np.int64))
+
+
+def gain_table(B: float, T: int) -> np.ndarray:
+    """Return ``G_j = round(B**-j * 2**GAIN_FRAC_BITS)`` for ``j < T``."""
+    B, T = check_base(B), check_steps(T)
+    g = B ** -np.arange(T, dtype=np.float64) * (1 << GAIN_FRAC_BITS)
+    return np.floor(g + 0.5).astype(np.int64)
+
+
+def threshold_table(B: float, T: int) -> np.ndarray:
+    """Return ``theta_m = max(1, round(c_B * B**-m * 2**STATE_FRAC_BITS))``."""
+    B, T = check_base(B), check_steps(T)
+    th = threshold_factor(B) * B ** -np.arange(T, dtype=np.float64) \
+        * (1 << STATE_FRAC_BITS)
+    return np.maximum(1, np.floor(th + 0.5)).astype(np.int64)
+
+
+def resolvable_steps(B: float, T: int) -> int:
+    """Number of fire steps the integer neuron can tell apart (<= T)."""
+    return int(np.unique(threshold_table(B, T)).size)
+
+
+def quantize_weights(*weights: ty.Any) -> ty.Tuple[ty.List[np.ndarray], int]:
+    """Quantise weight matrices that feed one layer to 8-bit mantissas.
+
+    Parameters
+    ----------
+    *weights : array_like
+        Matrices in normalised units: the value a +1 spike adds to the
+        postsynaptic ``A / sigma_post`` (presynaptic sigma already folded in).
+        All matrices feeding one layer share one exponent, because the
+        postsynaptic neuron applies it to their summed current.
+
+    Returns
+    -------
+    dense_weights : list of numpy.ndarray of int32
+        ``2k`` for Lava's Dense, one per input matrix.
+    weight_exp : int
+        Exponent ``e``: weight (normalised) = ``2k * 2**(e - STATE_FRAC_BITS)``.
+    """
+    mats = [check_finite("weights", w) * (1 << STATE_FRAC_BITS)
+            for w in weights]
+    largest = max((float(np.abs(m).max(initial=0.0)) for m in mats),
+                  default=0.0)
+    # Smallest e with largest / 2**(e+1) <= 127, so no mantissa clips.
+    exp = 0 if largest == 0 else \
+        int(np.ceil(np.log2(largest / WEIGHT_MANT_MAX))) - 1
+    while largest / 2.0 ** (exp + 1) > WEIGHT_MANT_MAX:  # log2 rounding
+        exp += 1
+    dense = []
+    for m in mats:
+        k = m / 2.0 ** (exp + 1)
+        k = np.sign(k) * np.floor(np.abs(k) + 0.5)
+        dense.append((2 * np.clip(k, -WEIGHT_MANT_MAX, WEIGHT_MANT_MAX))
+                     .astype(np.int32))
+    return dense, exp
+
+
+def dequantize_weights(dense_weights: ty.Any, weight_exp: int) -> np.ndarray:
+    """Normalised weights that the quantised mantissas stand for."""
+    return np.asarray(dense_weights, dtype=np.float64) * \
+        2.0 ** (weight_exp - STATE_FRAC_BITS)
+
+
+def dense_current(dense_weights: np.ndarray, spikes: np.ndarray) -> np.ndarray:
+    """Synaptic current of Lava's Dense (weight_exp 0): ``W . s``."""
+    return np.asarray(dense_weights, dtype=np.int64) @ \
+        np.asarray(spikes, dtype=np.int64)
+
+
+def integrate(v: np.ndarray, a_in: ty.Any, gain: int,
+              weight_exp: int) -> ty.Tuple[np.ndarray, int]:
+    """One input-window step: ``v + round(a_in * 2**e * G_j / 4096)``.
+
+    Returns the saturated state and the number of saturated elements.
+    """
+    a_in = np.asarray(a_in, dtype=np.int64)
+    return saturate(np.asarray(v, dtype=np.int64) +
+                    round_shift(a_in * gain, GAIN_FRAC_BITS - weight_exp))
+
+
+def fire(v: np.ndarray, threshold: int, unipolar: bool) -> np.ndarray:
+    """Spike signs (-1, 0, +1) of state ``v`` against one threshold."""
+    v = np.asarray(v, dtype=np.int64)
+    up = v >= threshold
+    if unipolar:
+        return up.astype(np.int64)
+    return up.astype(np.int64) - (v <= -threshold).astype(np.int64)
+
+
+def first_spike(v: np.ndarray, thresholds: np.ndarray,
+                unipolar: bool) -> ty.Tuple[np.ndarray, np.ndarray]:
+    """Fire step (-1 if silent) and sign of a membrane held through a fire
+    window, applying :func:`fire` at every step."""
+    step = np.full(np.shape(v), -1, dtype=np.int64)
+    sign = np.zeros(np.shape(v), dtype=np.int64)
+    for m, threshold in enumerate(thresholds):
+        s = fire(v, int(threshold), unipolar) * (step < 0)
+        step[s != 0] = m
+        sign += s
+    return step, sign
+
+
+class IntegerLayer(ty.NamedTuple):
+    """Result of :func:`run_layer`: final state, spikes, saturation count."""
+
+    v: np.ndarray
+    step: np.ndarray
+    sign: np.ndarray
+    n_saturated: int
+
+
+def run_layer(in_steps: ty.Sequence[np.ndarray],
+              in_signs: ty.Sequence[np.ndarray],
+              dense_weights: ty.Sequence[np.ndarray], weight_exp: int,
+              bias_norm: ty.Any, B: float, T: int,
+              unipolar: bool = False) -> IntegerLayer:
+    """Integer golden model of one phase layer over its two windows.
+
+    Parameters
+    ----------
+    in_steps, in_signs : sequence of numpy.ndarray
+        For each input population, spike steps relative to this layer's input
+        window (-1 = none) and signs.
+    dense_weights : sequence of numpy.ndarray
+        Dense mantissas ``2k`` from :func:`quantize_weights`, one per input.
+    weight_exp : int
+        Their shared exponent.
+    bias_norm : array_like
+        Bias in units of this layer's sigma.
+    B, T : float, int
+        Code parameters.
+    unipolar : bool
+        ReLU neuron.
+    """
+    gains, thresholds = gain_table(B, T), threshold_table(B, T)
+    v, n_sat = to_state(np.broadcast_to(
+        bias_norm, (np.shape(dense_weights[0])[0],)))
+    for j in range(T):
+        a_in = sum(dense_current(w, s * (m == j))
+                   for w, m, s in zip(dense_weights, in_steps, in_signs))
+        v, n = integrate(v, a_in, int(gains[j]), weight_exp)
+        n_sat += n
+    step, sign = first_spike(v, thresholds, unipolar)
+    return IntegerLayer(v, step, sign, n_sat)

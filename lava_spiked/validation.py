@@ -1,0 +1,98 @@
+"""Argument checks shared by the golden models and the Lava processes.
+
+Every check raises ``ValueError`` whose message names the parameter, the bad
+value and the accepted range, so a wrong call fails before anything is built.
+"""
+import typing as ty
+
+import numpy as np
+
+
+def check_base(B: float) -> float:
+    """Return ``B`` as a float if it is a valid phase-coding base, 1 < B <= 2.
+
+    B = 1 would give every step the same weight (no code at all); B > 2 would
+    leave gaps between the levels B**-m that no sum of spikes can reach.
+    """
+    try:
+        value = float(B)
+    except (TypeError, ValueError):
+        raise ValueError(f"B must be a number in (1, 2], got {B!r}") from None
+    if not (1.0 < value <= 2.0):
+        raise ValueError(f"B must be in (1, 2], got {B!r}")
+    return value
+
+
+def check_steps(T: int) -> int:
+    """Return ``T`` if it is a valid window length: an integer >= 2."""
+    if isinstance(T, (bool, np.bool_)) or not isinstance(T, (int, np.integer)):
+        raise ValueError(f"T must be an integer >= 2, got {T!r}")
+    if T < 2:
+        raise ValueError(f"T must be an integer >= 2, got {T}")
+    return int(T)
+
+
+def check_start(start: int, name: str = "start") -> int:
+    """Return ``start`` if it is a non-negative integer time step."""
+    if isinstance(start, (bool, np.bool_)) or \
+            not isinstance(start, (int, np.integer)) or start < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {start!r}")
+    return int(start)
+
+
+def check_period(period: int, T: int) -> int:
+    """Return ``period``: 0 (one sample) or the >= 2T steps between samples."""
+    period = check_start(period, "period")
+    if period and period < 2 * T:
+        raise ValueError(
+            f"period must be 0 (a single sample) or >= 2*T = {2 * T} so "
+            f"that integration and firing windows do not overlap, got {period}")
+    return period
+
+
+def check_finite(name: str, value: ty.Any) -> np.ndarray:
+    """Return ``value`` as a float64 array, refusing NaN and inf."""
+    arr = np.asarray(value, dtype=np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN or infinite value(s) "
+            f"(first at index {tuple(int(i) for i in np.argwhere(bad)[0])}); "
+            "phase coding needs finite numbers")
+    return arr
+
+
+def check_scale(name: str, value: ty.Any,
+                shape: ty.Tuple[int, ...]) -> np.ndarray:
+    """Return a positive, finite scale broadcast to ``shape``."""
+    arr = check_finite(name, value)
+    if (arr <= 0).any():
+        raise ValueError(f"{name} must be > 0 everywhere, got min {arr.min()}")
+    return broadcast(name, arr, shape)
+
+
+def broadcast(name: str, value: ty.Any,
+              shape: ty.Tuple[int, ...]) -> np.ndarray:
+    """Broadcast ``value`` to ``shape`` or raise a ValueError naming it."""
+    arr = np.asarray(value, dtype=np.float64)
+    try:
+        return np.broadcast_to(arr, shape).copy()
+    except ValueError:
+        raise ValueError(
+            f"{name} has shape {arr.shape}, which does not broadcast to the "
+            f"layer shape {shape}") from None
+
+
+def check_shape(shape: ty.Any) -> ty.Tuple[int, ...]:
+    """Return ``shape`` as a tuple of positive ints."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        out = tuple(int(n) for n in shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple of positive integers, "
+                         f"got {shape!r}") from None
+    if not out or any(n <= 0 for n in out):
+        raise ValueError(f"shape must be a tuple of positive integers, "
+                         f"got {shape!r}")
+    return out

@@ -1,0 +1,148 @@
+# Copyright (C) 2026 lava-spiked contributors
+# SPDX-License-Identifier: BSD-3-Clause
+"""ProcessModels of :class:`lava_spiked.processes.PhaseNeuron`."""
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from lava_spiked import fixed
+from lava_spiked.phase import threshold_factor
+from lava_spiked.proc_models import register, window_step
+from lava_spiked.processes.phase_neuron import PhaseNeuron
+
+
+class AbstractPhaseNeuronModel(PyLoihiProcessModel):
+    """Window logic shared by the float and fixed PhaseNeuron models; the
+    subclasses supply the arithmetic."""
+
+    a_in = s_out = v = fired = bias = scale = sat_count = stray_count = None
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.B, self.T = proc_params["B"], proc_params["T"]
+        self.window_start = proc_params["start"]
+        self.period = proc_params["period"]
+        self.weight_exp = proc_params["weight_exp"]
+        self.unipolar = proc_params["unipolar"]
+        self.readout = proc_params["readout"]
+        self.silent = np.zeros(proc_params["shape"])
+
+    def run_spk(self):
+        """The run function that performs the actual computation during
+        execution orchestrated by a PyLoihiProcessModel using the
+        LoihiProtocol."""
+        a_in = self.a_in.recv()
+        r = window_step(self.time_step, self.window_start, self.period)
+        if r is not None and r < self.T:
+            if r == 0:
+                self.fired[:] = 0
+                self.open_window(self.bias / self.scale)
+            self.integrate(a_in, r)
+        else:
+            self.stray_count[0] += np.count_nonzero(a_in)
+        if r is None or not self.T <= r < 2 * self.T:
+            self.s_out.send(self.silent)
+        elif self.readout:
+            self.s_out.send(self.membrane() if r == self.T else self.silent)
+        else:
+            s = self.fire(r - self.T) * (self.fired == 0)
+            self.fired[s != 0] = 1
+            self.s_out.send(s)
+
+    def open_window(self, bias_norm: np.ndarray) -> None:
+        """Set the membrane to the bias (in units of the scale)."""
+        raise NotImplementedError
+
+    def integrate(self, a_in: np.ndarray, r: int) -> None:
+        """Add the input of input step ``r`` with its weight ``B**-r``."""
+        raise NotImplementedError
+
+    def fire(self, m: int) -> np.ndarray:
+        """Spike signs at fire step ``m``, ignoring the one-spike latch."""
+        raise NotImplementedError
+
+    def membrane(self) -> np.ndarray:
+        """The membrane in state units (readout)."""
+        raise NotImplementedError
+
+
+@implements(proc=PhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyPhaseNeuronModelFloat(AbstractPhaseNeuronModel):
+    """Floating-point PhaseNeuron."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    v: np.ndarray = LavaPyType(np.ndarray, float)
+    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    scale: np.ndarray = LavaPyType(np.ndarray, float)
+    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        steps = np.arange(self.T, dtype=np.float64)
+        self.gains = self.B ** -steps * 2.0 ** (self.weight_exp -
+                                               fixed.STATE_FRAC_BITS)
+        self.levels = threshold_factor(self.B) * self.B ** -steps
+
+    def open_window(self, bias_norm):
+        self.v[:] = bias_norm
+
+    def integrate(self, a_in, r):
+        self.v += a_in * self.gains[r]
+
+    def fire(self, m):
+        up = self.v >= self.levels[m]
+        if self.unipolar:
+            return up.astype(float)
+        return up.astype(float) - (self.v <= -self.levels[m])
+
+    def membrane(self):
+        return self.v * 2.0 ** fixed.STATE_FRAC_BITS
+
+
+@implements(proc=PhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyPhaseNeuronModelFixed(AbstractPhaseNeuronModel):
+    """Integer PhaseNeuron: 24-bit saturating state, 12-bit gain table and
+    integer thresholds, all from :mod:`lava_spiked.fixed`."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    scale: np.ndarray = LavaPyType(np.ndarray, float)
+    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.gains = fixed.gain_table(self.B, self.T)
+        self.thresholds = fixed.threshold_table(self.B, self.T)
+
+    def open_window(self, bias_norm):
+        self.v[:], n_sat = fixed.to_state(bias_norm)
+        self.sat_count[0] += n_sat
+
+    def integrate(self, a_in, r):
+        self.v[:], n_sat = fixed.integrate(self.v, a_in, int(self.gains[r]),
+                                           self.weight_exp)
+        self.sat_count[0] += n_sat
+
+    def fire(self, m):
+        return fixed.fire(self.v, int(self.thresholds[m]), self.unipolar)
+
+    def membrane(self):
+        return self.v
+
+
+register(PyPhaseNeuronModelFloat, PyPhaseNeuronModelFixed)

@@ -1,0 +1,121 @@
+# Copyright (C) 2026 lava-spiked contributors
+# SPDX-License-Identifier: BSD-3-Clause
+"""PhaseNeuron: integrate-then-fire one-spike neuron of the phase code."""
+import typing as ty
+
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess, LogConfig
+from lava.magma.core.process.variable import Var
+
+from lava_spiked.validation import (broadcast, check_base, check_finite,
+                                    check_period, check_scale, check_shape,
+                                    check_start, check_steps)
+
+
+class PhaseNeuron(AbstractProcess):
+    """One-spike phase neuron: integrate for T steps, then fire at most once.
+
+    With ``t = time_step - 1`` and ``r = t - start`` (modulo ``period`` when
+    ``period > 0``), ``floating_pt`` runs::
+
+        r == 0:         v = bias / scale;  fired = 0           (window opens)
+        0 <= r < T:     v += a_in * 2**(weight_exp - 16) * B**-r  (integrate)
+        T <= r < 2T:    m = r - T                              (fire window)
+                        s = sign(v) if |v| >= c_B * B**-m and not fired
+                        (unipolar: only v >= c_B * B**-m gives s = +1)
+                        fired |= s != 0;  s_out = s
+        otherwise:      s_out = 0
+
+    so a spike at fire step ``m`` means ``s * scale * B**-m`` and the neuron
+    emits ``Q(A)`` of its integrated input ``A = scale * v``: a presynaptic
+    spike that arrives at input step ``j`` counts ``B**-j``, which is exactly
+    its phase value (design §12.3-12.4). The bias enters once, at ``r = 0``,
+    so its decoded total is exactly ``bias``. Input that arrives outside the
+    input window is a scheduling error; it is ignored and counted in
+    ``stray_count``.
+
+    ``fixed_pt`` runs the same steps on signed 24-bit integers with the
+    functions of :mod:`lava_spiked.fixed`: ``v`` holds ``v * 2**16``, the
+    input step is ``v += round(a_in * 2**weight_exp * G_r / 4096)`` with the
+    12-bit gain table ``G_r``, the threshold is the integer table
+    ``theta_m``, and every saturation of ``v`` is counted in ``sat_count``.
+
+    With ``readout=True`` the neuron never spikes: at ``r = T`` it sends its
+    membrane in state units, ``v * 2**16`` (a float under ``floating_pt``, the
+    integer state under ``fixed_pt``), so ``A = s_out * scale / 2**16``; it
+    sends 0 at every other step.
+
+    Synapses are Lava ``Dense`` processes (one step of latency) whose weights
+    are the 8-bit mantissas of :func:`lava_spiked.fixed.quantize_weights`,
+    with the presynaptic scale folded in; this neuron applies their shared
+    exponent ``weight_exp``. Dense needs ``num_message_bits > 0`` so that the
+    sign of graded spikes survives.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Number of neurons.
+    B : float
+        Base of the code, 1 < B <= 2.
+    T : int
+        Steps of the input window and of the fire window, >= 2.
+    start : int
+        Time step (0-based) at which the input window opens.
+    weight_exp : int, optional
+        Exponent of the incoming weight mantissas. Default 0.
+    bias : float or array_like, optional
+        Bias in real units (decoded total). Default 0.
+    scale : float or array_like, optional
+        Positive scale sigma of this layer's code. Default 1.
+    unipolar : bool, optional
+        ReLU neuron: only positive spikes. Default False.
+    readout : bool, optional
+        Send the integrated value instead of spiking. Default False.
+    period : int, optional
+        0 for one sample, else the windows repeat every ``period`` (>= 2T)
+        steps. Default 0.
+    name : str, optional
+    log_config : LogConfig, optional
+
+    Raises
+    ------
+    ValueError
+        If any parameter is invalid (the message names it).
+    """
+
+    def __init__(self, *, shape: ty.Tuple[int, ...], B: float, T: int,
+                 start: int, weight_exp: int = 0, bias: ty.Any = 0.0,
+                 scale: ty.Any = 1.0, unipolar: bool = False,
+                 readout: bool = False, period: int = 0,
+                 name: ty.Optional[str] = None,
+                 log_config: ty.Optional[LogConfig] = None,
+                 **kwargs) -> None:
+        # Lava's __del__ needs the base initialised, so validate after it.
+        super().__init__(name=name, log_config=log_config, **kwargs)
+        shape = check_shape(shape)
+        B, T = check_base(B), check_steps(T)
+        period = check_period(period, T)
+        if not isinstance(weight_exp, int) or isinstance(weight_exp, bool):
+            raise ValueError(f"weight_exp must be an int, got {weight_exp!r}")
+        scale = check_scale("scale", scale, shape)
+        bias = broadcast("bias", check_finite("bias", bias), shape)
+        if unipolar and readout:
+            raise ValueError("readout neurons do not spike, so unipolar=True "
+                             "has no meaning with readout=True")
+        for key, value in dict(shape=shape, B=B, T=T, start=check_start(start),
+                               weight_exp=weight_exp, unipolar=bool(unipolar),
+                               readout=bool(readout), period=period).items():
+            self.proc_params[key] = value
+        self.a_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+        self.v = Var(shape=shape, init=0)
+        self.fired = Var(shape=shape, init=0)
+        self.bias = Var(shape=shape, init=bias)
+        self.scale = Var(shape=shape, init=scale)
+        self.sat_count = Var(shape=(1,), init=0)
+        self.stray_count = Var(shape=(1,), init=0)
+
+    @property
+    def shape(self) -> ty.Tuple[int, ...]:
+        """Shape of the neuron population."""
+        return self.proc_params["shape"]

@@ -1,0 +1,139 @@
+"""Integer arithmetic of the fixed_pt models against hand-checked values and
+against the float golden model."""
+import numpy as np
+import pytest
+from lava.utils.weightutils import SignMode, clip_weights, truncate_weights
+
+from lava_spiked import fixed, phase
+
+
+def test_round_shift_half_away_from_zero():
+    x = np.array([5, -5, 4, -4, 6, -6, 1, -1])
+    np.testing.assert_array_equal(fixed.round_shift(x, 1),
+                                  [3, -3, 2, -2, 3, -3, 1, -1])
+    np.testing.assert_array_equal(fixed.round_shift([3, -3], -2), [12, -12])
+
+
+def test_saturate_counts():
+    out, n = fixed.saturate([fixed.STATE_MAX + 5, -fixed.STATE_MAX - 1, 7])
+    assert out.tolist() == [fixed.STATE_MAX, -fixed.STATE_MAX, 7]
+    assert n == 2
+    assert fixed.STATE_MAX == 2 ** 23 - 1
+
+
+def test_tables_hand_values():
+    assert fixed.gain_table(2.0, 4).tolist() == [4096, 2048, 1024, 512]
+    # c_B = 0.75 for B = 2: 0.75 * 65536 = 49152, halving each step.
+    assert fixed.threshold_table(2.0, 3).tolist() == [49152, 24576, 12288]
+    # B = 1.15: round(4096 / 1.15) = round(3561.74) = 3562
+    assert fixed.gain_table(1.15, 2).tolist() == [4096, 3562]
+    # round(0.934782608 * 65536 / 1.15) = round(53270.7) = 53271
+    assert fixed.threshold_table(1.15, 2).tolist() == [61262, 53271]
+
+
+def test_resolvable_steps():
+    assert fixed.resolvable_steps(1.15, 40) == 40
+    assert fixed.resolvable_steps(1.4, 16) == 16
+    # 0.75 * 2**16 * 2**-m >= 1 up to m = 15; the table bottoms out at 1.
+    assert fixed.resolvable_steps(2.0, 64) == 17
+    assert fixed.threshold_table(2.0, 64)[16:].tolist() == [1] * 48
+
+
+def test_to_state():
+    state, n = fixed.to_state([1.0, -0.5, 1e-6, 200.0, 1e300])
+    assert state.tolist() == [65536, -32768, 0, fixed.STATE_MAX,
+                              fixed.STATE_MAX]
+    assert n == 2
+
+
+def test_quantize_weights_hand_example():
+    # 1.0 -> 65536 state LSBs; 65536 / 127 = 516 -> 2**10 per k -> e = 9.
+    (dense,), exp = fixed.quantize_weights(np.array([[1.0, -0.5, 0.001]]))
+    assert exp == 9
+    assert dense.tolist() == [[128, -64, 0]]
+    np.testing.assert_allclose(fixed.dequantize_weights(dense, exp),
+                               [[1.0, -0.5, 0.0]])
+
+
+def test_quantize_weights_shared_exponent_and_bound():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, (5, 7)), rng.normal(0, 0.01, (5, 3))
+    (da, db), exp = fixed.quantize_weights(a, b)
+    assert np.abs(da).max() // 2 <= 127 and np.abs(da).max() // 2 >= 64
+    step = 2.0 ** (exp + 1 - fixed.STATE_FRAC_BITS)  # one mantissa unit
+    for w, d in ((a, da), (b, db)):
+        err = np.abs(fixed.dequantize_weights(d, exp) - w)
+        assert err.max() <= step / 2 + 1e-15
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_weights_pass_lava_dense_unchanged(seed):
+    """Dense (MIXED, 8 bits) clips and drops the LSB: our even mantissas
+    must come out of Lava's own weight utilities untouched."""
+    w = np.random.default_rng(seed).normal(0, 1, (6, 9))
+    (dense,), _ = fixed.quantize_weights(w)
+    clipped = clip_weights(dense, SignMode.MIXED, num_bits=8)
+    np.testing.assert_array_equal(
+        truncate_weights(clipped, SignMode.MIXED, 8), dense)
+
+
+def test_integrate_hand_value():
+    # a_in = 10, e = 9, G = 3562: 10 * 3562 * 2**9 / 4096 = 4452.5 -> 4453
+    v, n = fixed.integrate(np.array([100]), [10], 3562, 9)
+    assert v.tolist() == [4553] and n == 0
+    v, n = fixed.integrate(np.array([-100]), [-10], 3562, 9)
+    assert v.tolist() == [-4553]
+
+
+def test_fire_rules():
+    v = np.array([10, -10, 9, -9])
+    assert fixed.fire(v, 10, unipolar=False).tolist() == [1, -1, 0, 0]
+    assert fixed.fire(v, 10, unipolar=True).tolist() == [1, 0, 0, 0]
+
+
+def _random_layer(seed, n_in=12, n_out=7, B=1.2, T=16):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, n_in)
+    code = phase.quantize(x, B, T)
+    w = rng.normal(0, 0.3, (n_out, n_in))
+    (dense,), exp = fixed.quantize_weights(w)
+    bias = rng.normal(0, 0.1, n_out)
+    return code, dense, exp, bias
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_integer_layer_tracks_float_layer(seed):
+    B, T = 1.2, 16
+    code, dense, exp, bias = _random_layer(seed, B=B, T=T)
+    layer = fixed.run_layer([code.step], [code.sign], [dense], exp, bias,
+                            B, T)
+    exact = phase.layer(code.value, fixed.dequantize_weights(dense, exp),
+                        bias)
+    # 16 roundings of at most half an LSB each, plus the gain-table error
+    # of each spike (< 0.5/G_j relative).
+    lsb = 2.0 ** -fixed.STATE_FRAC_BITS
+    gain_err = np.abs(fixed.dequantize_weights(dense, exp)) @ (
+        np.abs(code.value) * 0.5 / fixed.gain_table(B, T)[
+            np.maximum(code.step, 0)])
+    assert np.all(np.abs(layer.v * lsb - exact) <= T * lsb + gain_err)
+    assert layer.n_saturated == 0
+
+
+def test_integer_layer_is_sign_symmetric():
+    code, dense, exp, bias = _random_layer(7)
+    pos = fixed.run_layer([code.step], [code.sign], [dense], exp, bias,
+                          1.2, 16)
+    neg = fixed.run_layer([code.step], [code.sign], [-dense], exp, -bias,
+                          1.2, 16)
+    np.testing.assert_array_equal(pos.v, -neg.v)
+    np.testing.assert_array_equal(pos.step, neg.step)
+    np.testing.assert_array_equal(pos.sign, -neg.sign)
+
+
+def test_integer_layer_saturates_and_counts():
+    layer = fixed.run_layer([np.array([0])], [np.array([1])],
+                            [np.array([[254]])], 20, [0.0], 1.2, 4)
+    # 254 * 2**20 is far above the 24-bit range
+    assert layer.v.tolist() == [fixed.STATE_MAX]
+    assert layer.n_saturated == 1
+    assert layer.step.tolist() == [0]
