@@ -57,6 +57,14 @@ class ChainResult(ty.NamedTuple):
     saturated: int
 
 
+class LavaChain(ty.NamedTuple):
+    """The Lava processes of one :meth:`PhaseChain.build`."""
+
+    encoder: PhaseEncoder
+    sinks: ty.List[RingBuffer]
+    counted: ty.List[ty.Union[PhaseEncoder, PhaseNeuron]]
+
+
 class PhaseChain:
     """Phase-coded multilayer perceptron as a Lava network.
 
@@ -133,14 +141,8 @@ class PhaseChain:
                                                self.weight_exps))]
 
     # ------------------------------------------------------------ Lava path
-    def run(self, x: ty.Any, tag: str) -> ChainResult:
-        """Run one sample through Lava under ``tag`` and decode the sinks.
-
-        The Lava processes are always stopped, also when the run fails.
-        Saturation of the integer state is reported with a RuntimeWarning.
-        """
-        if tag not in TAGS:
-            raise ValueError(f"tag must be one of {TAGS}, got {tag!r}")
+    def build(self, x: ty.Any) -> "LavaChain":
+        """Create and connect the Lava processes for input ``x``."""
         x = check_finite("x", x)
         if x.shape != (self.sizes[0],):
             raise ValueError(f"x has shape {x.shape}, the chain expects "
@@ -164,13 +166,24 @@ class PhaseChain:
             source = neuron.s_out
             sinks.append(self._sink(source))
             counted.append(neuron)
+        return LavaChain(encoder, sinks, counted)
+
+    def run(self, x: ty.Any, tag: str) -> ChainResult:
+        """Run one sample through Lava under ``tag`` and decode the sinks.
+
+        The Lava processes are always stopped, also when the run fails.
+        Saturation of the integer state is reported with a RuntimeWarning.
+        """
+        if tag not in TAGS:
+            raise ValueError(f"tag must be one of {TAGS}, got {tag!r}")
+        net = self.build(x)
         try:
-            encoder.run(condition=RunSteps(num_steps=self.num_steps),
-                        run_cfg=Loihi2SimCfg(select_tag=tag))
-            traces = [sink.data.get() for sink in sinks]
-            saturated = int(sum(p.sat_count.get()[0] for p in counted))
+            net.encoder.run(condition=RunSteps(num_steps=self.num_steps),
+                            run_cfg=Loihi2SimCfg(select_tag=tag))
+            traces = [sink.data.get() for sink in net.sinks]
+            saturated = int(sum(p.sat_count.get()[0] for p in net.counted))
         finally:
-            encoder.stop()
+            net.encoder.stop()
         if saturated:
             warnings.warn(f"{saturated} saturation event(s) of the 24-bit "
                           "state: inputs or weights exceed 128 sigma",
