@@ -227,3 +227,53 @@ def run_layer(in_steps: ty.Sequence[np.ndarray],
         n_sat += n
     step, sign = first_spike(v, thresholds, unipolar)
     return IntegerLayer(v, step, sign, n_sat)
+
+
+def trace(B: float, T: int) -> np.ndarray:
+    """Global trace ``B**-m`` as 12-bit fractions: the same table as the
+    integration gains (:func:`gain_table`)."""
+    return gain_table(B, T)
+
+
+def product_current(x_now: np.ndarray, y_latched: np.ndarray,
+                    x_before: np.ndarray, y_now: np.ndarray,
+                    y_transposed: bool) -> np.ndarray:
+    """Per-step current of a trace-driven product (unweighted).
+
+    ``x_now``/``y_now`` are the spike signs of this step, ``y_latched`` the
+    latched traces including this step and ``x_before`` those up to the
+    previous step, so a pair that fires in the same step is counted once, by
+    the first term. Shapes: x (h, N, K); y (h, M, K), or (h, K, M) when
+    ``y_transposed``. Exact for integer inputs (no rounding).
+    """
+    spec = "hik,hkj->hij" if y_transposed else "hik,hjk->hij"
+    return np.einsum(spec, x_now, y_latched) + \
+        np.einsum(spec, x_before, y_now)
+
+
+def normalize(v: np.ndarray, row_sum: np.ndarray) -> np.ndarray:
+    """Divide state ``v`` (rows x last axis) by a row sum in 12-bit trace
+    units, ``round(v * 4096 / row_sum)`` half away from zero; rows whose sum
+    is 0 (no softmax spike) give 0, never a division by zero."""
+    v = np.asarray(v, dtype=np.int64)
+    r = np.asarray(row_sum, dtype=np.int64)[..., None]
+    num = np.abs(v) << GAIN_FRAC_BITS
+    safe = np.where(r > 0, r, 1)
+    q = (2 * num + safe) // (2 * safe)  # round half up on magnitudes
+    return np.where(r > 0, np.sign(v) * q, 0)
+
+
+def woss_thresholds(B: float, T: int) -> np.ndarray:
+    """WOSS thresholds ``-(m + 1/2) * ln B`` in state units (2**-16)."""
+    B, T = check_base(B), check_steps(T)
+    th = (np.arange(T) + 0.5) * np.log(B) * (1 << STATE_FRAC_BITS)
+    return -np.floor(th + 0.5).astype(np.int64)
+
+
+def woss_logit(spikes: np.ndarray, scale: np.ndarray,
+               trace_value: ty.Any) -> np.ndarray:
+    """Decoded logit of WOSS input spikes in 2**-16 units:
+    ``s * round(round(scale * 2**16) * G / 4096)``."""
+    unit, _ = to_state(scale)
+    return np.asarray(spikes, dtype=np.int64) * \
+        round_shift(unit * trace_value, GAIN_FRAC_BITS)

@@ -31,4 +31,5 @@ def register(*models: type) -> None:
         setattr(module, model.__name__, model)
 
 
-from lava_spiked.proc_models import phase_encoder, phase_neuron  # noqa: E402,F401
+from lava_spiked.proc_models import (  # noqa: E402,F401
+    phase_encoder, phase_neuron, trace_matmul, woss_softmax)

@@ -12,7 +12,8 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava_spiked import fixed
 from lava_spiked.phase import threshold_factor
 from lava_spiked.proc_models import register, window_step
-from lava_spiked.processes.phase_neuron import PhaseNeuron
+from lava_spiked.processes.phase_neuron import (NormalizedPhaseNeuron,
+                                                 PhaseNeuron)
 
 
 class AbstractPhaseNeuronModel(PyLoihiProcessModel):
@@ -70,20 +71,8 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
         raise NotImplementedError
 
 
-@implements(proc=PhaseNeuron, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyPhaseNeuronModelFloat(AbstractPhaseNeuronModel):
-    """Floating-point PhaseNeuron."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    v: np.ndarray = LavaPyType(np.ndarray, float)
-    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    scale: np.ndarray = LavaPyType(np.ndarray, float)
-    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+class FloatArithmetic(AbstractPhaseNeuronModel):
+    """Floating-point arithmetic of the phase neuron."""
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
@@ -107,22 +96,15 @@ class PyPhaseNeuronModelFloat(AbstractPhaseNeuronModel):
     def membrane(self):
         return self.v * 2.0 ** fixed.STATE_FRAC_BITS
 
+    def divide(self, row_sum):
+        """Divide each row of the membrane by its row sum (0 if none)."""
+        r = row_sum[..., None]
+        self.v[:] = np.where(r > 0, self.v / np.where(r > 0, r, 1.0), 0.0)
 
-@implements(proc=PhaseNeuron, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyPhaseNeuronModelFixed(AbstractPhaseNeuronModel):
-    """Integer PhaseNeuron: 24-bit saturating state, 12-bit gain table and
+
+class FixedArithmetic(AbstractPhaseNeuronModel):
+    """Integer arithmetic: 24-bit saturating state, 12-bit gain table and
     integer thresholds, all from :mod:`lava_spiked.fixed`."""
-
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    scale: np.ndarray = LavaPyType(np.ndarray, float)
-    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
@@ -144,5 +126,114 @@ class PyPhaseNeuronModelFixed(AbstractPhaseNeuronModel):
     def membrane(self):
         return self.v
 
+    def divide(self, row_sum):
+        """Divide each row of the membrane by its row sum (0 if none)."""
+        self.v[:] = fixed.normalize(self.v, row_sum)
 
-register(PyPhaseNeuronModelFloat, PyPhaseNeuronModelFixed)
+
+class AbstractNormalizedModel(AbstractPhaseNeuronModel):
+    """Adds the row-sum input and the division before the fire window; the
+    arithmetic class it is combined with supplies ``divide(row_sum)``."""
+
+    r_in = row_sum = norm_count = None
+
+    def run_spk(self):
+        """The run function that performs the actual computation during
+        execution orchestrated by a PyLoihiProcessModel using the
+        LoihiProtocol."""
+        r_in = self.r_in.recv()
+        r = window_step(self.time_step, self.window_start, self.period)
+        if r is not None and r < self.T:
+            if r == 0:
+                self.row_sum[:] = 0
+            self.row_sum += r_in
+        elif r == self.T:  # non-spike operation: divide by the row sum
+            self.divide(self.row_sum)
+            self.norm_count[0] += self.v.size
+        super().run_spk()
+
+
+FLOAT_TYPES = dict(
+    a_in=LavaPyType(PyInPort.VEC_DENSE, float),
+    s_out=LavaPyType(PyOutPort.VEC_DENSE, float),
+    v=LavaPyType(np.ndarray, float))
+FIXED_TYPES = dict(
+    a_in=LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24),
+    s_out=LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24),
+    v=LavaPyType(np.ndarray, np.int32, precision=24))
+
+
+@implements(proc=PhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyPhaseNeuronModelFloat(FloatArithmetic):
+    """Floating-point PhaseNeuron."""
+
+    a_in: PyInPort = FLOAT_TYPES["a_in"]
+    s_out: PyOutPort = FLOAT_TYPES["s_out"]
+    v: np.ndarray = FLOAT_TYPES["v"]
+    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    scale: np.ndarray = LavaPyType(np.ndarray, float)
+    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+
+@implements(proc=PhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyPhaseNeuronModelFixed(FixedArithmetic):
+    """Integer PhaseNeuron."""
+
+    a_in: PyInPort = FIXED_TYPES["a_in"]
+    s_out: PyOutPort = FIXED_TYPES["s_out"]
+    v: np.ndarray = FIXED_TYPES["v"]
+    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    scale: np.ndarray = LavaPyType(np.ndarray, float)
+    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+
+@implements(proc=NormalizedPhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyNormalizedPhaseNeuronModelFloat(AbstractNormalizedModel,
+                                        FloatArithmetic):
+    """Floating-point NormalizedPhaseNeuron."""
+
+    a_in: PyInPort = FLOAT_TYPES["a_in"]
+    r_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out: PyOutPort = FLOAT_TYPES["s_out"]
+    v: np.ndarray = FLOAT_TYPES["v"]
+    row_sum: np.ndarray = LavaPyType(np.ndarray, float)
+    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    scale: np.ndarray = LavaPyType(np.ndarray, float)
+    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    norm_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+
+@implements(proc=NormalizedPhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyNormalizedPhaseNeuronModelFixed(AbstractNormalizedModel,
+                                        FixedArithmetic):
+    """Integer NormalizedPhaseNeuron."""
+
+    a_in: PyInPort = FIXED_TYPES["a_in"]
+    r_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = FIXED_TYPES["s_out"]
+    v: np.ndarray = FIXED_TYPES["v"]
+    row_sum: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    scale: np.ndarray = LavaPyType(np.ndarray, float)
+    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    norm_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+
+register(PyPhaseNeuronModelFloat, PyPhaseNeuronModelFixed,
+         PyNormalizedPhaseNeuronModelFloat, PyNormalizedPhaseNeuronModelFixed)

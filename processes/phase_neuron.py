@@ -119,3 +119,33 @@ class PhaseNeuron(AbstractProcess):
     def shape(self) -> ty.Tuple[int, ...]:
         """Shape of the neuron population."""
         return self.proc_params["shape"]
+
+
+class NormalizedPhaseNeuron(PhaseNeuron):
+    """PhaseNeuron whose integrated value is divided by a per-row sum before
+    it fires: the attention output ``(sum_c p_c v_c) / R`` (design §12.7).
+
+    Shape (..., d); rows are the leading axes. ``r_in`` receives row-sum
+    increments (from :class:`~lava_spiked.processes.WOSSSoftmax`'s
+    ``r_out``) and adds them up during the input window; when the fire window
+    opens, every membrane of a row is divided by the row's sum ``R``::
+
+        floating_pt:  v = v / R                     (0 where R == 0)
+        fixed_pt:     v = round(v * 4096 / R_int)   (R in 12-bit trace units)
+
+    then the neuron fires as a PhaseNeuron. This division is a **non-spike
+    operation** (a per-row threshold scaling); ``norm_count`` counts the
+    divided elements so the energy model can charge them as multiplies. A row
+    that received no softmax spike (R = 0) outputs zeros, never NaN or inf.
+
+    Parameters are those of :class:`PhaseNeuron`.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        rows = self.shape[:-1]
+        if not rows:
+            raise ValueError(f"shape must be (..., rows, d), got {self.shape}")
+        self.r_in = InPort(shape=rows)
+        self.row_sum = Var(shape=rows, init=0)
+        self.norm_count = Var(shape=(1,), init=0)

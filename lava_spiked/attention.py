@@ -1,0 +1,373 @@
+"""Spike-driven self-attention: golden models and the Lava composite.
+
+``SpikingSelfAttention`` wires, for h heads of N tokens and head size d::
+
+    Q, K, V  PhaseNeuron (h, N, d)          integrate [s, s+T), fire [s+T, s+2T)
+    QK       TraceMatMul(Q, K), 1/sqrt(d) and scales folded into its weights
+    logits   PhaseNeuron (h, N, N) + bias    integrate [s+T+1, s+2T+1)
+    softmax  WOSSSoftmax (h, N, N) + mask    integrate [s+2T+1, s+3T+1)
+    AV       TraceMatMul(P, V), V latched since its own window
+    out      NormalizedPhaseNeuron (h, N, d) integrate [s+3T+2, s+4T+2),
+             divided by the row sum R, fires [s+4T+2, s+5T+2)
+
+Each TraceMatMul adds one step of latency, like Lava's Dense; the softmax
+reads the logit spikes directly. V needs no delay line: its traces stay
+latched until the softmax spikes read them, and the product of a softmax
+spike at step m with a latched V trace is weighted ``B**-m`` by the output
+integrator, which is exactly ``p * v_hat``.
+
+The golden models compute the same pipeline in closed form
+(:meth:`SpikingSelfAttention.golden_float`) or with the integer functions of
+:mod:`lava_spiked.fixed` step by step (:meth:`golden_fixed`), from the
+equations of design §12.6-12.7 rather than from the Process code.
+"""
+import typing as ty
+
+import numpy as np
+from lava.proc.dense.process import Dense
+from lava.utils.weightutils import SignMode
+
+from lava_spiked import fixed, phase
+from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
+                                   PhaseNeuron, TraceMatMul, WOSSSoftmax)
+from lava_spiked.validation import (broadcast, check_base, check_finite,
+                                    check_scale, check_start, check_steps)
+
+
+def woss(z_hat: ty.Any, B: float, T: int,
+         mask: ty.Any = None) -> ty.Tuple[np.ndarray, np.ndarray]:
+    """Closed form of the WOSS softmax on decoded logits.
+
+    Per row, ``z_max`` is the largest positive unmasked logit (0 shift if
+    there is none); entry c fires at the first m with
+    ``z_c - z_max >= -(m + 1/2) ln B`` and means ``p_c = B**-m``.
+
+    Returns
+    -------
+    p : numpy.ndarray
+        Unnormalised probabilities ``B**-m*`` (0 where silent or masked).
+    step : numpy.ndarray
+        Fire steps, -1 where silent.
+    """
+    B, T = check_base(B), check_steps(T)
+    z = np.asarray(z_hat, dtype=np.float64)
+    mask = np.zeros(z.shape, bool) if mask is None else \
+        np.broadcast_to(np.asarray(mask, bool), z.shape)
+    positive = (z > 0) & ~mask
+    z_max = np.where(positive, z, 0.0).max(-1, keepdims=True)
+    d = z - z_max
+    thresholds = -(np.arange(T) + 0.5) * np.log(B)
+    step = np.sum(d[..., None] < thresholds, axis=-1)
+    silent = (step == T) | mask
+    step = np.where(silent, -1, step)
+    p = np.where(silent, 0.0, B ** -np.where(silent, 0, step).astype(float))
+    return p, step
+
+
+def woss_fixed(step: np.ndarray, sign: np.ndarray, scale: ty.Any, B: float,
+               T: int, mask: ty.Any = None
+               ) -> ty.Tuple[np.ndarray, np.ndarray, int]:
+    """Integer WOSS from the logit spikes (fire steps and signs).
+
+    Logits are ``s * round(round(scale * 2**16) * G_m / 4096)`` (2**-16
+    units, 12-bit trace G); the shift subtracts the largest positive unmasked
+    one per row; entry c fires at the first m with
+    ``z_c - z_max >= -round((m + 1/2) ln B 2**16)``.
+
+    Returns
+    -------
+    p_step : numpy.ndarray
+        Fire steps (-1 = silent).
+    row_sum : numpy.ndarray
+        ``sum_c G[p_step_c]`` per row (12-bit trace units).
+    n_saturated : int
+    """
+    G = fixed.trace(B, T)
+    step, sign = np.asarray(step), np.asarray(sign)
+    mask = np.zeros(step.shape, bool) if mask is None else \
+        np.broadcast_to(np.asarray(mask, bool), step.shape)
+    fired = (step >= 0) & ~mask
+    z = fixed.woss_logit(sign * fired, scale, G[np.maximum(step, 0)])
+    positive = fired & (sign > 0)
+    z_max = np.where(positive, z, 0).max(-1, keepdims=True)
+    z, n_sat = fixed.saturate(z - z_max)
+    never = np.iinfo(np.int64).min // 2  # masked entries never fire
+    p_step, _ = fixed.first_spike(np.where(mask, never, z),
+                                  fixed.woss_thresholds(B, T), unipolar=True)
+    row_sum = np.where(p_step >= 0, G[np.maximum(p_step, 0)], 0).sum(-1)
+    return p_step, row_sum, n_sat
+
+
+def softmax_attention(q: ty.Any, k: ty.Any, v: ty.Any,
+                      bias: ty.Any = 0.0, mask: ty.Any = None) -> np.ndarray:
+    """Exact ``softmax(q k^T / sqrt(d) + bias) v`` per head (masked keys
+    excluded; a fully masked row gives zeros)."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    z = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1]) + bias
+    if mask is not None:
+        z = np.where(mask, -np.inf, z)
+    z_max = z.max(-1, keepdims=True)
+    e = np.exp(z - np.where(np.isfinite(z_max), z_max, 0.0))
+    total = e.sum(-1, keepdims=True)
+    return np.where(total > 0, (e / np.where(total > 0, total, 1.0)) @ v, 0.0)
+
+
+class AttentionResult(ty.NamedTuple):
+    """Spikes of every stage of one attention sample (steps are relative to
+    each stage's fire window, -1 = silent)."""
+
+    q_step: np.ndarray
+    k_step: np.ndarray
+    v_step: np.ndarray
+    logit_step: np.ndarray
+    logit_sign: np.ndarray
+    p_step: np.ndarray
+    out_step: np.ndarray
+    out_sign: np.ndarray
+    output: np.ndarray
+    row_sum: np.ndarray
+    saturated: int
+
+
+class SpikingSelfAttention:
+    """One spiking self-attention block as Lava processes.
+
+    Parameters
+    ----------
+    heads, tokens, head_dim : int
+        h, N and d.
+    B, T : float, int
+        Code parameters.
+    start : int
+        0-based step at which the Q, K, V neurons open their input window.
+    q_scale, k_scale : array_like
+        sigma of Q and K, one per (head, token): broadcast to (h, N, 1).
+        (The contracted axis d shares one scale.)
+    v_scale : array_like
+        sigma of V, one per (head, channel): broadcast to (h, 1, d).
+    logit_scale : array_like
+        sigma of the logits, one per (head, query): broadcast to (h, N, 1).
+    out_scale : array_like
+        sigma of the output, broadcast to (h, N, d).
+    qkv_weight_exp : sequence of 3 int, optional
+        Exponents of the weights that feed Q, K and V. The default, 16,
+        makes a +1 spike worth exactly one sigma: the unit weight of spikes
+        fed straight from encoders of the same scale (:meth:`run`).
+    logit_bias : array_like, optional
+        Added to the logits (relative position bias), (h, N, N).
+    mask : array_like of bool, optional
+        True where a key is masked for a query, (h, N, N).
+    period : int, optional
+        0 for one sample, else windows repeat every ``period`` steps.
+    """
+
+    def __init__(self, *, heads: int, tokens: int, head_dim: int, B: float,
+                 T: int, start: int, q_scale: ty.Any, k_scale: ty.Any,
+                 v_scale: ty.Any, logit_scale: ty.Any, out_scale: ty.Any,
+                 qkv_weight_exp: ty.Sequence[int] = (fixed.STATE_FRAC_BITS,) * 3,
+                 logit_bias: ty.Any = 0.0, mask: ty.Any = None,
+                 period: int = 0) -> None:
+        self.B, self.T = check_base(B), check_steps(T)
+        self.start = check_start(start)
+        h, n, d = heads, tokens, head_dim
+        self.qkv_shape, self.logit_shape = (h, n, d), (h, n, n)
+        self.q_scale = check_scale("q_scale", q_scale, (h, n, 1))
+        self.k_scale = check_scale("k_scale", k_scale, (h, n, 1))
+        self.v_scale = check_scale("v_scale", v_scale, (h, 1, d))
+        self.logit_scale = check_scale("logit_scale", logit_scale, (h, n, 1))
+        self.out_scale = check_scale("out_scale", out_scale, (h, n, d))
+        self.logit_bias = broadcast("logit_bias",
+                                    check_finite("logit_bias", logit_bias),
+                                    self.logit_shape)
+        self.mask = np.zeros(self.logit_shape, bool) if mask is None else \
+            broadcast("mask", np.asarray(mask, bool), self.logit_shape) != 0
+        # QK weight of output (h, i, j): 1/sqrt(d) sigma_q[i] sigma_k[j] /
+        # sigma_logit[i]; AV weight of (h, i, c): sigma_v[c] / sigma_out[i,c].
+        qk = self.q_scale * np.swapaxes(self.k_scale, 1, 2) / \
+            (np.sqrt(d) * self.logit_scale)
+        (self.qk_weights,), self.qk_exp = fixed.quantize_weights(qk)
+        av = self.v_scale / self.out_scale
+        (self.av_weights,), self.av_exp = fixed.quantize_weights(av)
+
+        s, T = self.start, self.T
+        self.schedule = {  # stage: (input window opens, fire window opens)
+            "qkv": (s, s + T),
+            "logits": (s + T + 1, s + 2 * T + 1),
+            "softmax": (s + 2 * T + 1, s + 3 * T + 1),
+            "out": (s + 3 * T + 2, s + 4 * T + 2),
+        }
+        self.num_steps = s + 5 * T + 2
+        kw = dict(B=self.B, T=T, period=period)
+        self.q, self.k, self.v = (
+            PhaseNeuron(shape=self.qkv_shape, start=s, weight_exp=e,
+                        scale=sc, **kw)
+            for e, sc in zip(qkv_weight_exp,
+                             (self.q_scale, self.k_scale, self.v_scale)))
+        self.qk = TraceMatMul(x_shape=self.qkv_shape, y_shape=self.qkv_shape,
+                              weights=self.qk_weights, x_start=s + T,
+                              y_start=s + T, **kw)
+        self.logits = PhaseNeuron(
+            shape=self.logit_shape, start=s + T + 1,
+            weight_exp=self.qk_exp - fixed.GAIN_FRAC_BITS,
+            bias=self.logit_bias, scale=self.logit_scale, **kw)
+        self.softmax = WOSSSoftmax(shape=self.logit_shape,
+                                   start=s + 2 * T + 1,
+                                   scale=self.logit_scale, mask=self.mask,
+                                   **kw)
+        self.av = TraceMatMul(x_shape=self.logit_shape,
+                              y_shape=self.qkv_shape, y_transposed=True,
+                              weights=self.av_weights, x_start=s + 3 * T + 1,
+                              y_start=s + T, **kw)
+        self.out = NormalizedPhaseNeuron(
+            shape=self.qkv_shape, start=s + 3 * T + 2,
+            weight_exp=self.av_exp - fixed.GAIN_FRAC_BITS,
+            scale=self.out_scale, **kw)
+        self.q.s_out.connect(self.qk.x_in)
+        self.k.s_out.connect(self.qk.y_in)
+        self.qk.a_out.connect(self.logits.a_in)
+        self.logits.s_out.connect(self.softmax.s_in)
+        self.softmax.s_out.connect(self.av.x_in)
+        self.v.s_out.connect(self.av.y_in)
+        self.av.a_out.connect(self.out.a_in)
+        self.softmax.r_out.connect(self.out.r_in)
+
+    def run(self, q: ty.Any, k: ty.Any, v: ty.Any,
+            tag: str) -> AttentionResult:
+        """Encode q, k, v (h, N, d), run the block once under ``tag`` and
+        decode every stage. Needs the default ``qkv_weight_exp``; the
+        processes are stopped afterwards (a block runs once).
+        """
+        from lava.magma.core.run_conditions import RunSteps
+        from lava.magma.core.run_configs import Loihi2SimCfg
+        from lava.proc.io.sink import RingBuffer
+
+        for name, x, sigma, neuron in (("q", q, self.q_scale, self.q),
+                                       ("k", k, self.k_scale, self.k),
+                                       ("v", v, self.v_scale, self.v)):
+            x = check_finite(name, x)
+            if x.shape != self.qkv_shape:
+                raise ValueError(f"{name} has shape {x.shape}, the block "
+                                 f"expects {self.qkv_shape}")
+            encoder = PhaseEncoder(data=x, scale=sigma, B=self.B, T=self.T,
+                                   start=self.start)
+            encoder.s_out.connect(neuron.a_in)
+        stages = [self.q, self.k, self.v, self.logits, self.softmax,
+                  self.out]
+        sinks = []
+        for proc in stages:
+            sinks.append(RingBuffer(shape=proc.shape, buffer=self.num_steps))
+            proc.s_out.connect(sinks[-1].a_in)
+        try:
+            self.q.run(condition=RunSteps(num_steps=self.num_steps),
+                       run_cfg=Loihi2SimCfg(select_tag=tag))
+            traces = [sink.data.get() for sink in sinks]
+            counted = [self.q, self.k, self.v, self.logits, self.softmax,
+                       self.av, self.qk, self.out]
+            saturated = int(sum(p.sat_count.get()[0] for p in counted))
+            row_sum = self.out.row_sum.get()
+        finally:
+            self.q.stop()
+        fire = [self.schedule[k][1] for k in
+                ("qkv", "qkv", "qkv", "logits", "softmax", "out")]
+        decoded = [_first_spikes(tr, f, self.T) for tr, f in zip(traces, fire)]
+        (qs, _), (ks, _), (vs, _), (ls, lg), (ps, _), (os_, og) = decoded
+        if tag == "fixed_pt":
+            row_sum = row_sum / 2.0 ** fixed.GAIN_FRAC_BITS
+        return AttentionResult(qs, ks, vs, ls, lg, ps, os_, og,
+                               phase.decode(os_, og, self.B, self.out_scale),
+                               row_sum, saturated)
+
+    @property
+    def processes(self) -> ty.List[ty.Any]:
+        """The Lava processes of the block."""
+        return [self.q, self.k, self.v, self.qk, self.logits, self.softmax,
+                self.av, self.out]
+
+    # --------------------------------------------------------- golden models
+    def golden_float(self, q_hat: ty.Any, k_hat: ty.Any,
+                     v_hat: ty.Any) -> AttentionResult:
+        """Closed form, from the decoded Q, K, V values.
+
+        logits = Q(c_qk * (q_hat/sigma_q)(k_hat/sigma_k)^T * sigma_logit + bias),
+        p = WOSS(logits), out = Q(c_av * (p @ v_hat / sigma_v) / R * sigma_out)
+        with the quantised weights c of the TraceMatMuls.
+        """
+        B, T = self.B, self.T
+        qk = fixed.dequantize_weights(self.qk_weights, self.qk_exp)
+        # Spikes carry sign and phase only; the scales are in the weights.
+        z = qk * ((q_hat / self.q_scale) @
+                  np.swapaxes(k_hat / self.k_scale, 1, 2)) * \
+            self.logit_scale + self.logit_bias
+        logit = phase.quantize(z, B, T, self.logit_scale)
+        p, p_step = woss(logit.value, B, T, self.mask)
+        row_sum = p.sum(-1)
+        av = fixed.dequantize_weights(self.av_weights, self.av_exp)
+        a = av * (p @ (v_hat / self.v_scale))
+        safe = np.where(row_sum > 0, row_sum, 1.0)[..., None]
+        a = np.where(row_sum[..., None] > 0, a / safe, 0.0)
+        out = phase.quantize(a * self.out_scale, B, T, self.out_scale)
+        codes = [phase.quantize(x, B, T, sc) for x, sc in
+                 ((q_hat, self.q_scale), (k_hat, self.k_scale),
+                  (v_hat, self.v_scale))]
+        return AttentionResult(*(c.step for c in codes), logit.step,
+                               logit.sign, p_step, out.step, out.sign,
+                               out.value, row_sum, 0)
+
+    def golden_fixed(self, q_step, q_sign, k_step, k_sign, v_step,
+                     v_sign) -> AttentionResult:
+        """Integer golden model from the spikes of Q, K and V (fire steps and
+        signs), step by step with :mod:`lava_spiked.fixed`."""
+        B, T = self.B, self.T
+        G = fixed.trace(B, T)
+        gains, thresholds = fixed.gain_table(B, T), fixed.threshold_table(B, T)
+        sat = 0
+
+        def latched(step, sign, upto):
+            return np.where((step >= 0) & (step <= upto), sign * G[step], 0)
+
+        def now(step, sign, j):
+            return np.where(step == j, sign, 0)
+
+        # logits: Q and K share a window; a pair lands at max(m_q, m_k)
+        v_log, n = fixed.to_state(self.logit_bias / self.logit_scale)
+        sat += n
+        for j in range(T):
+            raw = fixed.product_current(
+                now(q_step, q_sign, j), latched(k_step, k_sign, j),
+                latched(q_step, q_sign, j - 1), now(k_step, k_sign, j),
+                y_transposed=False)
+            v_log, n = fixed.integrate(v_log, self.qk_weights * raw,
+                                       int(gains[j]),
+                                       self.qk_exp - fixed.GAIN_FRAC_BITS)
+            sat += n
+        l_step, l_sign = fixed.first_spike(v_log, thresholds, unipolar=False)
+        p_step, row_sum, n = woss_fixed(l_step, l_sign, self.logit_scale,
+                                        B, T, self.mask)
+        sat += n
+        # AV: V latched since its own window, P spikes read it
+        v_all = latched(v_step, v_sign, T)
+        v_out = np.zeros(self.qkv_shape, np.int64)
+        for j in range(T):
+            raw = fixed.product_current(
+                np.where(p_step == j, 1, 0), v_all,
+                np.zeros(self.logit_shape), np.zeros(self.qkv_shape),
+                y_transposed=True)
+            v_out, n = fixed.integrate(v_out, self.av_weights * raw,
+                                       int(gains[j]),
+                                       self.av_exp - fixed.GAIN_FRAC_BITS)
+            sat += n
+        v_out = fixed.normalize(v_out, row_sum)
+        o_step, o_sign = fixed.first_spike(v_out, thresholds, unipolar=False)
+        output = phase.decode(o_step, o_sign, B, self.out_scale)
+        return AttentionResult(q_step, k_step, v_step, l_step, l_sign, p_step,
+                               o_step, o_sign, output, row_sum, sat)
+
+
+def _first_spikes(trace: np.ndarray, start: int,
+                  T: int) -> ty.Tuple[np.ndarray, np.ndarray]:
+    """Fire step (-1 = none) and sign of every neuron of a sink trace of
+    shape (*shape, steps) inside the window [start, start + T)."""
+    window = trace[..., start:start + T]
+    fired = window != 0
+    step = np.where(fired.any(-1), fired.argmax(-1), -1)
+    return step, np.sign(window.sum(-1)).astype(np.int64)

@@ -1,0 +1,113 @@
+# Copyright (C) 2026 lava-spiked contributors
+# SPDX-License-Identifier: BSD-3-Clause
+"""ProcessModels of :class:`lava_spiked.processes.TraceMatMul`."""
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from lava_spiked import fixed
+from lava_spiked.proc_models import register, window_step
+from lava_spiked.processes.trace_matmul import TraceMatMul
+
+INT32_MAX = np.iinfo(np.int32).max
+
+
+class AbstractTraceMatMulModel(PyLoihiProcessModel):
+    """Latching and product logic; subclasses give the trace table and the
+    output number format."""
+
+    x_in = y_in = a_out = weights = x_trace = y_trace = sat_count = None
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.T, self.period = proc_params["T"], proc_params["period"]
+        self.x_start = proc_params["x_start"]
+        self.y_start = proc_params["y_start"]
+        self.y_transposed = proc_params["y_transposed"]
+        self.a_buff = np.zeros(proc_params["out_shape"])
+
+    def run_spk(self):
+        """The run function that performs the actual computation during
+        execution orchestrated by a PyLoihiProcessModel using the
+        LoihiProtocol."""
+        self.a_out.send(self.a_buff)  # one step of latency, as Dense
+        x_now = self.x_in.recv() * self.in_window(self.x_trace, self.x_start)
+        y_now = self.y_in.recv() * self.in_window(self.y_trace, self.y_start)
+        x_before = self.x_trace.copy()
+        self.x_trace += x_now * self.trace_now(self.x_start)
+        self.y_trace += y_now * self.trace_now(self.y_start)
+        raw = fixed.product_current(x_now, self.y_trace, x_before, y_now,
+                                    self.y_transposed)
+        self.a_buff = self.output(self.weights * raw)
+
+    def in_window(self, latched: np.ndarray, start: int) -> bool:
+        """Whether an operand's window is open; clears its latches when the
+        window opens."""
+        r = window_step(self.time_step, start, self.period)
+        if r == 0:
+            latched[:] = 0
+        return r is not None and r < self.T
+
+    def trace_now(self, start: int):
+        """Global trace value at this step of an operand's window."""
+        r = window_step(self.time_step, start, self.period)
+        return self.table[r] if r is not None and r < self.T else 0
+
+    def output(self, current: np.ndarray) -> np.ndarray:
+        """Convert the weighted current to the output number format."""
+        raise NotImplementedError
+
+
+@implements(proc=TraceMatMul, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyTraceMatMulModelFloat(AbstractTraceMatMulModel):
+    """Floating-point TraceMatMul (traces ``4096 * B**-m``)."""
+
+    x_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    y_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    weights: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    x_trace: np.ndarray = LavaPyType(np.ndarray, float)
+    y_trace: np.ndarray = LavaPyType(np.ndarray, float)
+    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.table = proc_params["B"] ** -np.arange(
+            self.T, dtype=np.float64) * (1 << fixed.GAIN_FRAC_BITS)
+
+    def output(self, current):
+        return current
+
+
+@implements(proc=TraceMatMul, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyTraceMatMulModelFixed(AbstractTraceMatMulModel):
+    """Integer TraceMatMul (12-bit trace table, exact products)."""
+
+    x_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=2)
+    y_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=2)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
+    weights: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    x_trace: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
+    y_trace: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
+    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.table = fixed.trace(proc_params["B"], self.T)
+
+    def output(self, current):
+        current = np.asarray(current, dtype=np.int64)
+        clipped = np.clip(current, -INT32_MAX, INT32_MAX)
+        self.sat_count[0] += np.count_nonzero(clipped != current)
+        return clipped
+
+
+register(PyTraceMatMulModelFloat, PyTraceMatMulModelFixed)
