@@ -24,8 +24,9 @@ equations of design §12.6-12.7 rather than from the Process code.
 import typing as ty
 
 import numpy as np
-from lava.proc.dense.process import Dense
-from lava.utils.weightutils import SignMode
+from lava.magma.core.run_conditions import RunSteps
+from lava.magma.core.run_configs import Loihi2SimCfg
+from lava.proc.io.sink import RingBuffer
 
 from lava_spiked import fixed, phase
 from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
@@ -231,16 +232,12 @@ class SpikingSelfAttention:
         self.av.a_out.connect(self.out.a_in)
         self.softmax.r_out.connect(self.out.r_in)
 
-    def run(self, q: ty.Any, k: ty.Any, v: ty.Any,
-            tag: str) -> AttentionResult:
-        """Encode q, k, v (h, N, d), run the block once under ``tag`` and
-        decode every stage. Needs the default ``qkv_weight_exp``; the
-        processes are stopped afterwards (a block runs once).
-        """
-        from lava.magma.core.run_conditions import RunSteps
-        from lava.magma.core.run_configs import Loihi2SimCfg
-        from lava.proc.io.sink import RingBuffer
-
+    def connect_inputs(self, q: ty.Any, k: ty.Any,
+                       v: ty.Any) -> ty.List[PhaseEncoder]:
+        """Phase-encode q, k, v (h, N, d) with the block's scales and feed
+        the spikes straight into its Q, K, V neurons (unit weight, so the
+        block needs the default ``qkv_weight_exp``)."""
+        encoders = []
         for name, x, sigma, neuron in (("q", q, self.q_scale, self.q),
                                        ("k", k, self.k_scale, self.k),
                                        ("v", v, self.v_scale, self.v)):
@@ -248,9 +245,18 @@ class SpikingSelfAttention:
             if x.shape != self.qkv_shape:
                 raise ValueError(f"{name} has shape {x.shape}, the block "
                                  f"expects {self.qkv_shape}")
-            encoder = PhaseEncoder(data=x, scale=sigma, B=self.B, T=self.T,
-                                   start=self.start)
-            encoder.s_out.connect(neuron.a_in)
+            encoders.append(PhaseEncoder(data=x, scale=sigma, B=self.B,
+                                         T=self.T, start=self.start))
+            encoders[-1].s_out.connect(neuron.a_in)
+        return encoders
+
+    def run(self, q: ty.Any, k: ty.Any, v: ty.Any,
+            tag: str) -> AttentionResult:
+        """Encode q, k, v (h, N, d), run the block once under ``tag`` and
+        decode every stage. Needs the default ``qkv_weight_exp``; the
+        processes are stopped afterwards (a block runs once).
+        """
+        self.connect_inputs(q, k, v)
         stages = [self.q, self.k, self.v, self.logits, self.softmax,
                   self.out]
         sinks = []

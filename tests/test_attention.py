@@ -3,6 +3,8 @@ under both tags, against closed forms, the integer golden model and exact
 softmax attention."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.proc.io.sink import RingBuffer
@@ -331,3 +333,57 @@ def test_block_rejects_wrong_input_shape(rng):
     with pytest.raises(ValueError, match="k has shape"):
         make().run(q, k[:, :2], v, "fixed_pt")
     assert lava_children() == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("B, T, bound", [(1.15, 40, 0.16), (1.2, 24, 0.2),
+                                         (1.4, 16, 0.3)])
+def test_error_against_torch_attention(B, T, bound):
+    """The block (its golden model, which the Lava runs above equal) against
+    torch's scaled_dot_product_attention, calibrated on separate samples.
+    The bound grows with B (coarser levels) and shrinks with T (smaller dead
+    zone); benchmarks/results/attention_accuracy.md has the full table."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    h, n, d = 4, 16, 16
+
+    def draw():
+        return [rng.normal(0, 1, (h, n, d)) for _ in range(3)]
+
+    calib = [draw() for _ in range(8)]
+    z = [q @ np.swapaxes(k, 1, 2) / np.sqrt(d) for q, k, _ in calib]
+    att = SpikingSelfAttention(
+        heads=h, tokens=n, head_dim=d, B=B, T=T, start=0,
+        q_scale=np.max([np.abs(q).max(2, keepdims=True) for q, _, _ in calib],
+                       0),
+        k_scale=np.max([np.abs(k).max(2, keepdims=True) for _, k, _ in calib],
+                       0),
+        v_scale=np.max([np.abs(v).max(1, keepdims=True) for _, _, v in calib],
+                       0),
+        logit_scale=np.max([np.abs(a).max(2, keepdims=True) for a in z], 0),
+        out_scale=np.max([np.abs(softmax_attention(*s)).max() for s in calib]))
+    errors = []
+    for _ in range(8):
+        q, k, v = draw()
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            *(torch.from_numpy(a) for a in (q, k, v))).numpy()
+        codes = [phase.quantize(x, B, T, s) for x, s in
+                 zip((q, k, v), (att.q_scale, att.k_scale, att.v_scale))]
+        out = att.golden_float(*(c.value for c in codes)).output
+        errors.append(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    assert np.mean(errors) < bound
+
+
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None)
+@given(B=st.floats(1.05, 2.0), T=st.integers(4, 24),
+       seed=st.integers(0, 2 ** 32 - 1), masked=st.booleans())
+def test_property_block_equals_golden(B, T, seed, masked):
+    """Random base, window, inputs and mask: both tags equal their golden
+    models at every stage."""
+    r = np.random.default_rng(seed)
+    mask = r.random((2, 3, 3)) < 0.3 if masked else None
+    make, inputs, _ = _block(r, h=2, n=3, d=2, B=B, T=T, mask=mask)
+    for tag in TAGS:
+        att = make()
+        _check_block(att, att.run(*inputs, tag), inputs, tag)
