@@ -20,7 +20,12 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
     """Window logic shared by the float and fixed PhaseNeuron models; the
     subclasses supply the arithmetic."""
 
-    a_in = s_out = v = fired = bias = scale = sat_count = stray_count = None
+    a_in = s_out = v = None  # declared by the arithmetic subclasses
+    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    scale: np.ndarray = LavaPyType(np.ndarray, float)
+    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
@@ -74,6 +79,10 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
 class FloatArithmetic(AbstractPhaseNeuronModel):
     """Floating-point arithmetic of the phase neuron."""
 
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    v: np.ndarray = LavaPyType(np.ndarray, float)
+
     def __init__(self, proc_params):
         super().__init__(proc_params)
         steps = np.arange(self.T, dtype=np.float64)
@@ -106,6 +115,10 @@ class FixedArithmetic(AbstractPhaseNeuronModel):
     """Integer arithmetic: 24-bit saturating state, 12-bit gain table and
     integer thresholds, all from :mod:`lava_spiked.fixed`."""
 
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
     def __init__(self, proc_params):
         super().__init__(proc_params)
         self.gains = fixed.gain_table(self.B, self.T)
@@ -135,7 +148,8 @@ class AbstractNormalizedModel(AbstractPhaseNeuronModel):
     """Adds the row-sum input and the division before the fire window; the
     arithmetic class it is combined with supplies ``divide(row_sum)``."""
 
-    r_in = row_sum = norm_count = None
+    r_in = row_sum = None  # declared by the concrete models
+    norm_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def run_spk(self):
         """The run function that performs the actual computation during
@@ -153,30 +167,11 @@ class AbstractNormalizedModel(AbstractPhaseNeuronModel):
         super().run_spk()
 
 
-FLOAT_TYPES = dict(
-    a_in=LavaPyType(PyInPort.VEC_DENSE, float),
-    s_out=LavaPyType(PyOutPort.VEC_DENSE, float),
-    v=LavaPyType(np.ndarray, float))
-FIXED_TYPES = dict(
-    a_in=LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24),
-    s_out=LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24),
-    v=LavaPyType(np.ndarray, np.int32, precision=24))
-
-
 @implements(proc=PhaseNeuron, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
 class PyPhaseNeuronModelFloat(FloatArithmetic):
     """Floating-point PhaseNeuron."""
-
-    a_in: PyInPort = FLOAT_TYPES["a_in"]
-    s_out: PyOutPort = FLOAT_TYPES["s_out"]
-    v: np.ndarray = FLOAT_TYPES["v"]
-    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    scale: np.ndarray = LavaPyType(np.ndarray, float)
-    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
 @implements(proc=PhaseNeuron, protocol=LoihiProtocol)
@@ -184,15 +179,6 @@ class PyPhaseNeuronModelFloat(FloatArithmetic):
 @tag("fixed_pt")
 class PyPhaseNeuronModelFixed(FixedArithmetic):
     """Integer PhaseNeuron."""
-
-    a_in: PyInPort = FIXED_TYPES["a_in"]
-    s_out: PyOutPort = FIXED_TYPES["s_out"]
-    v: np.ndarray = FIXED_TYPES["v"]
-    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    scale: np.ndarray = LavaPyType(np.ndarray, float)
-    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
 @implements(proc=NormalizedPhaseNeuron, protocol=LoihiProtocol)
@@ -202,17 +188,8 @@ class PyNormalizedPhaseNeuronModelFloat(AbstractNormalizedModel,
                                         FloatArithmetic):
     """Floating-point NormalizedPhaseNeuron."""
 
-    a_in: PyInPort = FLOAT_TYPES["a_in"]
     r_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
-    s_out: PyOutPort = FLOAT_TYPES["s_out"]
-    v: np.ndarray = FLOAT_TYPES["v"]
     row_sum: np.ndarray = LavaPyType(np.ndarray, float)
-    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    scale: np.ndarray = LavaPyType(np.ndarray, float)
-    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    norm_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
 @implements(proc=NormalizedPhaseNeuron, protocol=LoihiProtocol)
@@ -222,17 +199,8 @@ class PyNormalizedPhaseNeuronModelFixed(AbstractNormalizedModel,
                                         FixedArithmetic):
     """Integer NormalizedPhaseNeuron."""
 
-    a_in: PyInPort = FIXED_TYPES["a_in"]
     r_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    s_out: PyOutPort = FIXED_TYPES["s_out"]
-    v: np.ndarray = FIXED_TYPES["v"]
     row_sum: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
-    bias: np.ndarray = LavaPyType(np.ndarray, float)
-    scale: np.ndarray = LavaPyType(np.ndarray, float)
-    sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
-    norm_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
 register(PyPhaseNeuronModelFloat, PyPhaseNeuronModelFixed,

@@ -9,21 +9,12 @@ from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.proc.io.sink import RingBuffer
 
-from conftest import TAGS, lava_children
+from conftest import TAGS, lava_children, run
 from lava_spiked import fixed, phase
 from lava_spiked.attention import (SpikingSelfAttention, softmax_attention,
                                    woss, woss_fixed)
 from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
                                    PhaseNeuron, TraceMatMul, WOSSSoftmax)
-
-
-def run(proc, steps, tag, read):
-    try:
-        proc.run(condition=RunSteps(num_steps=steps),
-                 run_cfg=Loihi2SimCfg(select_tag=tag))
-        return read()
-    finally:
-        proc.stop()
 
 
 def trace_product(tag, x, y, B, T, y_transposed=False, y_start=0,
@@ -380,10 +371,17 @@ def test_error_against_torch_attention(B, T, bound):
        seed=st.integers(0, 2 ** 32 - 1), masked=st.booleans())
 def test_property_block_equals_golden(B, T, seed, masked):
     """Random base, window, inputs and mask: both tags equal their golden
-    models at every stage."""
+    models at every stage.
+
+    At B = 2 the decision level c_B = 3/4 is itself a sum of two code levels
+    (1/2 + 1/4), so products of decoded values land exactly on it and the
+    float model and the float closed form may round such a tie to different
+    sides (a documented float tie); the integer model has no ties, so B = 2
+    is checked under fixed_pt only.
+    """
     r = np.random.default_rng(seed)
     mask = r.random((2, 3, 3)) < 0.3 if masked else None
     make, inputs, _ = _block(r, h=2, n=3, d=2, B=B, T=T, mask=mask)
-    for tag in TAGS:
+    for tag in TAGS if B < 2.0 else ["fixed_pt"]:
         att = make()
         _check_block(att, att.run(*inputs, tag), inputs, tag)

@@ -11,20 +11,10 @@ from lava.proc.dense.process import Dense
 from lava.proc.io.sink import RingBuffer
 from lava.utils.weightutils import SignMode
 
-from conftest import TAGS, lava_children
+from conftest import TAGS, lava_children, run
 from lava_spiked import fixed, phase
 from lava_spiked.chain import PhaseChain
 from lava_spiked.processes import PhaseEncoder, PhaseNeuron
-
-
-def run(proc, steps, tag, read):
-    """Run the graph of ``proc`` and return ``read()``; always stop."""
-    try:
-        proc.run(condition=RunSteps(num_steps=steps),
-                 run_cfg=Loihi2SimCfg(select_tag=tag))
-        return read()
-    finally:
-        proc.stop()
 
 
 def spikes_of(trace, start, T):
