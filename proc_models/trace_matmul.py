@@ -35,8 +35,12 @@ class AbstractTraceMatMulModel(PyLoihiProcessModel):
         execution orchestrated by a PyLoihiProcessModel using the
         LoihiProtocol."""
         self.a_out.send(self.a_buff)  # one step of latency, as Dense
-        x_now = self.x_in.recv() * self.in_window(self.x_trace, self.x_start)
-        y_now = self.y_in.recv() * self.in_window(self.y_trace, self.y_start)
+        if window_step(self.time_step, min(self.x_start, self.y_start),
+                       self.period) == 0:  # a new sample: forget the old one
+            self.x_trace[:] = 0
+            self.y_trace[:] = 0
+        x_now = self.x_in.recv() * self.in_window(self.x_start)
+        y_now = self.y_in.recv() * self.in_window(self.y_start)
         x_before = self.x_trace.copy()
         self.x_trace += x_now * self.trace_now(self.x_start)
         self.y_trace += y_now * self.trace_now(self.y_start)
@@ -44,12 +48,10 @@ class AbstractTraceMatMulModel(PyLoihiProcessModel):
                                     self.y_transposed)
         self.a_buff = self.output(self.weights * raw)
 
-    def in_window(self, latched: np.ndarray, start: int) -> bool:
-        """Whether an operand's window is open; clears its latches when the
-        window opens."""
+    def in_window(self, start: int) -> bool:
+        """Whether the window of the operand that starts at ``start`` is
+        open."""
         r = window_step(self.time_step, start, self.period)
-        if r == 0:
-            latched[:] = 0
         return r is not None and r < self.T
 
     def trace_now(self, start: int):

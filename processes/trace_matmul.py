@@ -26,7 +26,10 @@ class TraceMatMul(AbstractProcess):
                           + Lx_before[h,i,k] * y_now[h,j,k]  (Lx until t-1)
         a_out      = weights * raw * 4096                   (sent next step)
 
-    so a spike reads the latched traces of its partners and a pair that fires
+    Both operands' latches are cleared when the earlier of the two windows
+    opens (a new sample), so an operand from an earlier window (V in
+    ``A @ V``) stays latched until the other one has read it. A spike thus
+    reads the latched traces of its partners and a pair that fires
     in the same step is counted once, with the product of its signs. A
     PhaseNeuron whose input window opens one step after the later operand's
     window (this Process, like Dense, sends the current it computed on the

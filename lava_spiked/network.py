@@ -1,0 +1,425 @@
+"""Calibrate, schedule and build a captured model as a Lava network.
+
+``convert(model, calibration_data, T=40, B=1.15)`` returns a
+:class:`SpikingNetwork` that owns its Lava processes and runs samples one
+after another::
+
+    net = convert(model, calib_images)
+    with net:                                  # always stops the processes
+        logits = net.infer(test_images, Loihi2SimCfg(select_tag="fixed_pt"))
+
+Schedule: the encoder fires in ``[0, T)``. A population fed by Dense
+synapses opens its input window one step (Dense's latency) after the latest
+of its sources' fire windows; every earlier source is delayed by a
+SpikeDelay so that its spikes keep their phase. The two operands of a
+``q @ k`` product share one window; the logits integrate one step after it
+(TraceMatMul's latency), the softmax reads the logit spikes directly, and
+the attention output integrates one step after the softmax fires. One sample
+takes ``num_steps`` steps; every process repeats its windows with that
+period, so samples stream through the same processes.
+"""
+import dataclasses
+import typing as ty
+import warnings
+
+import numpy as np
+import torch
+from lava.magma.core.run_conditions import RunSteps
+from lava.proc.dense.process import Dense
+from lava.utils.weightutils import SignMode
+from tqdm.auto import tqdm
+
+from lava_spiked import fixed, phase
+from lava_spiked.attention import woss
+from lava_spiked.convert import Graph, Population, capture
+from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
+                                   PhaseNeuron, SpikeDelay, TraceMatMul,
+                                   WOSSSoftmax)
+from lava_spiked.validation import check_base, check_steps
+
+GRANULARITIES = ("tensor", "channel", "token")
+
+
+def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
+              percentile: float = 99.9, granularity: str = "token",
+              batch_size: int = 64, progress: bool = True
+              ) -> ty.Dict[str, np.ndarray]:
+    """Scale sigma of every population (and of every attention's logits).
+
+    Parameters
+    ----------
+    graph : Graph
+        From :func:`lava_spiked.convert.capture`.
+    data : array_like or torch.Tensor
+        Calibration inputs, (n, *sample_shape); keep them apart from the
+        data you evaluate on.
+    statistic : {'max', 'percentile'}
+        Statistic of |activation| over the calibration samples.
+    percentile : float
+        Used with ``statistic='percentile'``.
+    granularity : {'tensor', 'channel', 'token'}
+        One sigma per tensor, per channel (last axis) or per token (all but
+        the last axis); axes that a spike product or the softmax needs shared
+        are always shared.
+
+    Returns
+    -------
+    dict
+        fx node name -> sigma, broadcastable to the population's shape.
+    """
+    if statistic not in ("max", "percentile"):
+        raise ValueError(f"statistic must be 'max' or 'percentile', got "
+                         f"{statistic!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got "
+                         f"{granularity!r}")
+    x = torch.as_tensor(np.asarray(data, dtype=np.float32))
+    if x.shape[0] == 0:
+        raise ValueError("calibration data is empty")
+    if tuple(x.shape[1:]) != graph.input.shape:
+        raise ValueError(f"calibration data has samples of shape "
+                         f"{tuple(x.shape[1:])}, the model was captured for "
+                         f"{graph.input.shape}")
+    if not torch.isfinite(x).all():
+        raise ValueError("calibration data contains NaN or inf")
+    shared = {p.name: p.shared_axes for p in graph.populations}
+    for op in graph.attention:
+        shared[op.logit_node] = (len(op.coef.shape) - 1,)
+    values: ty.Dict[str, ty.List[np.ndarray]] = {n: [] for n in shared}
+    module = graph.module.float()
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.name in values:
+                values[node.name].append(out.detach().abs().numpy())
+            elif node.op == "placeholder":
+                values[graph.input.name].append(out.detach().abs().numpy())
+            return out
+
+    with torch.no_grad():
+        for start in tqdm(range(0, len(x), batch_size), desc="calibrating",
+                          disable=not progress, leave=False):
+            Recorder(module).run(x[start:start + batch_size])
+    module.double()
+    sigmas = {}
+    for name, chunks in values.items():
+        a = np.concatenate(chunks)  # (n, *shape)
+        nd = a.ndim - 1
+        axes = set(range(nd)) if granularity == "tensor" else \
+            set(range(nd - 1)) if granularity == "channel" else {nd - 1}
+        axes |= {ax % nd for ax in shared[name]}
+        reduce = (0,) + tuple(1 + ax for ax in sorted(axes))
+        if statistic == "max":
+            s = a.max(axis=reduce, keepdims=True)[0]
+        else:
+            s = np.percentile(a, percentile, axis=reduce, keepdims=True)[0]
+        # A unit that was always 0 gets the tensor's scale (any scale codes
+        # 0), so no sigma is 0.
+        fallback = a.max() if a.max() > 0 else 1.0
+        sigmas[name] = np.where(s > 0, s, fallback).astype(np.float64)
+    return sigmas
+
+
+@dataclasses.dataclass
+class Window:
+    """Input window start I and fire window start F = I + T of a
+    population."""
+
+    start: int
+    fire: int
+
+
+class SpikingNetwork:
+    """A converted model as Lava processes (see the module docstring).
+
+    Attributes
+    ----------
+    graph : Graph
+        The captured populations and attention operations.
+    sigmas : dict
+        Calibrated scale per population / logits node.
+    windows : dict
+        Population name -> :class:`Window`.
+    num_steps : int
+        Steps per sample.
+    processes : dict
+        Population name -> its Lava process (plus synapses and delays
+        under descriptive keys).
+    """
+
+    def __init__(self, graph: Graph, sigmas: ty.Dict[str, np.ndarray],
+                 T: int, B: float) -> None:
+        self.graph, self.sigmas = graph, sigmas
+        self.T, self.B = check_steps(T), check_base(B)
+        self.windows = self._schedule()
+        out = self.windows[graph.output.name]
+        self.num_steps = out.fire + 1
+        self.processes: ty.Dict[str, ty.Any] = {}
+        self._dense_exp: ty.Dict[str, ty.Tuple[list, int]] = {}
+        self._tag: ty.Optional[str] = None
+        self._build()
+
+    # ------------------------------------------------------------ schedule
+    def _schedule(self) -> ty.Dict[str, Window]:
+        T = self.T
+        win = {self.graph.input.name: Window(-T, 0)}
+        attention = {op.out.name: op for op in self.graph.attention}
+        operands = {}
+        for op in self.graph.attention:
+            operands[op.x.name] = operands[op.y.name] = (op.x, op.y)
+        for pop in self.graph.populations[1:]:
+            if pop.name in win:
+                continue
+            if pop.name in attention:
+                op = attention[pop.name]
+                logits = win[op.x.name].fire + 1
+                win[pop.name] = Window(logits + 2 * T + 1,
+                                       logits + 3 * T + 1)
+                if win[op.v.name].fire > logits + T:
+                    raise AssertionError("v fires after the softmax")
+                continue
+            group = operands.get(pop.name, (pop,))
+            start = max(win[s.name].fire + 1 for p in group
+                        for s, _ in p.inputs)
+            for p in group:
+                win[p.name] = Window(start, start + T)
+        return win
+
+    # ---------------------------------------------------------------- build
+    def _build(self) -> None:
+        T, B, g = self.T, self.B, self.graph
+        period = self.num_steps
+        kw = dict(B=B, T=T, period=period)
+        sig = self._sigma
+        self.encoder = PhaseEncoder(data=np.zeros(g.input.shape),
+                                    scale=sig(g.input), start=0, **kw)
+        self.processes[g.input.name] = self.encoder
+        attention = {op.out.name: op for op in g.attention}
+        for pop in g.populations[1:]:
+            w = self.windows[pop.name]
+            if pop.name in attention:
+                self._build_attention(attention[pop.name], kw)
+                continue
+            mats = [wt * sig(src).reshape(1, -1) /
+                    sig(pop).reshape(-1, 1) for src, wt in pop.inputs]
+            dense, exp = fixed.quantize_weights(*mats)
+            self._dense_exp[pop.name] = (dense, exp)
+            neuron = PhaseNeuron(
+                shape=pop.shape, start=w.start, weight_exp=exp,
+                bias=pop.bias.reshape(pop.shape), scale=sig(pop),
+                unipolar=pop.kind == "relu", readout=pop.kind == "readout",
+                **kw)
+            self.processes[pop.name] = neuron
+            for (src, _), d in zip(pop.inputs, dense):
+                self._connect(src, d, neuron, w.start)
+        self.readout = self.processes[g.output.name]
+
+    def _sigma(self, pop: Population) -> np.ndarray:
+        return np.broadcast_to(self.sigmas[pop.name], pop.shape).astype(float)
+
+    def _connect(self, src: Population, weights: np.ndarray, target,
+                 start: int) -> None:
+        port = self.processes[src.name].s_out
+        delay = start - self.windows[src.name].fire - 1
+        if delay > 0:
+            key = f"{src.name}->delay{delay}"
+            if key not in self.processes:
+                self.processes[key] = SpikeDelay(shape=src.shape, delay=delay)
+                port.connect(self.processes[key].s_in)
+            port = self.processes[key].s_out
+        dense = Dense(weights=weights,
+                      num_message_bits=fixed.SPIKE_PAYLOAD_BITS,
+                      sign_mode=SignMode.MIXED)
+        self.processes[f"{src.name}->{target.name}"] = dense
+        port.flatten().connect(dense.s_in)
+        dense.a_out.reshape(target.shape).connect(target.a_in)
+
+    def _build_attention(self, op, kw) -> None:
+        T = self.T
+        sx, sy = self._sigma(op.x), self._sigma(op.y)
+        s_logit = np.broadcast_to(self.sigmas[op.logit_node],
+                                  op.coef.shape).astype(float)
+        s_v, s_out = self._sigma(op.v), self._sigma(op.out)
+        # row i of x and column j of y: sigma shared along the contracted axis
+        c_qk = op.coef * sx[..., :, :1] * sy[..., :1, :] / s_logit
+        (qk,), qk_exp = fixed.quantize_weights(c_qk)
+        c_av = s_v[..., :1, :] / s_out
+        (av,), av_exp = fixed.quantize_weights(c_av)
+        fx, fv = self.windows[op.x.name].fire, self.windows[op.v.name].fire
+        logit_start = fx + 1
+        qk_mm = TraceMatMul(x_shape=op.x.shape, y_shape=op.y.shape,
+                            weights=qk, x_start=fx, y_start=fx,
+                            y_transposed=True, **kw)
+        logits = PhaseNeuron(shape=op.coef.shape, start=logit_start,
+                             weight_exp=qk_exp - fixed.GAIN_FRAC_BITS,
+                             bias=op.bias, scale=s_logit, **kw)
+        soft = WOSSSoftmax(shape=op.coef.shape, start=logit_start + T,
+                           scale=s_logit, mask=op.mask, **kw)
+        av_mm = TraceMatMul(x_shape=op.coef.shape, y_shape=op.v.shape,
+                            weights=av, x_start=logit_start + 2 * T,
+                            y_start=fv, y_transposed=True, **kw)
+        out = NormalizedPhaseNeuron(
+            shape=op.out.shape, start=self.windows[op.out.name].start,
+            weight_exp=av_exp - fixed.GAIN_FRAC_BITS, scale=s_out, **kw)
+        self.processes[op.x.name].s_out.connect(qk_mm.x_in)
+        self.processes[op.y.name].s_out.connect(qk_mm.y_in)
+        qk_mm.a_out.connect(logits.a_in)
+        logits.s_out.connect(soft.s_in)
+        soft.s_out.connect(av_mm.x_in)
+        self.processes[op.v.name].s_out.connect(av_mm.y_in)
+        av_mm.a_out.connect(out.a_in)
+        soft.r_out.connect(out.r_in)
+        self.processes.update({
+            f"{op.out.name}:qk": qk_mm, f"{op.out.name}:logits": logits,
+            f"{op.out.name}:softmax": soft, f"{op.out.name}:av": av_mm,
+            op.out.name: out})
+        self._dense_exp[op.out.name] = ((qk, av), (qk_exp, av_exp))
+
+    # ------------------------------------------------------------------ run
+    def run(self, condition, run_cfg) -> None:
+        """Run the Lava network, as ``Process.run`` (Lava's own API)."""
+        self._tag = getattr(run_cfg, "select_tag", self._tag)
+        self.readout.run(condition=condition, run_cfg=run_cfg)
+
+    def infer(self, samples: ty.Any, run_cfg,
+              progress: bool = True) -> np.ndarray:
+        """Run samples one after another and return decoded logits.
+
+        Parameters
+        ----------
+        samples : array_like
+            (n, *sample_shape) inputs (finite).
+        run_cfg : lava RunConfig
+            E.g. ``Loihi2SimCfg(select_tag="fixed_pt")``; the first run
+            fixes the tag for the life of the network.
+        """
+        x = np.asarray(samples, dtype=np.float64)
+        if x.ndim != len(self.graph.input.shape) + 1 or \
+                x.shape[1:] != self.graph.input.shape:
+            raise ValueError(f"samples must have shape (n, "
+                             f"{', '.join(map(str, self.graph.input.shape))}"
+                             f"), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("samples contain NaN or inf")
+        logits = []
+        for sample in tqdm(x, desc=f"Lava {getattr(run_cfg, 'select_tag', '')}",
+                           disable=not progress, leave=False):
+            if self.readout.runtime is None:
+                self.encoder.data.init = sample  # read at compile time
+            else:
+                self.encoder.data.set(sample)
+            self.run(RunSteps(num_steps=self.num_steps), run_cfg)
+            logits.append(self._decode_readout(self.readout.v.get()))
+        self._check_counts()
+        return np.array(logits)
+
+    def _decode_readout(self, v: np.ndarray) -> np.ndarray:
+        sigma = self._sigma(self.graph.output)
+        scale = 2.0 ** -fixed.STATE_FRAC_BITS if self._tag == "fixed_pt" \
+            else 1.0
+        return np.asarray(v, dtype=np.float64) * scale * sigma
+
+    def _check_counts(self) -> None:
+        sat = stray = 0
+        for proc in self.processes.values():
+            if hasattr(proc, "sat_count"):
+                sat += int(proc.sat_count.get()[0])
+            if hasattr(proc, "stray_count"):
+                stray += int(proc.stray_count.get()[0])
+        if stray:
+            raise RuntimeError(f"{stray} spikes arrived outside their "
+                               "window: the schedule is wrong (a bug)")
+        if sat:
+            warnings.warn(f"{sat} saturation events in the integer state",
+                          RuntimeWarning, stacklevel=3)
+
+    def stop(self) -> None:
+        """Stop all Lava processes (idempotent)."""
+        if self.readout.runtime is not None:
+            self.readout.stop()
+
+    def __enter__(self) -> "SpikingNetwork":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------- golden (float)
+    def golden_float(self, sample: ty.Any) -> np.ndarray:
+        """Closed form of the network for one sample (floating_pt): Q of
+        each population's integrated input, WOSS attention, readout."""
+        B, T, g = self.B, self.T, self.graph
+        val = {g.input.name: phase.quantize(
+            np.asarray(sample, float), B, T, self._sigma(g.input)).value}
+        attention = {op.out.name: op for op in g.attention}
+        for pop in g.populations[1:]:
+            if pop.name in attention:
+                val[pop.name] = self._golden_attention(attention[pop.name],
+                                                       val)
+                continue
+            dense, exp = self._dense_exp[pop.name]
+            a = pop.bias / self._sigma(pop).ravel()
+            for (src, _), d in zip(pop.inputs, dense):
+                a = a + fixed.dequantize_weights(d, exp) @ (
+                    val[src.name] / self._sigma(src)).ravel()
+            a = a.reshape(pop.shape) * self._sigma(pop)
+            if pop.kind == "readout":
+                return a
+            val[pop.name] = phase.quantize(a, B, T, self._sigma(pop),
+                                           unipolar=pop.kind == "relu").value
+        raise AssertionError("no readout population")
+
+    def _golden_attention(self, op, val) -> np.ndarray:
+        B, T = self.B, self.T
+        (qk, av), (qk_exp, av_exp) = self._dense_exp[op.out.name]
+        s_logit = np.broadcast_to(self.sigmas[op.logit_node],
+                                  op.coef.shape)
+        x = val[op.x.name] / self._sigma(op.x)
+        y = val[op.y.name] / self._sigma(op.y)
+        z = fixed.dequantize_weights(qk, qk_exp) * (x @ y) * s_logit + \
+            op.bias
+        logit = phase.quantize(z, B, T, s_logit).value
+        p, _ = woss(logit, B, T, op.mask)
+        r = p.sum(-1)[..., None]
+        a = fixed.dequantize_weights(av, av_exp) * (
+            p @ (val[op.v.name] / self._sigma(op.v)))
+        a = np.where(r > 0, a / np.where(r > 0, r, 1.0), 0.0)
+        s_out = self._sigma(op.out)
+        return phase.quantize(a * s_out, B, T, s_out).value
+
+
+def convert(model: torch.nn.Module, calibration_data: ty.Any, T: int = 40,
+            B: float = 1.15, statistic: str = "max",
+            percentile: float = 99.9, granularity: str = "token",
+            progress: bool = True) -> SpikingNetwork:
+    """Convert a PyTorch transformer into a phase-coded Lava network.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Built from supported operations (see :mod:`lava_spiked.convert`).
+    calibration_data : array_like
+        (n, *sample_shape) inputs for calibration, separate from the data
+        you evaluate on.
+    T, B : int, float
+        Window length and base of the phase code.
+    statistic, percentile, granularity
+        See :func:`calibrate`.
+
+    Raises
+    ------
+    UnsupportedModelError
+        Listing every unsupported operation.
+    ValueError
+        On invalid T, B or calibration data.
+    """
+    check_steps(T), check_base(B)
+    data = np.asarray(calibration_data, dtype=np.float32)
+    if data.ndim < 2 or data.shape[0] == 0:
+        raise ValueError(f"calibration_data must be (n, *sample_shape) with "
+                         f"n > 0, got shape {data.shape}")
+    graph = capture(model, tuple(data.shape[1:]))
+    sigmas = calibrate(graph, data, statistic, percentile, granularity,
+                       progress=progress)
+    return SpikingNetwork(graph, sigmas, T, B)
