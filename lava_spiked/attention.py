@@ -322,51 +322,79 @@ class SpikingSelfAttention:
     def golden_fixed(self, q_step, q_sign, k_step, k_sign, v_step,
                      v_sign) -> AttentionResult:
         """Integer golden model from the spikes of Q, K and V (fire steps and
-        signs), step by step with :mod:`lava_spiked.fixed`."""
-        B, T = self.B, self.T
-        G = fixed.trace(B, T)
-        gains, thresholds = fixed.gain_table(B, T), fixed.threshold_table(B, T)
-        sat = 0
+        signs), with :func:`attention_fixed`."""
+        res = attention_fixed(
+            q_step, q_sign, k_step, k_sign, v_step, v_sign, self.qk_weights,
+            self.qk_exp, self.logit_bias / self.logit_scale,
+            self.logit_scale, self.mask, self.av_weights, self.av_exp,
+            self.B, self.T, y_transposed=False)
+        o_step, o_sign = fixed.first_spike(
+            res.out_state, fixed.threshold_table(self.B, self.T),
+            unipolar=False)
+        output = phase.decode(o_step, o_sign, self.B, self.out_scale)
+        return AttentionResult(q_step, k_step, v_step, res.logit_step,
+                               res.logit_sign, res.p_step, o_step, o_sign,
+                               output, res.row_sum, res.n_saturated)
 
-        def latched(step, sign, upto):
-            return np.where((step >= 0) & (step <= upto), sign * G[step], 0)
 
-        def now(step, sign, j):
-            return np.where(step == j, sign, 0)
+class IntegerAttention(ty.NamedTuple):
+    """Result of :func:`attention_fixed`."""
 
-        # logits: Q and K share a window; a pair lands at max(m_q, m_k)
-        v_log, n = fixed.to_state(self.logit_bias / self.logit_scale)
+    logit_step: np.ndarray
+    logit_sign: np.ndarray
+    p_step: np.ndarray
+    row_sum: np.ndarray
+    out_state: np.ndarray
+    n_saturated: int
+
+
+def attention_fixed(x_step, x_sign, y_step, y_sign, v_step, v_sign,
+                    qk_weights, qk_exp, logit_bias_norm, logit_scale, mask,
+                    av_weights, av_exp, B, T,
+                    y_transposed: bool) -> IntegerAttention:
+    """Integer golden model of one attention operation, step by step.
+
+    X and Y fire in one window, so a pair's current lands at the later of
+    their steps; the logit neuron integrates it; WOSS follows
+    :func:`woss_fixed`; V fired in an earlier window, so each softmax spike
+    reads all of V's latched traces; the output state is divided by the row
+    sum (:func:`lava_spiked.fixed.normalize`). Returns the output state
+    before its fire window.
+    """
+    G = fixed.trace(B, T)
+    gains, thresholds = fixed.gain_table(B, T), fixed.threshold_table(B, T)
+
+    def latched(step, sign, upto):
+        return np.where((step >= 0) & (step <= upto),
+                        sign * G[np.maximum(step, 0)], 0)
+
+    def now(step, sign, j):
+        return np.where(step == j, sign, 0)
+
+    v_log, sat = fixed.to_state(logit_bias_norm)
+    for j in range(T):
+        raw = fixed.product_current(
+            now(x_step, x_sign, j), latched(y_step, y_sign, j),
+            latched(x_step, x_sign, j - 1), now(y_step, y_sign, j),
+            y_transposed)
+        v_log, n = fixed.integrate(v_log, qk_weights * raw, int(gains[j]),
+                                   qk_exp - fixed.GAIN_FRAC_BITS)
         sat += n
-        for j in range(T):
-            raw = fixed.product_current(
-                now(q_step, q_sign, j), latched(k_step, k_sign, j),
-                latched(q_step, q_sign, j - 1), now(k_step, k_sign, j),
-                y_transposed=False)
-            v_log, n = fixed.integrate(v_log, self.qk_weights * raw,
-                                       int(gains[j]),
-                                       self.qk_exp - fixed.GAIN_FRAC_BITS)
-            sat += n
-        l_step, l_sign = fixed.first_spike(v_log, thresholds, unipolar=False)
-        p_step, row_sum, n = woss_fixed(l_step, l_sign, self.logit_scale,
-                                        B, T, self.mask)
+    l_step, l_sign = fixed.first_spike(v_log, thresholds, unipolar=False)
+    p_step, row_sum, n = woss_fixed(l_step, l_sign, logit_scale, B, T, mask)
+    sat += n
+    v_all = latched(np.asarray(v_step), np.asarray(v_sign), T)
+    out_shape = p_step.shape[:-1] + v_all.shape[-1:]
+    v_out = np.zeros(out_shape, np.int64)
+    for j in range(T):
+        raw = fixed.product_current(np.where(p_step == j, 1, 0), v_all,
+                                    np.zeros(p_step.shape),
+                                    np.zeros(v_all.shape), y_transposed=True)
+        v_out, n = fixed.integrate(v_out, av_weights * raw, int(gains[j]),
+                                   av_exp - fixed.GAIN_FRAC_BITS)
         sat += n
-        # AV: V latched since its own window, P spikes read it
-        v_all = latched(v_step, v_sign, T)
-        v_out = np.zeros(self.qkv_shape, np.int64)
-        for j in range(T):
-            raw = fixed.product_current(
-                np.where(p_step == j, 1, 0), v_all,
-                np.zeros(self.logit_shape), np.zeros(self.qkv_shape),
-                y_transposed=True)
-            v_out, n = fixed.integrate(v_out, self.av_weights * raw,
-                                       int(gains[j]),
-                                       self.av_exp - fixed.GAIN_FRAC_BITS)
-            sat += n
-        v_out = fixed.normalize(v_out, row_sum)
-        o_step, o_sign = fixed.first_spike(v_out, thresholds, unipolar=False)
-        output = phase.decode(o_step, o_sign, B, self.out_scale)
-        return AttentionResult(q_step, k_step, v_step, l_step, l_sign, p_step,
-                               o_step, o_sign, output, row_sum, sat)
+    return IntegerAttention(l_step, l_sign, p_step, row_sum,
+                            fixed.normalize(v_out, row_sum), sat)
 
 
 def _first_spikes(trace: np.ndarray, start: int,

@@ -26,6 +26,7 @@ that connect them, with their BatchNorms and residual adds.
 import copy
 import dataclasses
 import operator
+import types
 import typing as ty
 
 import numpy as np
@@ -41,6 +42,7 @@ MATMUL = (operator.matmul, torch.matmul, torch.bmm, "matmul")
 SOFTMAX = (torch.softmax, torch.nn.functional.softmax, "softmax")
 AFFINE_FUNCTIONS = {operator.add, operator.sub, operator.neg, operator.mul,
                     operator.truediv, operator.getitem, torch.cat,
+                    torch.nn.functional.linear,
                     torch.flatten, torch.transpose, torch.permute,
                     torch.reshape, torch.mean, torch.sum, getattr}
 AFFINE_METHODS = {"add", "sub", "mul", "div", "flatten", "transpose",
@@ -190,15 +192,91 @@ class Softmax:
     node: str
 
 
+def _mha_forward(self, query, key, value, key_padding_mask=None,
+                 need_weights=True, attn_mask=None, average_attn_weights=True,
+                 is_causal=False):
+    """Inference of nn.MultiheadAttention written with plain operations, so
+    that fx traces it (its own forward has data-dependent fast paths)."""
+    if key_padding_mask is not None or is_causal or \
+            not self._qkv_same_embed_dim or self.bias_k is not None or \
+            self.add_zero_attn:
+        raise UnsupportedModelError(
+            "nn.MultiheadAttention is supported without key_padding_mask, "
+            "is_causal, kdim/vdim, bias_k/bias_v and add_zero_attn")
+    if not self.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    b, e, h = query.shape[0], self.embed_dim, self.num_heads
+    d = e // h
+    bias = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None \
+        else (None,) * 3
+    q, k, v = (torch.nn.functional.linear(t, w, bb).reshape(
+        b, t.shape[1], h, d).transpose(1, 2) for t, w, bb in zip(
+            (query, key, value), self.in_proj_weight.chunk(3), bias))
+    attn = (q @ k.transpose(-2, -1)) * d ** -0.5
+    if attn_mask is not None:
+        attn = attn.masked_fill(attn_mask, float("-inf")) \
+            if attn_mask.dtype == torch.bool else attn + attn_mask
+    out = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(
+        b, query.shape[1], e)
+    out = self.out_proj(out)
+    return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def _encoder_layer_forward(self, src, src_mask=None, src_key_padding_mask=None,
+                           is_causal=False):
+    """Inference of nn.TransformerEncoderLayer with plain operations."""
+    def sa(x):
+        return self.dropout1(self.self_attn(x, x, x, attn_mask=src_mask,
+                                            is_causal=is_causal)[0])
+
+    def ff(x):
+        return self.dropout2(self.linear2(self.dropout(
+            self.activation(self.linear1(x)))))
+
+    if src_key_padding_mask is not None:
+        raise UnsupportedModelError("src_key_padding_mask is not supported")
+    if self.norm_first:
+        src = src + sa(self.norm1(src))
+        return src + ff(self.norm2(src))
+    src = self.norm1(src + sa(src))
+    return self.norm2(src + ff(src))
+
+
+def _encoder_forward(self, src, mask=None, src_key_padding_mask=None,
+                     is_causal=None):
+    """Inference of nn.TransformerEncoder with plain operations."""
+    for layer in self.layers:
+        src = layer(src, src_mask=mask,
+                    src_key_padding_mask=src_key_padding_mask)
+    return src if self.norm is None else self.norm(src)
+
+
+# torch.nn modules whose forward has data-dependent fast paths: traced
+# through these equivalent forwards instead of kept as opaque leaves.
+PLAIN_FORWARD = {nn.MultiheadAttention: _mha_forward,
+                 nn.TransformerEncoderLayer: _encoder_layer_forward,
+                 nn.TransformerEncoder: _encoder_forward}
+
+
 class _Tracer(torch.fx.Tracer):
-    """fx tracer that keeps torch.nn modules as leaves (the default)."""
+    """fx tracer that traces through the modules of PLAIN_FORWARD."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return not isinstance(m, tuple(PLAIN_FORWARD)) and \
+            super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """Symbolically trace ``model`` (in eval mode) with torch.fx."""
-    model = model.eval()
+    """Symbolically trace a copy of ``model`` (eval mode) with torch.fx."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        forward = PLAIN_FORWARD.get(type(module))
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
     try:
         graph = _Tracer().trace(model)
+    except UnsupportedModelError:
+        raise
     except Exception as err:  # fx raises many types for dynamic control flow
         raise UnsupportedModelError(
             f"torch.fx could not trace {type(model).__name__}: {err}. The "
@@ -208,11 +286,19 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
 
 
 def unsupported(gm: torch.fx.GraphModule) -> ty.List[str]:
-    """Qualified names and types of every operation with no phase-coded
-    equivalent, in graph order."""
+    """Qualified names and types of every operation on activations that has
+    no phase-coded equivalent, in graph order (operations on parameters and
+    constants only are computed once and need no equivalent)."""
     modules = dict(gm.named_modules())
+    dependent: ty.Set[str] = set()
     bad = []
     for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            dependent.add(node.name)
+            continue
+        if not any(n.name in dependent for n in node.all_input_nodes):
+            continue
+        dependent.add(node.name)
         if node.op == "call_module":
             mod = modules[node.target]
             if not isinstance(mod, AFFINE_MODULES + (nn.ReLU,)):
@@ -246,7 +332,7 @@ def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...]) -> Graph:
         Listing every unsupported module and function, before anything is
         built.
     """
-    gm = trace(copy.deepcopy(model)).double()
+    gm = trace(model).double()
     bad = unsupported(gm)
     if bad:
         raise UnsupportedModelError(
@@ -449,3 +535,25 @@ def _replace(args, kwargs, fn):
             return type(a)(sub(x) for x in a)
         return fn(a) if isinstance(a, Affine) else a
     return sub(args), {k: sub(v) for k, v in kwargs.items()}
+
+
+def evaluate(graph: Graph, sample: ty.Any) -> np.ndarray:
+    """The captured network without any quantisation: the folded affine
+    maps, ReLU and exact softmax attention. It equals the model's output up
+    to float rounding exactly when the capture is right."""
+    val = {graph.input.name: np.asarray(sample, dtype=np.float64).ravel()}
+    attention = {op.out.name: op for op in graph.attention}
+    for pop in graph.populations[1:]:
+        op = attention.get(pop.name)
+        if op is not None:
+            x, y, v = (val[p.name].reshape(p.shape) for p in (op.x, op.y, op.v))
+            z = np.where(op.mask, -np.inf, op.coef * (x @ y) + op.bias)
+            z_max = z.max(-1, keepdims=True)
+            e = np.exp(z - np.where(np.isfinite(z_max), z_max, 0.0))
+            total = e.sum(-1, keepdims=True)
+            p = np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0)
+            val[pop.name] = (p @ v).ravel()
+            continue
+        a = pop.bias + sum(w @ val[src.name] for src, w in pop.inputs)
+        val[pop.name] = np.maximum(a, 0.0) if pop.kind == "relu" else a
+    return val[graph.output.name].reshape(graph.output.shape)

@@ -30,7 +30,7 @@ from lava.utils.weightutils import SignMode
 from tqdm.auto import tqdm
 
 from lava_spiked import fixed, phase
-from lava_spiked.attention import woss
+from lava_spiked.attention import attention_fixed, woss
 from lava_spiked.convert import Graph, Population, capture
 from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
                                    PhaseNeuron, SpikeDelay, TraceMatMul,
@@ -368,6 +368,43 @@ class SpikingNetwork:
                 return a
             val[pop.name] = phase.quantize(a, B, T, self._sigma(pop),
                                            unipolar=pop.kind == "relu").value
+        raise AssertionError("no readout population")
+
+    def golden_fixed(self, sample: ty.Any) -> np.ndarray:
+        """Integer golden model of the network for one sample (fixed_pt):
+        :func:`lava_spiked.fixed.run_layer` per population and
+        :func:`lava_spiked.attention.attention_fixed` per attention, fed
+        with the spikes (steps relative to each window) of their sources."""
+        B, T, g = self.B, self.T, self.graph
+        thresholds = fixed.threshold_table(B, T)
+        state, _ = fixed.to_state(np.asarray(sample, float) /
+                                  self._sigma(g.input))
+        spikes = {g.input.name: fixed.first_spike(state, thresholds, False)}
+        attention = {op.out.name: op for op in g.attention}
+        for pop in g.populations[1:]:
+            op = attention.get(pop.name)
+            if op is not None:
+                (qk, av), (qk_exp, av_exp) = self._dense_exp[pop.name]
+                s_logit = np.broadcast_to(self.sigmas[op.logit_node],
+                                          op.coef.shape)
+                res = attention_fixed(
+                    *spikes[op.x.name], *spikes[op.y.name],
+                    *spikes[op.v.name], qk, qk_exp, op.bias / s_logit,
+                    s_logit, op.mask, av, av_exp, B, T, y_transposed=True)
+                spikes[pop.name] = fixed.first_spike(res.out_state,
+                                                     thresholds, False)
+                continue
+            dense, exp = self._dense_exp[pop.name]
+            layer = fixed.run_layer(
+                [spikes[src.name][0].ravel() for src, _ in pop.inputs],
+                [spikes[src.name][1].ravel() for src, _ in pop.inputs],
+                dense, exp, pop.bias / self._sigma(pop).ravel(), B, T,
+                unipolar=pop.kind == "relu")
+            if pop.kind == "readout":
+                return (layer.v * 2.0 ** -fixed.STATE_FRAC_BITS).reshape(
+                    pop.shape) * self._sigma(pop)
+            spikes[pop.name] = (layer.step.reshape(pop.shape),
+                                layer.sign.reshape(pop.shape))
         raise AssertionError("no readout population")
 
     def _golden_attention(self, op, val) -> np.ndarray:
