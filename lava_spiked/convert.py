@@ -207,11 +207,14 @@ def _mha_forward(self, query, key, value, key_padding_mask=None,
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
     b, e, h = query.shape[0], self.embed_dim, self.num_heads
     d = e // h
-    bias = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None \
-        else (None,) * 3
-    q, k, v = (torch.nn.functional.linear(t, w, bb).reshape(
-        b, t.shape[1], h, d).transpose(1, 2) for t, w, bb in zip(
-            (query, key, value), self.in_proj_weight.chunk(3), bias))
+    def project(t, i):
+        w = self.in_proj_weight[i * e:(i + 1) * e]
+        bb = None if self.in_proj_bias is None else \
+            self.in_proj_bias[i * e:(i + 1) * e]
+        return torch.nn.functional.linear(t, w, bb).reshape(
+            b, t.shape[1], h, d).transpose(1, 2)
+
+    q, k, v = project(query, 0), project(key, 1), project(value, 2)
     attn = (q @ k.transpose(-2, -1)) * d ** -0.5
     if attn_mask is not None:
         attn = attn.masked_fill(attn_mask, float("-inf")) \
@@ -266,13 +269,20 @@ class _Tracer(torch.fx.Tracer):
             super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """Symbolically trace a copy of ``model`` (eval mode) with torch.fx."""
+def plain(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode whose PLAIN_FORWARD modules use their
+    plain forwards (same results; no fast paths)."""
     model = copy.deepcopy(model).eval()
     for module in model.modules():
         forward = PLAIN_FORWARD.get(type(module))
         if forward is not None:
             module.forward = types.MethodType(forward, module)
+    return model
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """Symbolically trace :func:`plain` ``(model)`` with torch.fx."""
+    model = plain(model)
     try:
         graph = _Tracer().trace(model)
     except UnsupportedModelError:
