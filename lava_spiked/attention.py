@@ -299,19 +299,13 @@ class SpikingSelfAttention:
         with the quantised weights c of the TraceMatMuls.
         """
         B, T = self.B, self.T
-        qk = fixed.dequantize_weights(self.qk_weights, self.qk_exp)
-        # Spikes carry sign and phase only; the scales are in the weights.
-        z = qk * ((q_hat / self.q_scale) @
-                  np.swapaxes(k_hat / self.k_scale, 1, 2)) * \
-            self.logit_scale + self.logit_bias
-        logit = phase.quantize(z, B, T, self.logit_scale)
-        p, p_step = woss(logit.value, B, T, self.mask)
-        row_sum = p.sum(-1)
-        av = fixed.dequantize_weights(self.av_weights, self.av_exp)
-        a = av * (p @ (v_hat / self.v_scale))
-        safe = np.where(row_sum > 0, row_sum, 1.0)[..., None]
-        a = np.where(row_sum[..., None] > 0, a / safe, 0.0)
-        out = phase.quantize(a * self.out_scale, B, T, self.out_scale)
+        logit, p_step, row_sum, out = attention_float(
+            q_hat / self.q_scale, np.swapaxes(k_hat / self.k_scale, 1, 2),
+            v_hat / self.v_scale,
+            fixed.dequantize_weights(self.qk_weights, self.qk_exp),
+            self.logit_bias, self.logit_scale, self.mask,
+            fixed.dequantize_weights(self.av_weights, self.av_exp),
+            self.out_scale, B, T)
         codes = [phase.quantize(x, B, T, sc) for x, sc in
                  ((q_hat, self.q_scale), (k_hat, self.k_scale),
                   (v_hat, self.v_scale))]
@@ -335,6 +329,32 @@ class SpikingSelfAttention:
         return AttentionResult(q_step, k_step, v_step, res.logit_step,
                                res.logit_sign, res.p_step, o_step, o_sign,
                                output, res.row_sum, res.n_saturated)
+
+
+def attention_float(x, y, v, qk, logit_bias, logit_scale, mask, av,
+                    out_scale, B, T) -> ty.Tuple[phase.PhaseCode, np.ndarray,
+                                                 np.ndarray, phase.PhaseCode]:
+    """Closed form of one attention operation on spike values.
+
+    ``x`` (h, N, K), ``y`` (h, K, M) and ``v`` (h, M, d) are decoded operand
+    values divided by their scales (spikes carry sign and phase only; the
+    scales live in the weights ``qk`` and ``av``)::
+
+        logits = Q(qk * (x @ y) * logit_scale + logit_bias)
+        p      = WOSS(logits),  R = sum(p)
+        out    = Q(av * (p @ v) / R * out_scale)   (0 where R = 0)
+
+    Returns the logit code, the softmax fire steps, R and the output code.
+    """
+    z = qk * (x @ y) * logit_scale + logit_bias
+    logit = phase.quantize(z, B, T, logit_scale)
+    p, p_step = woss(logit.value, B, T, mask)
+    row_sum = p.sum(-1)
+    a = av * (p @ v)
+    r = row_sum[..., None]
+    a = np.where(r > 0, a / np.where(r > 0, r, 1.0), 0.0)
+    out = phase.quantize(a * out_scale, B, T, out_scale)
+    return logit, p_step, row_sum, out
 
 
 class IntegerAttention(ty.NamedTuple):

@@ -410,8 +410,9 @@ class _Capture:
             return self.matmul(node, *args[:2])
         if target in SOFTMAX:
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            # the last axis: -1, or its index counting the batch axis
             if not isinstance(args[0], Product) or dim not in (-1, len(
-                    args[0].coef.shape) - 1):
+                    args[0].coef.shape)):
                 raise UnsupportedModelError(
                     f"{node.name}: softmax must act on the last axis of a "
                     "q @ k product")

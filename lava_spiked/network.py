@@ -30,7 +30,7 @@ from lava.utils.weightutils import SignMode
 from tqdm.auto import tqdm
 
 from lava_spiked import fixed, phase
-from lava_spiked.attention import attention_fixed, woss
+from lava_spiked.attention import attention_fixed, attention_float
 from lava_spiked.convert import Graph, Population, capture
 from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
                                    PhaseNeuron, SpikeDelay, TraceMatMul,
@@ -93,8 +93,6 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
             out = super().run_node(node)
             if node.name in values:
                 values[node.name].append(out.detach().abs().numpy())
-            elif node.op == "placeholder":
-                values[graph.input.name].append(out.detach().abs().numpy())
             return out
 
     with torch.no_grad():
@@ -408,22 +406,16 @@ class SpikingNetwork:
         raise AssertionError("no readout population")
 
     def _golden_attention(self, op, val) -> np.ndarray:
-        B, T = self.B, self.T
         (qk, av), (qk_exp, av_exp) = self._dense_exp[op.out.name]
-        s_logit = np.broadcast_to(self.sigmas[op.logit_node],
-                                  op.coef.shape)
-        x = val[op.x.name] / self._sigma(op.x)
-        y = val[op.y.name] / self._sigma(op.y)
-        z = fixed.dequantize_weights(qk, qk_exp) * (x @ y) * s_logit + \
-            op.bias
-        logit = phase.quantize(z, B, T, s_logit).value
-        p, _ = woss(logit, B, T, op.mask)
-        r = p.sum(-1)[..., None]
-        a = fixed.dequantize_weights(av, av_exp) * (
-            p @ (val[op.v.name] / self._sigma(op.v)))
-        a = np.where(r > 0, a / np.where(r > 0, r, 1.0), 0.0)
-        s_out = self._sigma(op.out)
-        return phase.quantize(a * s_out, B, T, s_out).value
+        *_, out = attention_float(
+            val[op.x.name] / self._sigma(op.x),
+            val[op.y.name] / self._sigma(op.y),
+            val[op.v.name] / self._sigma(op.v),
+            fixed.dequantize_weights(qk, qk_exp), op.bias,
+            np.broadcast_to(self.sigmas[op.logit_node], op.coef.shape),
+            op.mask, fixed.dequantize_weights(av, av_exp),
+            self._sigma(op.out), self.B, self.T)
+        return out.value
 
 
 def convert(model: torch.nn.Module, calibration_data: ty.Any, T: int = 40,
