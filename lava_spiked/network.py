@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from lava.magma.core.run_conditions import RunSteps
 from lava.proc.dense.process import Dense
+from lava.proc.io.sink import RingBuffer
 from lava.utils.weightutils import SignMode
 from tqdm.auto import tqdm
 
@@ -144,6 +145,10 @@ class SpikingNetwork:
     processes : dict
         Population name -> its Lava process (plus synapses and delays
         under descriptive keys).
+    encoder, readout, sink
+        The input PhaseEncoder, the readout PhaseNeuron and the RingBuffer
+        that receives the readout's membrane (decoded logits =
+        ``sink * sigma / 2**16``).
     """
 
     def __init__(self, graph: Graph, sigmas: ty.Dict[str, np.ndarray],
@@ -155,7 +160,6 @@ class SpikingNetwork:
         self.num_steps = out.fire + 1
         self.processes: ty.Dict[str, ty.Any] = {}
         self._dense_exp: ty.Dict[str, ty.Tuple[list, int]] = {}
-        self._tag: ty.Optional[str] = None
         self._build()
 
     # ------------------------------------------------------------ schedule
@@ -212,6 +216,10 @@ class SpikingNetwork:
             for (src, _), d in zip(pop.inputs, dense):
                 self._connect(src, d, neuron, w.start)
         self.readout = self.processes[g.output.name]
+        # The readout sends its membrane (state units) at the last step of a
+        # sample, so a one-slot RingBuffer holds exactly that message.
+        self.sink = RingBuffer(shape=g.output.shape, buffer=1)
+        self.readout.s_out.connect(self.sink.a_in)
 
     def _sigma(self, pop: Population) -> np.ndarray:
         return np.broadcast_to(self.sigmas[pop.name], pop.shape).astype(float)
@@ -277,7 +285,6 @@ class SpikingNetwork:
     # ------------------------------------------------------------------ run
     def run(self, condition, run_cfg) -> None:
         """Run the Lava network, as ``Process.run`` (Lava's own API)."""
-        self._tag = getattr(run_cfg, "select_tag", self._tag)
         self.readout.run(condition=condition, run_cfg=run_cfg)
 
     def infer(self, samples: ty.Any, run_cfg,
@@ -308,15 +315,11 @@ class SpikingNetwork:
             else:
                 self.encoder.data.set(sample)
             self.run(RunSteps(num_steps=self.num_steps), run_cfg)
-            logits.append(self._decode_readout(self.readout.v.get()))
+            state = self.sink.data.get()[..., 0]
+            logits.append(state * 2.0 ** -fixed.STATE_FRAC_BITS *
+                          self._sigma(self.graph.output))
         self._check_counts()
         return np.array(logits)
-
-    def _decode_readout(self, v: np.ndarray) -> np.ndarray:
-        sigma = self._sigma(self.graph.output)
-        scale = 2.0 ** -fixed.STATE_FRAC_BITS if self._tag == "fixed_pt" \
-            else 1.0
-        return np.asarray(v, dtype=np.float64) * scale * sigma
 
     def _check_counts(self) -> None:
         sat = stray = 0
