@@ -14,7 +14,7 @@ from lava.utils.weightutils import SignMode
 from conftest import TAGS, lava_children, run
 from lava_spiked import fixed, phase
 from lava_spiked.chain import PhaseChain
-from lava_spiked.processes import PhaseEncoder, PhaseNeuron
+from lava_spiked.processes import PhaseEncoder, PhaseNeuron, SpikeDelay
 
 
 def spikes_of(trace, start, T):
@@ -314,3 +314,27 @@ def test_property_lava_equals_golden(B, T, seed, relu):
     for a, b in zip(fx.steps + fl.steps, gi.steps + gf.steps):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(fl.output, gf.output, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_spike_delay_shifts_spikes(tag):
+    B, T, delay = 1.2, 6, 9
+    x = np.array([[0.9, -0.5], [0.3, 0.0]])
+    enc = PhaseEncoder(data=x, B=B, T=T)
+    late = SpikeDelay(shape=x.shape, delay=delay)
+    direct, delayed = (RingBuffer(shape=x.shape, buffer=T + delay + 1)
+                       for _ in range(2))
+    enc.s_out.connect(direct.a_in)
+    enc.s_out.connect(late.s_in)
+    late.s_out.connect(delayed.a_in)
+    a, b = run(enc, T + delay + 1, tag,
+               lambda: (direct.data.get(), delayed.data.get()))
+    assert a.any()
+    np.testing.assert_array_equal(b[..., delay:], a[..., :-delay])
+    assert not b[..., :delay].any()
+
+
+@pytest.mark.parametrize("delay", [0, -2, 1.5, True])
+def test_spike_delay_rejects_bad_delay(delay):
+    with pytest.raises(ValueError, match="delay must be an integer >= 1"):
+        SpikeDelay(shape=(2,), delay=delay)
