@@ -391,28 +391,31 @@ def attention_fixed(x_step, x_sign, y_step, y_sign, v_step, v_sign,
     def now(step, sign, j):
         return np.where(step == j, sign, 0)
 
-    v_log, sat = fixed.to_state(logit_bias_norm)
+    acc, sat = np.zeros(np.shape(qk_weights), np.int64), 0
     for j in range(T):
         raw = fixed.product_current(
             now(x_step, x_sign, j), latched(y_step, y_sign, j),
             latched(x_step, x_sign, j - 1), now(y_step, y_sign, j),
             y_transposed)
-        v_log, n = fixed.integrate(v_log, qk_weights * raw, int(gains[j]),
-                                   qk_exp - fixed.GAIN_FRAC_BITS)
+        acc, n = fixed.accumulate(acc, qk_weights * raw, int(gains[j]))
         sat += n
+    v_log, n = fixed.close_window(acc, logit_bias_norm,
+                                  qk_exp - fixed.GAIN_FRAC_BITS)
+    sat += n
     l_step, l_sign = fixed.first_spike(v_log, thresholds, unipolar=False)
     p_step, row_sum, n = woss_fixed(l_step, l_sign, logit_scale, B, T, mask)
     sat += n
     v_all = latched(np.asarray(v_step), np.asarray(v_sign), T)
     out_shape = p_step.shape[:-1] + v_all.shape[-1:]
-    v_out = np.zeros(out_shape, np.int64)
+    acc = np.zeros(out_shape, np.int64)
     for j in range(T):
         raw = fixed.product_current(np.where(p_step == j, 1, 0), v_all,
                                     np.zeros(p_step.shape),
                                     np.zeros(v_all.shape), y_transposed=True)
-        v_out, n = fixed.integrate(v_out, av_weights * raw, int(gains[j]),
-                                   av_exp - fixed.GAIN_FRAC_BITS)
+        acc, n = fixed.accumulate(acc, av_weights * raw, int(gains[j]))
         sat += n
+    v_out, n = fixed.close_window(acc, 0.0, av_exp - fixed.GAIN_FRAC_BITS)
+    sat += n
     return IntegerAttention(l_step, l_sign, p_step, row_sum,
                             fixed.normalize(v_out, row_sum), sat)
 

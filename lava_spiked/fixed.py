@@ -12,6 +12,13 @@ state
     LSBs and the headroom is 128 sigma. Every write saturates to
     ``[-STATE_MAX, STATE_MAX]`` (symmetric, so negating all inputs negates all
     outputs) and the number of saturated elements is counted, never wrapped.
+accumulator
+    During the input window a neuron sums ``a_in * G_j`` exactly in a 48-bit
+    dendritic accumulator (two 24-bit words, saturating, counted); when the
+    window closes, the accumulator is rounded once into the membrane
+    (:func:`close_window`). One rounding per layer keeps the membrane a
+    function of ``W @ (sign * G[step])``, which a batched engine computes
+    with one matrix product.
 weights
     8-bit signed mantissas ``k`` in ``[-127, 127]`` with one exponent ``e``
     per postsynaptic layer: the weight in state units is ``k * 2**(e+1)``.
@@ -45,6 +52,8 @@ from lava_spiked.validation import check_base, check_finite, check_steps
 STATE_BITS = 24
 STATE_MAX = (1 << (STATE_BITS - 1)) - 1
 STATE_FRAC_BITS = 16
+ACC_BITS = 48  # dendritic accumulator: two 24-bit words
+ACC_MAX = (1 << (ACC_BITS - 1)) - 1
 GAIN_FRAC_BITS = 12
 WEIGHT_MANT_MAX = 127
 SPIKE_PAYLOAD_BITS = 2  # graded spike payload: the sign, -1 or +1
@@ -60,8 +69,8 @@ def round_shift(x: ty.Any, n: int) -> np.ndarray:
     return np.sign(x) * magnitude
 
 
-def saturate(x: ty.Any) -> ty.Tuple[np.ndarray, int]:
-    """Clip ``x`` to the signed 24-bit state range.
+def saturate(x: ty.Any, limit: int = STATE_MAX) -> ty.Tuple[np.ndarray, int]:
+    """Clip ``x`` to ``[-limit, limit]`` (default: the signed 24-bit state).
 
     Returns
     -------
@@ -70,7 +79,7 @@ def saturate(x: ty.Any) -> ty.Tuple[np.ndarray, int]:
         How many elements were out of range.
     """
     x = np.asarray(x, dtype=np.int64)
-    out = np.clip(x, -STATE_MAX, STATE_MAX)
+    out = np.clip(x, -limit, limit)
     return out, int(np.count_nonzero(out != x))
 
 
@@ -152,15 +161,29 @@ def dense_current(dense_weights: np.ndarray, spikes: np.ndarray) -> np.ndarray:
         np.asarray(spikes, dtype=np.int64)
 
 
-def integrate(v: np.ndarray, a_in: ty.Any, gain: int,
-              weight_exp: int) -> ty.Tuple[np.ndarray, int]:
-    """One input-window step: ``v + round(a_in * 2**e * G_j / 4096)``.
+def accumulate(acc: np.ndarray, a_in: ty.Any,
+               gain: int) -> ty.Tuple[np.ndarray, int]:
+    """One input-window step of the dendritic accumulator:
+    ``acc + a_in * G_j``, exact, saturating at 48 bits.
 
-    Returns the saturated state and the number of saturated elements.
+    Returns the accumulator and the number of saturated elements.
     """
     a_in = np.asarray(a_in, dtype=np.int64)
-    return saturate(np.asarray(v, dtype=np.int64) +
-                    round_shift(a_in * gain, GAIN_FRAC_BITS - weight_exp))
+    return saturate(np.asarray(acc, dtype=np.int64) + a_in * gain, ACC_MAX)
+
+
+def close_window(acc: np.ndarray, bias_norm: ty.Any,
+                 weight_exp: int) -> ty.Tuple[np.ndarray, int]:
+    """Membrane at the end of the input window:
+    ``to_state(bias) + round(acc * 2**e / 4096)``, saturated to 24 bits.
+
+    This is the only rounding of a layer's integration, so the membrane is a
+    function of the summed (not the per-step) input: ``acc`` equals
+    ``W @ (sign * G[step])`` exactly.
+    """
+    bias, n_bias = to_state(np.broadcast_to(bias_norm, np.shape(acc)))
+    v, n_sat = saturate(bias + round_shift(acc, GAIN_FRAC_BITS - weight_exp))
+    return v, n_bias + n_sat
 
 
 def fire(v: np.ndarray, threshold: int, unipolar: bool) -> np.ndarray:
@@ -218,14 +241,15 @@ def run_layer(in_steps: ty.Sequence[np.ndarray],
         ReLU neuron.
     """
     gains, thresholds = gain_table(B, T), threshold_table(B, T)
-    v, n_sat = to_state(np.broadcast_to(
-        bias_norm, (np.shape(dense_weights[0])[0],)))
+    acc, n_sat = np.zeros(np.shape(dense_weights[0])[0], np.int64), 0
     for j in range(T):
         a_in = sum(dense_current(w, s * (m == j))
                    for w, m, s in zip(dense_weights, in_steps, in_signs))
-        v, n = integrate(v, a_in, int(gains[j]), weight_exp)
+        acc, n = accumulate(acc, a_in, int(gains[j]))
         n_sat += n
+    v, n = close_window(acc, bias_norm, weight_exp)
     step, sign = first_spike(v, thresholds, unipolar)
+    n_sat += n
     return IntegerLayer(v, step, sign, n_sat)
 
 

@@ -20,7 +20,7 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
     """Window logic shared by the float and fixed PhaseNeuron models; the
     subclasses supply the arithmetic."""
 
-    a_in = s_out = v = None  # declared by the arithmetic subclasses
+    a_in = s_out = v = acc = None  # declared by the arithmetic subclasses
     fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
     bias: np.ndarray = LavaPyType(np.ndarray, float)
     scale: np.ndarray = LavaPyType(np.ndarray, float)
@@ -46,10 +46,12 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
         if r is not None and r < self.T:
             if r == 0:
                 self.fired[:] = 0
-                self.open_window(self.bias / self.scale)
-            self.integrate(a_in, r)
+                self.acc[:] = 0
+            self.accumulate(a_in, r)
         else:
             self.stray_count[0] += np.count_nonzero(a_in)
+        if r == self.T:
+            self.close_window(self.bias / self.scale)
         if r is None or not self.T <= r < 2 * self.T:
             self.s_out.send(self.silent)
         elif self.readout:
@@ -59,12 +61,13 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
             self.fired[s != 0] = 1
             self.s_out.send(s)
 
-    def open_window(self, bias_norm: np.ndarray) -> None:
-        """Set the membrane to the bias (in units of the scale)."""
+    def accumulate(self, a_in: np.ndarray, r: int) -> None:
+        """Add the input of input step ``r`` with its weight ``B**-r`` to
+        the dendritic accumulator."""
         raise NotImplementedError
 
-    def integrate(self, a_in: np.ndarray, r: int) -> None:
-        """Add the input of input step ``r`` with its weight ``B**-r``."""
+    def close_window(self, bias_norm: np.ndarray) -> None:
+        """Set the membrane to bias + accumulator (units of the scale)."""
         raise NotImplementedError
 
     def fire(self, m: int) -> np.ndarray:
@@ -82,6 +85,7 @@ class FloatArithmetic(AbstractPhaseNeuronModel):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     v: np.ndarray = LavaPyType(np.ndarray, float)
+    acc: np.ndarray = LavaPyType(np.ndarray, float)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
@@ -90,11 +94,11 @@ class FloatArithmetic(AbstractPhaseNeuronModel):
                                                fixed.STATE_FRAC_BITS)
         self.levels = threshold_factor(self.B) * self.B ** -steps
 
-    def open_window(self, bias_norm):
-        self.v[:] = bias_norm
+    def accumulate(self, a_in, r):
+        self.acc += a_in * self.gains[r]
 
-    def integrate(self, a_in, r):
-        self.v += a_in * self.gains[r]
+    def close_window(self, bias_norm):
+        self.v[:] = bias_norm + self.acc
 
     def fire(self, m):
         up = self.v >= self.levels[m]
@@ -118,19 +122,21 @@ class FixedArithmetic(AbstractPhaseNeuronModel):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    acc: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=48)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
         self.gains = fixed.gain_table(self.B, self.T)
         self.thresholds = fixed.threshold_table(self.B, self.T)
 
-    def open_window(self, bias_norm):
-        self.v[:], n_sat = fixed.to_state(bias_norm)
+    def accumulate(self, a_in, r):
+        self.acc[:], n_sat = fixed.accumulate(self.acc, a_in,
+                                              int(self.gains[r]))
         self.sat_count[0] += n_sat
 
-    def integrate(self, a_in, r):
-        self.v[:], n_sat = fixed.integrate(self.v, a_in, int(self.gains[r]),
-                                           self.weight_exp)
+    def close_window(self, bias_norm):
+        self.v[:], n_sat = fixed.close_window(self.acc, bias_norm,
+                                              self.weight_exp)
         self.sat_count[0] += n_sat
 
     def fire(self, m):
@@ -161,10 +167,14 @@ class AbstractNormalizedModel(AbstractPhaseNeuronModel):
             if r == 0:
                 self.row_sum[:] = 0
             self.row_sum += r_in
-        elif r == self.T:  # non-spike operation: divide by the row sum
-            self.divide(self.row_sum)
-            self.norm_count[0] += self.v.size
         super().run_spk()
+
+    def close_window(self, bias_norm):
+        """Close the window, then divide by the row sum: the non-spike
+        operation."""
+        super().close_window(bias_norm)
+        self.divide(self.row_sum)
+        self.norm_count[0] += self.v.size
 
 
 @implements(proc=PhaseNeuron, protocol=LoihiProtocol)

@@ -18,8 +18,9 @@ class PhaseNeuron(AbstractProcess):
     With ``t = time_step - 1`` and ``r = t - start`` (modulo ``period`` when
     ``period > 0``), ``floating_pt`` runs::
 
-        r == 0:         v = bias / scale;  fired = 0           (window opens)
-        0 <= r < T:     v += a_in * 2**(weight_exp - 16) * B**-r  (integrate)
+        r == 0:         acc = 0;  fired = 0                    (window opens)
+        0 <= r < T:     acc += a_in * 2**(weight_exp - 16) * B**-r
+        r == T:         v = bias / scale + acc                 (window closes)
         T <= r < 2T:    m = r - T                              (fire window)
                         s = sign(v) if |v| >= c_B * B**-m and not fired
                         (unipolar: only v >= c_B * B**-m gives s = +1)
@@ -34,11 +35,13 @@ class PhaseNeuron(AbstractProcess):
     input window is a scheduling error; it is ignored and counted in
     ``stray_count``.
 
-    ``fixed_pt`` runs the same steps on signed 24-bit integers with the
-    functions of :mod:`lava_spiked.fixed`: ``v`` holds ``v * 2**16``, the
-    input step is ``v += round(a_in * 2**weight_exp * G_r / 4096)`` with the
-    12-bit gain table ``G_r``, the threshold is the integer table
-    ``theta_m``, and every saturation of ``v`` is counted in ``sat_count``.
+    ``fixed_pt`` runs the same steps with the functions of
+    :mod:`lava_spiked.fixed`: the 48-bit dendritic accumulator sums
+    ``a_in * G_r`` exactly (12-bit gain table ``G_r``), and when the window
+    closes the signed 24-bit membrane becomes
+    ``round(bias / scale * 2**16) + round(acc * 2**weight_exp / 4096)``, the
+    layer's only rounding; the threshold is the integer table ``theta_m``,
+    and every saturation is counted in ``sat_count``.
 
     With ``readout=True`` the neuron never spikes: at ``r = T`` it sends its
     membrane in state units, ``v * 2**16`` (a float under ``floating_pt``, the
@@ -109,6 +112,7 @@ class PhaseNeuron(AbstractProcess):
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
         self.v = Var(shape=shape, init=0)
+        self.acc = Var(shape=shape, init=0)
         self.fired = Var(shape=shape, init=0)
         self.bias = Var(shape=shape, init=bias)
         self.scale = Var(shape=shape, init=scale)

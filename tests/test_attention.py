@@ -50,7 +50,7 @@ def golden_trace_product(x, y, w, exp, B, T, y_transposed, same_window):
         return np.where((c.step >= 0) & (c.step <= upto),
                         c.sign * G[np.maximum(c.step, 0)], 0)
 
-    v = np.zeros(w.shape, np.int64)
+    acc = np.zeros(w.shape, np.int64)
     for j in range(T):
         if same_window:
             raw = fixed.product_current(
@@ -61,9 +61,9 @@ def golden_trace_product(x, y, w, exp, B, T, y_transposed, same_window):
             raw = fixed.product_current(
                 np.where(cx.step == j, cx.sign, 0), latched(cy, T),
                 np.zeros(x.shape), np.zeros(y.shape), y_transposed)
-        v, _ = fixed.integrate(v, w * raw, int(fixed.gain_table(B, T)[j]),
-                               exp - fixed.GAIN_FRAC_BITS)
-    return v
+        acc, _ = fixed.accumulate(acc, w * raw,
+                                  int(fixed.gain_table(B, T)[j]))
+    return fixed.close_window(acc, 0.0, exp - fixed.GAIN_FRAC_BITS)[0]
 
 
 @pytest.mark.parametrize("tag", TAGS)

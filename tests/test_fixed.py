@@ -77,12 +77,19 @@ def test_weights_pass_lava_dense_unchanged(seed):
         truncate_weights(clipped, SignMode.MIXED, 8), dense)
 
 
-def test_integrate_hand_value():
-    # a_in = 10, e = 9, G = 3562: 10 * 3562 * 2**9 / 4096 = 4452.5 -> 4453
-    v, n = fixed.integrate(np.array([100]), [10], 3562, 9)
-    assert v.tolist() == [4553] and n == 0
-    v, n = fixed.integrate(np.array([-100]), [-10], 3562, 9)
-    assert v.tolist() == [-4553]
+def test_accumulate_and_close_window_hand_values():
+    acc, n = fixed.accumulate(np.array([100, -7]), [10, -10], 3562)
+    assert acc.tolist() == [35720, -35627] and n == 0
+    # e = 9: 35720 * 2**9 / 4096 = 4465 exactly; -35627 / 8 = -4453.375
+    v, n = fixed.close_window(acc, [0.0, 0.0], 9)
+    assert v.tolist() == [4465, -4453] and n == 0
+    # bias 0.5 sigma = 32768 state LSBs, added after the rounding
+    v, _ = fixed.close_window(np.array([3]), [0.5], 11)  # 3 / 2 -> 2
+    assert v.tolist() == [32768 + 2]
+    big, n = fixed.accumulate(np.array([fixed.ACC_MAX]), [1], 1)
+    assert big.tolist() == [fixed.ACC_MAX] and n == 1
+    v, n = fixed.close_window(np.array([fixed.ACC_MAX]), [0.0], 12)
+    assert v.tolist() == [fixed.STATE_MAX] and n == 1
 
 
 def test_fire_rules():
@@ -109,13 +116,13 @@ def test_integer_layer_tracks_float_layer(seed):
                             B, T)
     exact = phase.layer(code.value, fixed.dequantize_weights(dense, exp),
                         bias)
-    # 16 roundings of at most half an LSB each, plus the gain-table error
-    # of each spike (< 0.5/G_j relative).
+    # Two roundings of at most half an LSB (bias, accumulator), plus the
+    # gain-table error of each spike (< 0.5/G_j relative).
     lsb = 2.0 ** -fixed.STATE_FRAC_BITS
     gain_err = np.abs(fixed.dequantize_weights(dense, exp)) @ (
         np.abs(code.value) * 0.5 / fixed.gain_table(B, T)[
             np.maximum(code.step, 0)])
-    assert np.all(np.abs(layer.v * lsb - exact) <= T * lsb + gain_err)
+    assert np.all(np.abs(layer.v * lsb - exact) <= lsb + gain_err)
     assert layer.n_saturated == 0
 
 
