@@ -149,10 +149,15 @@ class SpikingNetwork:
         The input PhaseEncoder, the readout PhaseNeuron and the RingBuffer
         that receives the readout's membrane (decoded logits =
         ``sink * sigma / 2**16``).
+    recorded : list of dict
+        With ``record=True``: per inferred sample, population name (and
+        ``<attention>:logits`` / ``:softmax``) -> (fire steps, signs). Reading
+        the probes costs about 13 us per element and step (Lava's Var.get),
+        so record small networks only.
     """
 
     def __init__(self, graph: Graph, sigmas: ty.Dict[str, np.ndarray],
-                 T: int, B: float) -> None:
+                 T: int, B: float, record: bool = False) -> None:
         self.graph, self.sigmas = graph, sigmas
         self.T, self.B = check_steps(T), check_base(B)
         self.windows = self._schedule()
@@ -161,6 +166,11 @@ class SpikingNetwork:
         self.processes: ty.Dict[str, ty.Any] = {}
         self._dense_exp: ty.Dict[str, ty.Tuple[list, int]] = {}
         self._build()
+        self.probes: ty.Dict[str, ty.Tuple[RingBuffer, int]] = {}
+        self.recorded: ty.List[ty.Dict[str, ty.Tuple[np.ndarray,
+                                                     np.ndarray]]] = []
+        if record:
+            self._add_probes()
 
     # ------------------------------------------------------------ schedule
     def _schedule(self) -> ty.Dict[str, Window]:
@@ -220,6 +230,32 @@ class SpikingNetwork:
         # sample, so a one-slot RingBuffer holds exactly that message.
         self.sink = RingBuffer(shape=g.output.shape, buffer=1)
         self.readout.s_out.connect(self.sink.a_in)
+
+    def _add_probes(self) -> None:
+        """A RingBuffer on every spiking population (and on the logits and
+        softmax of every attention), read after each sample."""
+        T = self.T
+        fires = {name: w.fire for name, w in self.windows.items()}
+        for op in self.graph.attention:
+            logits = self.windows[op.x.name].fire + 1 + T
+            fires[op.out.name + ":logits"] = logits
+            fires[op.out.name + ":softmax"] = logits + T
+        for name, fire in fires.items():
+            proc = self.processes[name]
+            if proc is self.readout:
+                continue
+            sink = RingBuffer(shape=proc.s_out.shape, buffer=self.num_steps)
+            proc.s_out.connect(sink.a_in)
+            self.probes[name] = (sink, fire)
+
+    def _read_probes(self) -> None:
+        spikes = {}
+        for name, (sink, fire) in self.probes.items():
+            window = sink.data.get()[..., fire:fire + self.T]
+            fired = window != 0
+            spikes[name] = (np.where(fired.any(-1), fired.argmax(-1), -1),
+                            np.sign(window.sum(-1)).astype(np.int64))
+        self.recorded.append(spikes)
 
     def _sigma(self, pop: Population) -> np.ndarray:
         return np.broadcast_to(self.sigmas[pop.name], pop.shape).astype(float)
@@ -316,6 +352,8 @@ class SpikingNetwork:
                 self.encoder.data.set(sample)
             self.run(RunSteps(num_steps=self.num_steps), run_cfg)
             state = self.sink.data.get()[..., 0]
+            if self.probes:
+                self._read_probes()
             logits.append(state * 2.0 ** -fixed.STATE_FRAC_BITS *
                           self._sigma(self.graph.output))
         self._check_counts()
@@ -424,7 +462,7 @@ class SpikingNetwork:
 def convert(model: torch.nn.Module, calibration_data: ty.Any, T: int = 40,
             B: float = 1.15, statistic: str = "max",
             percentile: float = 99.9, granularity: str = "token",
-            progress: bool = True) -> SpikingNetwork:
+            progress: bool = True, record: bool = False) -> SpikingNetwork:
     """Convert a PyTorch transformer into a phase-coded Lava network.
 
     Parameters
@@ -438,6 +476,9 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any, T: int = 40,
         Window length and base of the phase code.
     statistic, percentile, granularity
         See :func:`calibrate`.
+    record : bool
+        Probe every population's spikes in Lava (see
+        ``SpikingNetwork.recorded``).
 
     Raises
     ------
@@ -454,4 +495,4 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any, T: int = 40,
     graph = capture(model, tuple(data.shape[1:]))
     sigmas = calibrate(graph, data, statistic, percentile, granularity,
                        progress=progress)
-    return SpikingNetwork(graph, sigmas, T, B)
+    return SpikingNetwork(graph, sigmas, T, B, record)
