@@ -197,8 +197,7 @@ class Engine:
         positive = live & (l_sign > 0)
         z_max = torch.where(positive, z, torch.zeros_like(z)).amax(
             -1, keepdim=True)
-        d = z - z_max
-        p_step = (self.woss_thresholds > d[..., None]).sum(-1)
+        p_step = self._count_above(self.woss_thresholds, z - z_max)
         p_step = torch.where((p_step == self.net.T) | a["mask"],
                              torch.full_like(p_step, -1), p_step)
         steps[op.out.name + ":softmax"] = p_step
@@ -238,10 +237,17 @@ class Engine:
         v = bias + _round_shift(acc, fixed.GAIN_FRAC_BITS - exp)
         return v.clamp(-fixed.STATE_MAX, fixed.STATE_MAX)
 
+    @staticmethod
+    def _count_above(falling: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """How many of the falling thresholds lie strictly above ``x``: the
+        first step at which ``x`` reaches its threshold."""
+        rising = falling.flip(0).contiguous()
+        below = torch.searchsorted(rising, x.contiguous(), right=True)
+        return len(falling) - below
+
     def _fire(self, v: torch.Tensor, unipolar: bool):
         """First fire step against the falling thresholds, and sign."""
-        mag = v if unipolar else v.abs()
-        step = (self.thresholds > mag[..., None]).sum(-1)
+        step = self._count_above(self.thresholds, v if unipolar else v.abs())
         silent = step == self.net.T
         if unipolar:
             silent |= v <= 0

@@ -86,24 +86,10 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
     shared = {p.name: p.shared_axes for p in graph.populations}
     for op in graph.attention:
         shared[op.logit_node] = (len(op.coef.shape) - 1,)
-    values: ty.Dict[str, ty.List[np.ndarray]] = {n: [] for n in shared}
-    module = graph.module.float()
-
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, node):
-            out = super().run_node(node)
-            if node.name in values:
-                values[node.name].append(out.detach().abs().numpy())
-            return out
-
-    with torch.no_grad():
-        for start in tqdm(range(0, len(x), batch_size), desc="calibrating",
-                          disable=not progress, leave=False):
-            Recorder(module).run(x[start:start + batch_size])
-    module.double()
+    values = activations(graph, x, list(shared), batch_size, progress)
     sigmas = {}
-    for name, chunks in values.items():
-        a = np.concatenate(chunks)  # (n, *shape)
+    for name, a in values.items():
+        a = np.abs(a)  # (n, *shape)
         nd = a.ndim - 1
         axes = set(range(nd)) if granularity == "tensor" else \
             set(range(nd - 1)) if granularity == "channel" else {nd - 1}
@@ -118,6 +104,30 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
         fallback = a.max() if a.max() > 0 else 1.0
         sigmas[name] = np.where(s > 0, s, fallback).astype(np.float64)
     return sigmas
+
+
+def activations(graph: Graph, x: ty.Any, names: ty.Sequence[str],
+                batch_size: int = 64,
+                progress: bool = False) -> ty.Dict[str, np.ndarray]:
+    """ANN values (n, *shape) of the fx nodes ``names`` for inputs ``x``
+    (e.g. population names and attention logit nodes)."""
+    values: ty.Dict[str, ty.List[np.ndarray]] = {n: [] for n in names}
+    module = graph.module.float()
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.name in values:
+                values[node.name].append(out.detach().numpy())
+            return out
+
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    with torch.no_grad():
+        for start in tqdm(range(0, len(x), batch_size), desc="calibrating",
+                          disable=not progress, leave=False):
+            Recorder(module).run(x[start:start + batch_size])
+    module.double()
+    return {n: np.concatenate(v) for n, v in values.items()}
 
 
 @dataclasses.dataclass

@@ -1,0 +1,164 @@
+"""Dataset-scale evaluation of the bundled model: ANN vs SNN.
+
+``python -m lava_spiked.evaluate`` converts the bundled DigitsViT for every
+(T, B) of a sweep, runs the whole test split through the batched engine
+(bit-exact with Lava's ``fixed_pt`` by default), and writes to ``--out``:
+
+- ``accuracy_sweep.md``: ANN and SNN accuracy, ANN/SNN agreement, accuracy
+  drop and energy per sample for every (T, B), the per-layer energy table of
+  the first configuration, and the command that made it;
+- ``accuracy_vs_T.png``, ``accuracy_vs_energy.png``;
+- ``correlation.png``: decoded spike values against ANN activations per
+  stage (input, Q/K/V operands, logits, attention output, ReLU) for the
+  first configuration, like the paper's correlation figure.
+"""
+import argparse
+import pathlib
+import platform
+import sys
+import time
+import typing as ty
+
+import matplotlib
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lava_spiked import phase  # noqa: E402
+from lava_spiked.energy import energy  # noqa: E402
+from lava_spiked.engine import Engine  # noqa: E402
+from lava_spiked.models import digits_splits, load_default  # noqa: E402
+from lava_spiked.network import activations, convert  # noqa: E402
+
+
+def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
+          device: str, samples: ty.Optional[int] = None) -> dict:
+    """Evaluate every (T, B); returns rows and what the figures need."""
+    splits = digits_splits()
+    model = load_default()
+    x, y = splits["test"]
+    if samples:
+        x, y = x[:samples], y[:samples]
+    with torch.no_grad():
+        ann_logits = model(torch.from_numpy(x)).numpy()
+    ann_acc = float((ann_logits.argmax(1) == y).mean())
+    rows, first = [], None
+    for T in Ts:
+        for B in Bs:
+            net = convert(model, splits["calibration"][0], T=T, B=B,
+                          progress=False)
+            engine = Engine(net, mode, device)
+            results = [engine(x[i:i + 256]) for i in tqdm(
+                range(0, len(x), 256), desc=f"T={T} B={B}", leave=False)]
+            logits = np.concatenate([r.logits.cpu().numpy()
+                                     for r in results])
+            report = energy(net, results[0])
+            acc = float((logits.argmax(1) == y).mean())
+            rows.append(dict(T=T, B=B, acc=acc, drop=ann_acc - acc,
+                             agree=float((logits.argmax(1) ==
+                                          ann_logits.argmax(1)).mean()),
+                             snn_nj=report.snn_joules * 1e9,
+                             ann_nj=report.ann_joules * 1e9))
+            if first is None:
+                first = (net, results[0], report)
+    return dict(rows=rows, ann_acc=ann_acc, n=len(y), first=first, x=x)
+
+
+def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
+    """Table and figures of a :func:`sweep`."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows, first = res["rows"], res["first"]
+    net, result, report = first
+    lines = [
+        "# ANN vs SNN on the bundled DigitsViT (scikit-learn digits)", "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, Python {platform.python_version()},"
+        f" torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; engine "
+        f"mode `{mode}` ({'bit-exact with Lava fixed_pt' if mode == 'fixed' else 'equal to Lava floating_pt'}); "
+        f"{res['n']} test images; ANN accuracy {res['ann_acc']:.2%}.", "",
+        "| T | B | SNN accuracy | drop (pp) | ANN/SNN agreement | SNN nJ | "
+        "ANN nJ | SNN/ANN energy |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['T']} | {r['B']} | {r['acc']:.2%} | {100 * r['drop']:.2f}"
+            f" | {r['agree']:.2%} | {r['snn_nj']:.1f} | {r['ann_nj']:.1f} | "
+            f"{r['snn_nj'] / r['ann_nj']:.2f} |")
+    lines += ["", f"Per-layer energy per sample at T={rows[0]['T']}, "
+              f"B={rows[0]['B']} (first 256 test images):", "",
+              report.to_markdown(), ""]
+    (out / "accuracy_sweep.md").write_text("\n".join(lines))
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for B in sorted({r["B"] for r in rows}):
+        pts = [(r["T"], r["acc"]) for r in rows if r["B"] == B]
+        ax.plot(*zip(*pts), "o-", label=f"B = {B}")
+    ax.axhline(res["ann_acc"], color="k", ls="--", label="ANN")
+    ax.set(xlabel="T (steps per window)", ylabel="test accuracy",
+           title="SNN accuracy vs window length")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_T.png", dpi=100)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in rows:
+        ax.plot(r["snn_nj"], r["acc"], "o", color="C0")
+        ax.annotate(f"{r['T']},{r['B']}", (r["snn_nj"], r["acc"]),
+                    fontsize=7)
+    ax.plot(rows[0]["ann_nj"], res["ann_acc"], "s", color="k", label="ANN")
+    ax.set(xlabel="energy per sample (nJ, 45 nm model)",
+           ylabel="test accuracy", title="accuracy vs energy (labels: T,B)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_energy.png", dpi=100)
+
+    stages = [p for p in net.graph.populations if p.kind != "readout"]
+    logit_nodes = {op.out.name + ":logits": op.logit_node
+                   for op in net.graph.attention}
+    names = {p.name: p.name for p in stages}
+    names.update(logit_nodes)
+    n = result.logits.shape[0]
+    ann = activations(net.graph, res["x"][:n], list(names.values()))
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8))
+    for ax, (key, node) in zip(np.atleast_1d(axes), names.items()):
+        sigma = net.sigmas[node]
+        snn = phase.decode(result.steps[key].cpu().numpy(),
+                           result.signs[key].cpu().numpy(), net.B,
+                           np.broadcast_to(sigma, ann[node].shape[1:]))
+        a = ann[node].ravel()[:4000]
+        ax.plot(a, snn.ravel()[:4000], ".", ms=1, alpha=0.5)
+        lim = np.abs(a).max()
+        ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.5)
+        r = np.corrcoef(a, snn.ravel()[:4000])[0, 1]
+        ax.set_title(f"{key}\nr = {r:.3f}", fontsize=8)
+        ax.set_xlabel("ANN", fontsize=8)
+    np.atleast_1d(axes)[0].set_ylabel("decoded spikes", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "correlation.png", dpi=90)
+    plt.close("all")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, nargs="+", default=[40, 24, 16])
+    parser.add_argument("--B", type=float, nargs="+",
+                        default=[1.15, 1.1, 1.2, 1.4])
+    parser.add_argument("--mode", choices=["fixed", "float"], default="fixed")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="first N test images (default: all)")
+    parser.add_argument("--out", default="evaluation")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    res = sweep(args.T, args.B, args.mode, args.device, args.samples)
+    command = "python -m lava_spiked.evaluate " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    write(pathlib.Path(args.out), res, args.mode, command.strip())
+    print((pathlib.Path(args.out) / "accuracy_sweep.md").read_text())
+    print(f"wrote {args.out}/ in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
