@@ -5,6 +5,8 @@ Networks:
   last one a readout (T = 40).
 - attention: one SpikingSelfAttention block, h = 4, N = 16, d = 16, fed by
   three PhaseEncoders (T = 16).
+- vit: the bundled DigitsViT converted at T = 40, B = 1.15; seconds per
+  sample = steps x ms/step (compile and start-up are paid once per run).
 
 Each point is the median over fresh interpreters (Lava forks its processes
 per run), both tags.
@@ -29,6 +31,7 @@ NETWORKS = {
              "last one readout, T=40",
     "attention": "3 PhaseEncoders -> SpikingSelfAttention(h=4, N=16, d=16), "
                  "T=16",
+    "vit": "the bundled DigitsViT converted at T=40, B=1.15 (one sample)",
 }
 
 
@@ -45,6 +48,14 @@ def build(network: str):
         chain = PhaseChain(ws, [0.0] * layers, [1.0] * (layers + 1), B, 40,
                            unipolar=[False] * (layers - 1))
         return chain.build(rng.uniform(-1, 1, width)).encoder, chain.num_steps
+    if network == "vit":
+        from lava_spiked.models import digits_splits, load_default
+        from lava_spiked.network import convert
+        splits = digits_splits()
+        net = convert(load_default(), splits["calibration"][0],
+                      progress=False)
+        net.encoder.data.init = splits["test"][0][0]
+        return net.readout, net.num_steps
     from lava_spiked.attention import SpikingSelfAttention
     q, k, v = (rng.normal(0, 1, (4, 16, 16)) for _ in range(3))
     att = SpikingSelfAttention(

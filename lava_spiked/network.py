@@ -172,7 +172,9 @@ class SpikingNetwork:
         self.T, self.B = check_steps(T), check_base(B)
         self.windows = self._schedule()
         out = self.windows[graph.output.name]
-        self.num_steps = out.fire + 1
+        # a sample ends when the readout reports; windows repeat with this
+        # period, which must hold an integration and a fire window
+        self.num_steps = max(out.fire + 1, 2 * self.T)
         self.processes: ty.Dict[str, ty.Any] = {}
         self._dense_exp: ty.Dict[str, ty.Tuple[list, int]] = {}
         self._build()

@@ -292,3 +292,21 @@ def test_default_model_agrees_with_ann_in_lava():
     assert (snn.argmax(1) == ann.argmax(1)).mean() >= 0.95
     for i in (0, 7):
         np.testing.assert_array_equal(snn[i], net.golden_fixed(x[i]))
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_shallow_mlp_in_lava_equals_golden(tag):
+    """Two layers only: the sample period is set by the 2T window rule."""
+    torch.manual_seed(4)
+    model = _randomize_norms(MLP())
+    data = np.random.default_rng(2).normal(0, 1, (24, 6)).astype(np.float32)
+    net = convert(model, data[:20], T=8, B=1.3, progress=False)
+    assert net.num_steps == max(net.windows["fc2"].fire + 1, 16)
+    with net:
+        got = net.infer(data[20:], Loihi2SimCfg(select_tag=tag),
+                        progress=False)
+    golden = net.golden_fixed if tag == "fixed_pt" else net.golden_float
+    for x, out in zip(data[20:], got):
+        np.testing.assert_allclose(out, golden(x), rtol=1e-6, atol=1e-9)
+        if tag == "fixed_pt":
+            np.testing.assert_array_equal(out, golden(x))
