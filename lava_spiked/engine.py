@@ -24,6 +24,7 @@ Cost: one matrix product per synapse plus elementwise quantisation per
 layer, not T steps.
 """
 import typing as ty
+import warnings
 
 import numpy as np
 import torch
@@ -89,8 +90,9 @@ class Engine:
                     self.attention[pop.name])
             else:
                 dense, exp = net._dense_exp[pop.name]
-                mats = [t(d if mode == "fixed" else
-                          fixed.dequantize_weights(d, exp)) for d in dense]
+                mats = [self._matrix(d if mode == "fixed" else
+                                     fixed.dequantize_weights(d, exp))
+                        for d in dense]
                 self._prove([np.abs(d) for d in dense], pop.name)
                 bias = pop.bias / net._sigma(pop).ravel()
                 self.layers[pop.name] = (mats, exp, self._bias(bias))
@@ -99,6 +101,18 @@ class Engine:
     def _tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.float64),
                                device=self.device)
+
+    def _matrix(self, w: np.ndarray) -> torch.Tensor:
+        """Synapse matrix, sparse (CSR) when mostly zero: token-wise layers
+        fold into block-diagonal matrices (about 6 % nonzero for the bundled
+        ViT). Sums of the same integers in float64 are exact in any order.
+        """
+        m = self._tensor(w)
+        if (w != 0).mean() > 0.25:
+            return m
+        with warnings.catch_warnings():  # "CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return m.to_sparse_csr()
 
     def _bias(self, bias_norm: np.ndarray) -> torch.Tensor:
         if self.mode == "float":
@@ -168,8 +182,9 @@ class Engine:
                 continue
             mats, exp, bias = self.layers[pop.name]
             n = x.shape[0]
-            acc = sum(self._trace(steps[s.name], signs[s.name]).reshape(n, -1)
-                      @ w.T for (s, _), w in zip(pop.inputs, mats))
+            acc = sum(_product(self._trace(steps[s.name],
+                                           signs[s.name]).reshape(n, -1), w)
+                      for (s, _), w in zip(pop.inputs, mats))
             v = self._close(acc, bias, exp).reshape((n,) + pop.shape)
             if pop.kind == "readout":
                 if self.mode == "fixed":
@@ -254,6 +269,11 @@ class Engine:
         step = torch.where(silent, torch.full_like(step, -1), step)
         sign = torch.where(silent, torch.zeros_like(v), torch.sign(v))
         return step, sign
+
+
+def _product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` for a dense or CSR ``w`` (batch, n_out)."""
+    return (w @ x.T).T if w.layout == torch.sparse_csr else x @ w.T
 
 
 def _round_shift(x: torch.Tensor, n: int) -> torch.Tensor:
