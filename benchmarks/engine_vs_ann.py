@@ -48,16 +48,18 @@ def main() -> None:
     device = torch.device(args.device)
     splits = digits_splits()
     x = np.resize(splits["test"][0], (args.batch, 1, 8, 8))
-    model = load_default().to(device)
-    net = convert(load_default(), splits["calibration"][0], progress=False)
+    model = load_default()
+    net = convert(model, splits["calibration"][0], progress=False)
+    model = model.to(device)
     xt = torch.from_numpy(x).to(device)
+    x64 = xt.double()  # both sides get their input ready on the device
     with torch.no_grad():
         ann = timed(lambda: model(xt), device, args.repeats)
     rows = [("ANN forward (float32)", ann)]
     for mode in ("fixed", "float"):
         engine = Engine(net, mode, device)
         rows.append((f"engine {mode} (float64)",
-                     timed(lambda: engine(x), device, args.repeats)))
+                     timed(lambda: engine(x64), device, args.repeats)))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" \
         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     lines = [f"## {name}, batch {args.batch}, {time.strftime('%Y-%m-%d')}",

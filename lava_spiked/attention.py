@@ -88,7 +88,8 @@ def woss_fixed(step: np.ndarray, sign: np.ndarray, scale: ty.Any, B: float,
     mask = np.zeros(step.shape, bool) if mask is None else \
         np.broadcast_to(np.asarray(mask, bool), step.shape)
     fired = (step >= 0) & ~mask
-    z = fixed.woss_logit(sign * fired, scale, G[np.maximum(step, 0)])
+    unit = fixed.to_state(np.broadcast_to(scale, step.shape))[0]
+    z = fixed.woss_logit(sign * fired, unit, G[np.maximum(step, 0)])
     positive = fired & (sign > 0)
     z_max = np.where(positive, z, 0).max(-1, keepdims=True)
     z, n_sat = fixed.saturate(z - z_max)
@@ -275,7 +276,8 @@ class SpikingSelfAttention:
             self.q.stop()
         fire = [self.schedule[k][1] for k in
                 ("qkv", "qkv", "qkv", "logits", "softmax", "out")]
-        decoded = [_first_spikes(tr, f, self.T) for tr, f in zip(traces, fire)]
+        decoded = [phase.first_spikes(tr, f, self.T)
+                   for tr, f in zip(traces, fire)]
         (qs, _), (ks, _), (vs, _), (ls, lg), (ps, _), (os_, og) = decoded
         if tag == "fixed_pt":
             row_sum = row_sum / 2.0 ** fixed.GAIN_FRAC_BITS
@@ -418,13 +420,3 @@ def attention_fixed(x_step, x_sign, y_step, y_sign, v_step, v_sign,
     sat += n
     return IntegerAttention(l_step, l_sign, p_step, row_sum,
                             fixed.normalize(v_out, row_sum), sat)
-
-
-def _first_spikes(trace: np.ndarray, start: int,
-                  T: int) -> ty.Tuple[np.ndarray, np.ndarray]:
-    """Fire step (-1 = none) and sign of every neuron of a sink trace of
-    shape (*shape, steps) inside the window [start, start + T)."""
-    window = trace[..., start:start + T]
-    fired = window != 0
-    step = np.where(fired.any(-1), fired.argmax(-1), -1)
-    return step, np.sign(window.sum(-1)).astype(np.int64)

@@ -200,10 +200,7 @@ class PhaseChain:
         starts = [-self.T] + self.starts  # fire windows open at start + T
         steps, signs, values = [], [], []
         for trace, start, sigma in zip(traces[:-1], starts, self.scales):
-            window = trace[:, start + self.T:start + 2 * self.T]
-            fired = window != 0
-            step = np.where(fired.any(1), fired.argmax(1), -1)
-            sign = np.sign(window.sum(1)).astype(np.int64)
+            step, sign = phase.first_spikes(trace, start + self.T, self.T)
             steps.append(step)
             signs.append(sign)
             values.append(phase.decode(step, sign, self.B, sigma))

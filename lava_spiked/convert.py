@@ -373,8 +373,9 @@ class _Capture:
                 kwargs = torch.fx.node.map_arg(node.kwargs,
                                                lambda n: env[n.name])
                 if node.op == "output":
-                    out = self.materialize(args[0], node.args[0].name,
-                                           "readout")
+                    # named after the output node: the value it reads may
+                    # already be a population (a model ending in ReLU)
+                    out = self.materialize(args[0], node.name, "readout")
                     self.basis.add(out)
                     return Graph(self.basis.populations, self.attention,
                                  self.gm, self.input, out)

@@ -15,12 +15,11 @@ SNN, per population:
   adds ``w_ij * trace`` once, a multiply; counted per pair that fired (Q K^T
   summed over the head dimension, A V over the keys), which fixes the
   reference's r_q * r_k and hidden-size counts.
-- neuron updates (AC): one accumulator update per neuron and input step
-  with input, and one threshold comparison per fire-window step until the
-  neuron fires (T if it stays silent).
+- neuron updates (AC): one threshold comparison per fire-window step until
+  the neuron fires (T if it stays silent).
 - input gains (MAC): the accumulator multiplies each step's input by
-  B**-j: one per neuron and step with input (for the logit and attention
-  output neurons an upper bound: one per spike pair, at most T).
+  B**-j and adds it: one per neuron and step with input (for the logit and
+  attention output neurons an upper bound: one per spike pair, at most T).
 - non-spike operations (MAC): the row-sum division of every attention
   output element and the WOSS inhibition of every logit (AC).
 
@@ -108,7 +107,7 @@ def ann_macs(net: SpikingNetwork) -> float:
             elif isinstance(mod, torch.nn.modules.conv._ConvNd):
                 total += out * mod.in_channels // mod.groups * \
                     float(np.prod(mod.kernel_size))
-        elif node.target in (torch.matmul, "matmul") or \
+        elif node.target in (torch.matmul, torch.bmm, "matmul") or \
                 getattr(node.target, "__name__", "") == "matmul":
             a = node.args[0].meta["tensor_meta"].shape
             total += out * a[-1]
@@ -142,15 +141,15 @@ def energy(net: SpikingNetwork, result: EngineResult) -> EnergyReport:
         if op is not None:
             f = {k: fired[k].astype(float) for k in
                  (op.x.name, op.y.name, op.v.name, pop.name + ":softmax")}
-            qk_pairs = (f[op.x.name] @ f[op.y.name]).sum() / n
-            av_pairs = (f[pop.name + ":softmax"] @ f[op.v.name]).sum() / n
             logits, soft = pop.name + ":logits", pop.name + ":softmax"
+            qk = f[op.x.name] @ f[op.y.name]   # spike pairs per logit
+            av = f[soft] @ f[op.v.name]        # spike pairs per output
+            qk_pairs, av_pairs = qk.sum() / n, av.sum() / n
             neuron = updates(logits) + updates(soft) + updates(pop.name)
             inhibit = float(np.prod(op.coef.shape))
             # input gains of the logit and output neurons: at most one per
             # pair and at most T per neuron (an upper bound)
-            gains = np.minimum(f[op.x.name] @ f[op.y.name], T).sum() / n + \
-                np.minimum(f[soft] @ f[op.v.name], T).sum() / n
+            gains = np.minimum(qk, T).sum() / n + np.minimum(av, T).sum() / n
             layers.append(LayerEnergy(
                 pop.name + " (attention)",
                 int(np.prod(op.coef.shape)) * 2 + pop.size,

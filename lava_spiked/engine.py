@@ -93,7 +93,9 @@ class Engine:
                 mats = [self._matrix(d if mode == "fixed" else
                                      fixed.dequantize_weights(d, exp))
                         for d in dense]
-                self._prove([np.abs(d) for d in dense], pop.name)
+                # each input adds at most |w| * 4096 (trace of step 0)
+                self._prove(sum(float(np.abs(d).sum(-1).max())
+                                for d in dense) * 4096.0, pop.name)
                 bias = pop.bias / net._sigma(pop).ravel()
                 self.layers[pop.name] = (mats, exp, self._bias(bias))
 
@@ -119,13 +121,11 @@ class Engine:
             return self._tensor(bias_norm)
         return self._tensor(fixed.to_state(bias_norm)[0])
 
-    def _prove(self, abs_mats: ty.List[np.ndarray], name: str,
-               per_input: float = float(1 << fixed.GAIN_FRAC_BITS)) -> None:
-        """Refuse a layer whose accumulator could reach 2**47 (it could
-        saturate mid-window) or leave float64's exact integer range."""
+    def _prove(self, bound: float, name: str) -> None:
+        """Refuse a layer whose accumulator could reach ``bound`` >= 2**47
+        (it could saturate mid-window) or leave float64's exact range."""
         if self.mode == "float":
             return
-        bound = sum(float(m.sum(-1).max()) for m in abs_mats) * per_input
         if bound >= min(fixed.ACC_MAX, EXACT):
             raise ValueError(
                 f"{name}: the accumulator may reach {bound:.3g}, beyond "
@@ -137,10 +137,12 @@ class Engine:
         (qk, av), (qk_exp, av_exp) = net._dense_exp[op.out.name]
         s_logit = np.broadcast_to(net.sigmas[op.logit_node],
                                   op.coef.shape).astype(float)
-        contracted = op.x.shape[-1]
-        g = float(1 << fixed.GAIN_FRAC_BITS)
-        self._prove([np.abs(qk)], op.out.name + ":logits", contracted * g * g)
-        self._prove([np.abs(av)], op.out.name, op.v.shape[-2] * g * g)
+        # an element sums at most K pairs of 4096 * 4096 (logits) or M
+        # softmax spikes times 4096 * 4096 (output), times its weight
+        g2 = float(1 << fixed.GAIN_FRAC_BITS) ** 2
+        self._prove(np.abs(qk).max() * op.x.shape[-1] * g2,
+                    op.out.name + ":logits")
+        self._prove(np.abs(av).max() * op.v.shape[-2] * g2, op.out.name)
         if self.mode == "fixed" and np.abs(s_logit).max() >= 2 ** (
                 fixed.STATE_BITS - 1 - fixed.STATE_FRAC_BITS - 1):
             raise ValueError(f"{op.out.name}: logit scales of 64 or more "
@@ -154,8 +156,7 @@ class Engine:
             unit = t(s_logit)
         return dict(w_qk=w_qk, w_av=w_av, qk_exp=qk_exp, av_exp=av_exp,
                     bias=self._bias(op.bias / s_logit), unit=unit,
-                    mask=torch.as_tensor(op.mask, device=self.device),
-                    s_logit=t(s_logit))
+                    mask=torch.as_tensor(op.mask, device=self.device))
 
     # ------------------------------------------------------------- forward
     @torch.no_grad()
@@ -163,8 +164,7 @@ class Engine:
         """Run a batch (batch, *sample_shape) and return logits and spikes.
         """
         net, g = self.net, self.net.graph
-        x = torch.as_tensor(np.asarray(x, dtype=np.float64),
-                            device=self.device)
+        x = torch.as_tensor(x, dtype=torch.float64, device=self.device)
         if tuple(x.shape[1:]) != g.input.shape:
             raise ValueError(f"x must be (batch, "
                              f"{', '.join(map(str, g.input.shape))}), got "

@@ -294,10 +294,11 @@ def woss_thresholds(B: float, T: int) -> np.ndarray:
     return -np.floor(th + 0.5).astype(np.int64)
 
 
-def woss_logit(spikes: np.ndarray, scale: np.ndarray,
+def woss_logit(spikes: np.ndarray, unit: np.ndarray,
                trace_value: ty.Any) -> np.ndarray:
-    """Decoded logit of WOSS input spikes in 2**-16 units:
-    ``s * round(round(scale * 2**16) * G / 4096)``."""
-    unit, _ = to_state(scale)
+    """Decoded logit of WOSS input spikes in 2**-16 units,
+    ``s * round(unit * G / 4096)``, where ``unit = to_state(scale)`` is the
+    logit scale in state units."""
     return np.asarray(spikes, dtype=np.int64) * \
-        round_shift(unit * trace_value, GAIN_FRAC_BITS)
+        round_shift(np.asarray(unit, dtype=np.int64) * trace_value,
+                    GAIN_FRAC_BITS)

@@ -158,7 +158,7 @@ class SpikingNetwork:
     encoder, readout, sink
         The input PhaseEncoder, the readout PhaseNeuron and the RingBuffer
         that receives the readout's membrane (decoded logits =
-        ``sink * sigma / 2**16``).
+        ``sink[..., windows[output].fire] * sigma / 2**16``).
     recorded : list of dict
         With ``record=True``: per inferred sample, population name (and
         ``<attention>:logits`` / ``:softmax``) -> (fire steps, signs). Reading
@@ -172,11 +172,12 @@ class SpikingNetwork:
         self.T, self.B = check_steps(T), check_base(B)
         self.windows = self._schedule()
         out = self.windows[graph.output.name]
-        # a sample ends when the readout reports; windows repeat with this
-        # period, which must hold an integration and a fire window
+        # a sample ends when the readout has reported; windows repeat with
+        # this period, which must hold an integration and a fire window
         self.num_steps = max(out.fire + 1, 2 * self.T)
         self.processes: ty.Dict[str, ty.Any] = {}
-        self._dense_exp: ty.Dict[str, ty.Tuple[list, int]] = {}
+        self._dense_exp: ty.Dict[str, ty.Tuple[list, ty.Any]] = {}
+        self._counted = {"sat_count": 0, "stray_count": 0}
         self._build()
         self.probes: ty.Dict[str, ty.Tuple[RingBuffer, int]] = {}
         self.recorded: ty.List[ty.Dict[str, ty.Tuple[np.ndarray,
@@ -238,9 +239,9 @@ class SpikingNetwork:
             for (src, _), d in zip(pop.inputs, dense):
                 self._connect(src, d, neuron, w.start)
         self.readout = self.processes[g.output.name]
-        # The readout sends its membrane (state units) at the last step of a
-        # sample, so a one-slot RingBuffer holds exactly that message.
-        self.sink = RingBuffer(shape=g.output.shape, buffer=1)
+        # The readout sends its membrane (state units) once, when its fire
+        # window opens; the sink keeps a whole sample period.
+        self.sink = RingBuffer(shape=g.output.shape, buffer=self.num_steps)
         self.readout.s_out.connect(self.sink.a_in)
 
     def _add_probes(self) -> None:
@@ -263,10 +264,7 @@ class SpikingNetwork:
     def _read_probes(self) -> None:
         spikes = {}
         for name, (sink, fire) in self.probes.items():
-            window = sink.data.get()[..., fire:fire + self.T]
-            fired = window != 0
-            spikes[name] = (np.where(fired.any(-1), fired.argmax(-1), -1),
-                            np.sign(window.sum(-1)).astype(np.int64))
+            spikes[name] = phase.first_spikes(sink.data.get(), fire, self.T)
         self.recorded.append(spikes)
 
     def _sigma(self, pop: Population) -> np.ndarray:
@@ -363,7 +361,8 @@ class SpikingNetwork:
             else:
                 self.encoder.data.set(sample)
             self.run(RunSteps(num_steps=self.num_steps), run_cfg)
-            state = self.sink.data.get()[..., 0]
+            state = self.sink.data.get()[
+                ..., self.windows[self.graph.output.name].fire]
             if self.probes:
                 self._read_probes()
             logits.append(state * 2.0 ** -fixed.STATE_FRAC_BITS *
@@ -372,12 +371,16 @@ class SpikingNetwork:
         return np.array(logits)
 
     def _check_counts(self) -> None:
-        sat = stray = 0
+        """Raise on stray input, warn on saturation since the last check
+        (the counters are cumulative)."""
+        totals = {"sat_count": 0, "stray_count": 0}
         for proc in self.processes.values():
-            if hasattr(proc, "sat_count"):
-                sat += int(proc.sat_count.get()[0])
-            if hasattr(proc, "stray_count"):
-                stray += int(proc.stray_count.get()[0])
+            for var in totals:
+                if hasattr(proc, var):
+                    totals[var] += int(getattr(proc, var).get()[0])
+        sat = totals["sat_count"] - self._counted["sat_count"]
+        stray = totals["stray_count"] - self._counted["stray_count"]
+        self._counted = totals
         if stray:
             raise RuntimeError(f"{stray} spikes arrived outside their "
                                "window: the schedule is wrong (a bug)")

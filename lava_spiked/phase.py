@@ -147,3 +147,13 @@ def layer(x_hat: ty.Any, weights: ty.Any, bias: ty.Any = 0.0) -> np.ndarray:
     """
     return np.asarray(weights, dtype=np.float64) @ np.asarray(
         x_hat, dtype=np.float64) + np.asarray(bias, dtype=np.float64)
+
+
+def first_spikes(trace: ty.Any, start: int,
+                 T: int) -> ty.Tuple[np.ndarray, np.ndarray]:
+    """Fire step (-1 = none) and sign of every neuron in a recorded spike
+    trace of shape (*shape, steps), within the window [start, start + T)."""
+    window = np.asarray(trace)[..., start:start + T]
+    fired = window != 0
+    step = np.where(fired.any(-1), fired.argmax(-1), -1)
+    return step, np.sign(window.sum(-1)).astype(np.int64)

@@ -39,25 +39,25 @@ class AbstractTraceMatMulModel(PyLoihiProcessModel):
                        self.period) == 0:  # a new sample: forget the old one
             self.x_trace[:] = 0
             self.y_trace[:] = 0
-        x_now = self.x_in.recv() * self.in_window(self.x_start)
-        y_now = self.y_in.recv() * self.in_window(self.y_start)
+        x_now, x_gain = self.arrivals(self.x_in.recv(), self.x_start)
+        y_now, y_gain = self.arrivals(self.y_in.recv(), self.y_start)
+        if not (x_now.any() or y_now.any()):  # no spike: no current
+            self.a_buff = np.zeros_like(self.a_buff)
+            return
         x_before = self.x_trace.copy()
-        self.x_trace += x_now * self.trace_now(self.x_start)
-        self.y_trace += y_now * self.trace_now(self.y_start)
+        self.x_trace += x_now * x_gain
+        self.y_trace += y_now * y_gain
         raw = fixed.product_current(x_now, self.y_trace, x_before, y_now,
                                     self.y_transposed)
         self.a_buff = self.output(self.weights * raw)
 
-    def in_window(self, start: int) -> bool:
-        """Whether the window of the operand that starts at ``start`` is
-        open."""
+    def arrivals(self, spikes: np.ndarray, start: int):
+        """Spikes inside the operand's window (others are dropped) and the
+        global trace value of this step of that window."""
         r = window_step(self.time_step, start, self.period)
-        return r is not None and r < self.T
-
-    def trace_now(self, start: int):
-        """Global trace value at this step of an operand's window."""
-        r = window_step(self.time_step, start, self.period)
-        return self.table[r] if r is not None and r < self.T else 0
+        if r is None or r >= self.T:
+            return np.zeros_like(spikes), 0
+        return spikes, self.table[r]
 
     def output(self, current: np.ndarray) -> np.ndarray:
         """Convert the weighted current to the output number format."""
@@ -73,7 +73,7 @@ class PyTraceMatMulModelFloat(AbstractTraceMatMulModel):
     x_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     y_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
-    weights: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    weights: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=9)  # 2k
     x_trace: np.ndarray = LavaPyType(np.ndarray, float)
     y_trace: np.ndarray = LavaPyType(np.ndarray, float)
     sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
@@ -96,7 +96,7 @@ class PyTraceMatMulModelFixed(AbstractTraceMatMulModel):
     x_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=2)
     y_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=2)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
-    weights: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    weights: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=9)  # 2k
     x_trace: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
     y_trace: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
     sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)

@@ -127,7 +127,9 @@ class PyWOSSModelFixed(AbstractWOSSModel):
         self.r_buff = self.r_buff.astype(np.int64)
 
     def logit(self, s, r):
-        return fixed.woss_logit(s, self.scale, int(self.trace[r]))
+        if r == 0:  # the scale is constant over a window: convert it once
+            self.unit = fixed.to_state(self.scale)[0]
+        return fixed.woss_logit(s, self.unit, int(self.trace[r]))
 
     def add(self, dv):
         self.v[:], n_sat = fixed.saturate(self.v + dv)

@@ -30,8 +30,8 @@ class PhaseNeuron(AbstractProcess):
     so a spike at fire step ``m`` means ``s * scale * B**-m`` and the neuron
     emits ``Q(A)`` of its integrated input ``A = scale * v``: a presynaptic
     spike that arrives at input step ``j`` counts ``B**-j``, which is exactly
-    its phase value (design §12.3-12.4). The bias enters once, at ``r = 0``,
-    so its decoded total is exactly ``bias``. Input that arrives outside the
+    its phase value (design §12.3-12.4). The bias enters once, when the window
+    closes, so its decoded total is exactly ``bias``. Input that arrives outside the
     input window is a scheduling error; it is ignored and counted in
     ``stray_count``.
 
@@ -139,7 +139,7 @@ class NormalizedPhaseNeuron(PhaseNeuron):
 
     then the neuron fires as a PhaseNeuron. This division is a **non-spike
     operation** (a per-row threshold scaling); ``norm_count`` counts the
-    divided elements so the energy model can charge them as multiplies. A row
+    divided elements (the energy model charges one multiply each). A row
     that received no softmax spike (R = 0) outputs zeros, never NaN or inf.
 
     Parameters are those of :class:`PhaseNeuron`.

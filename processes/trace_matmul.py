@@ -35,7 +35,7 @@ class TraceMatMul(AbstractProcess):
     window (this Process, like Dense, sends the current it computed on the
     previous step) integrates ``sum_j B**-j a_out`` and so receives exactly
     ``weights * 4096 * sum_k x_hat[i,k] * y_hat[j,k]`` with the operand scales
-    folded into ``weights``. ``weights`` are the 8-bit mantissas of
+    folded into ``weights``. ``weights`` are the Dense-form mantissas ``2k`` of
     :func:`lava_spiked.fixed.quantize_weights` (per output element, e.g.
     ``sigma_x[i] * sigma_y[j] / (sqrt(d) * sigma_out[i])``); give the
     receiving PhaseNeuron ``weight_exp = exp - 12`` for the 4096.

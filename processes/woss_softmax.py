@@ -39,7 +39,7 @@ class WOSSSoftmax(AbstractProcess):
     NormalizedPhaseNeuron that sums it gets ``R = sum_c p_c``.
 
     ``fixed_pt`` holds ``v`` in 2**-16 logit units (24-bit, saturating,
-    counted), adds ``round(scale * 2**16 * G_r / 4096)`` per spike with the
+    counted), adds ``round(round(scale * 2**16) * G_r / 4096)`` per spike with the
     12-bit trace table ``G``, compares with ``-round((m + 1/2) ln B 2**16)``
     and sums ``G_m`` into ``row_sum`` (12-bit trace units).
 

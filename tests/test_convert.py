@@ -301,7 +301,8 @@ def test_shallow_mlp_in_lava_equals_golden(tag):
     model = _randomize_norms(MLP())
     data = np.random.default_rng(2).normal(0, 1, (24, 6)).astype(np.float32)
     net = convert(model, data[:20], T=8, B=1.3, progress=False)
-    assert net.num_steps == max(net.windows["fc2"].fire + 1, 16)
+    assert net.num_steps == max(net.windows[net.graph.output.name].fire + 1,
+                                16)
     with net:
         got = net.infer(data[20:], Loihi2SimCfg(select_tag=tag),
                         progress=False)
@@ -310,3 +311,25 @@ def test_shallow_mlp_in_lava_equals_golden(tag):
         np.testing.assert_allclose(out, golden(x), rtol=1e-6, atol=1e-9)
         if tag == "fixed_pt":
             np.testing.assert_array_equal(out, golden(x))
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_single_linear_and_relu_ending_models_in_lava(tag):
+    """A readout fed by the encoder (the 2T period wins over the readout's
+    report step) and a model whose output is already a ReLU population."""
+    torch.manual_seed(5)
+    data = np.random.default_rng(3).normal(0, 1, (12, 4)).astype(np.float32)
+    for model in (nn.Linear(4, 3), nn.Sequential(nn.Linear(4, 3),
+                                                 nn.ReLU())):
+        net = convert(model.eval(), data[:10], T=8, B=1.3, progress=False)
+        names = [p.name for p in net.graph.populations]
+        assert len(names) == len(set(names))
+        with net:
+            got = net.infer(data[10:], Loihi2SimCfg(select_tag=tag),
+                            progress=False)
+        golden = net.golden_fixed if tag == "fixed_pt" else net.golden_float
+        for x, out in zip(data[10:], got):
+            np.testing.assert_allclose(out, golden(x), rtol=1e-6, atol=1e-9)
+            if tag == "fixed_pt":
+                np.testing.assert_array_equal(out, golden(x))
+        assert np.abs(got).max() > 0
