@@ -32,6 +32,7 @@ import torch
 from lava_spiked import fixed
 from lava_spiked.network import SpikingNetwork
 from lava_spiked.phase import threshold_factor
+from lava_spiked.validation import check_batch
 
 EXACT = 2.0 ** 53  # float64 integers are exact below this
 
@@ -164,13 +165,12 @@ class Engine:
         """Run a batch (batch, *sample_shape) and return logits and spikes.
         """
         net, g = self.net, self.net.graph
+        if not torch.is_tensor(x):
+            x = check_batch("x", x, g.input.shape)
+        elif tuple(x.shape[1:]) != g.input.shape or \
+                not torch.isfinite(x).all():  # checked on its own device
+            x = check_batch("x", x.cpu(), g.input.shape)
         x = torch.as_tensor(x, dtype=torch.float64, device=self.device)
-        if tuple(x.shape[1:]) != g.input.shape:
-            raise ValueError(f"x must be (batch, "
-                             f"{', '.join(map(str, g.input.shape))}), got "
-                             f"{tuple(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or inf")
         steps, signs = {}, {}
         u = x / self.sigma[g.input.name]
         if self.mode == "fixed":

@@ -36,7 +36,7 @@ from lava_spiked.convert import Graph, Population, capture
 from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
                                    PhaseNeuron, SpikeDelay, TraceMatMul,
                                    WOSSSoftmax)
-from lava_spiked.validation import check_base, check_steps
+from lava_spiked.validation import check_base, check_batch, check_steps
 
 GRANULARITIES = ("tensor", "channel", "token")
 
@@ -74,15 +74,7 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got "
                          f"{granularity!r}")
-    x = torch.as_tensor(np.asarray(data, dtype=np.float32))
-    if x.shape[0] == 0:
-        raise ValueError("calibration data is empty")
-    if tuple(x.shape[1:]) != graph.input.shape:
-        raise ValueError(f"calibration data has samples of shape "
-                         f"{tuple(x.shape[1:])}, the model was captured for "
-                         f"{graph.input.shape}")
-    if not torch.isfinite(x).all():
-        raise ValueError("calibration data contains NaN or inf")
+    x = check_batch("calibration_data", data, graph.input.shape)
     shared = {p.name: p.shared_axes for p in graph.populations}
     for op in graph.attention:
         shared[op.logit_node] = (len(op.coef.shape) - 1,)
@@ -345,14 +337,7 @@ class SpikingNetwork:
             E.g. ``Loihi2SimCfg(select_tag="fixed_pt")``; the first run
             fixes the tag for the life of the network.
         """
-        x = np.asarray(samples, dtype=np.float64)
-        if x.ndim != len(self.graph.input.shape) + 1 or \
-                x.shape[1:] != self.graph.input.shape:
-            raise ValueError(f"samples must have shape (n, "
-                             f"{', '.join(map(str, self.graph.input.shape))}"
-                             f"), got {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("samples contain NaN or inf")
+        x = check_batch("samples", samples, self.graph.input.shape)
         logits = []
         for sample in tqdm(x, desc=f"Lava {getattr(run_cfg, 'select_tag', '')}",
                            disable=not progress, leave=False):

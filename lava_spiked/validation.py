@@ -96,3 +96,16 @@ def check_shape(shape: ty.Any) -> ty.Tuple[int, ...]:
         raise ValueError(f"shape must be a tuple of positive integers, "
                          f"got {shape!r}")
     return out
+
+
+def check_batch(name: str, data: ty.Any,
+                sample_shape: ty.Tuple[int, ...]) -> np.ndarray:
+    """Return a batch of samples (n, *sample_shape) as float64, refusing a
+    wrong shape, an empty batch and NaN or inf."""
+    arr = check_finite(name, data)
+    if arr.ndim != len(sample_shape) + 1 or arr.shape[1:] != sample_shape \
+            or arr.shape[0] == 0:
+        raise ValueError(f"{name} must be (n, "
+                         f"{', '.join(map(str, sample_shape))}) with n > 0; "
+                         f"got shape {arr.shape}")
+    return arr

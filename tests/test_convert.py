@@ -205,6 +205,21 @@ def small_vit():
     return model, data[:32], data[32:]
 
 
+def _assert_lava_equals_golden(net, samples, tag):
+    """Run ``samples`` through Lava under ``tag``: fixed_pt logits equal
+    ``golden_fixed`` exactly, floating_pt ones ``golden_float`` to 1e-6."""
+    with net:
+        got = net.infer(samples, Loihi2SimCfg(select_tag=tag),
+                        progress=False)
+    for x, out in zip(samples, got):
+        if tag == "fixed_pt":
+            np.testing.assert_array_equal(out, net.golden_fixed(x))
+        else:
+            np.testing.assert_allclose(out, net.golden_float(x), rtol=1e-6,
+                                       atol=1e-9)
+    return got
+
+
 def test_calibration_errors(small_vit):
     model, calib, _ = small_vit
     with pytest.raises(ValueError, match="calibration_data must be"):
@@ -216,7 +231,8 @@ def test_calibration_errors(small_vit):
     with pytest.raises(ValueError, match="does not accept inputs of shape"):
         convert(model, np.zeros((4, 3, 5)), progress=False)
     graph = capture(model, (1, 8, 8))
-    with pytest.raises(ValueError, match="samples of shape"):
+    with pytest.raises(ValueError,
+                       match="calibration_data must be \\(n, 1, 8, 8\\)"):
         calibrate(graph, np.zeros((4, 1, 8, 9)))
     with pytest.raises(ValueError, match="granularity must be"):
         calibrate(graph, calib, granularity="head")
@@ -245,16 +261,8 @@ def test_calibration_statistics(small_vit):
 def test_one_block_model_equals_golden_in_lava(small_vit, tag):
     model, calib, test = small_vit
     net = convert(model, calib, T=12, B=1.25, progress=False)
-    with net:
-        got = net.infer(test[:2], Loihi2SimCfg(select_tag=tag),
-                        progress=False)
+    _assert_lava_equals_golden(net, test[:2], tag)
     assert lava_children() == []
-    for x, out in zip(test[:2], got):
-        if tag == "fixed_pt":
-            np.testing.assert_array_equal(out, net.golden_fixed(x))
-        else:
-            np.testing.assert_allclose(out, net.golden_float(x), rtol=1e-6,
-                                       atol=1e-9)
 
 
 def test_failed_inference_leaves_no_process(small_vit, monkeypatch):
@@ -262,7 +270,7 @@ def test_failed_inference_leaves_no_process(small_vit, monkeypatch):
     net = convert(model, calib, T=6, B=1.3, progress=False)
     with pytest.raises(ValueError, match="NaN or inf"):
         net.infer(np.full((1, 1, 8, 8), np.nan), Loihi2SimCfg())
-    with pytest.raises(ValueError, match="samples must have shape"):
+    with pytest.raises(ValueError, match="samples must be \\(n, 1, 8, 8\\)"):
         net.infer(test[:, :, :4], Loihi2SimCfg())
 
     def broken(self):
@@ -303,14 +311,7 @@ def test_shallow_mlp_in_lava_equals_golden(tag):
     net = convert(model, data[:20], T=8, B=1.3, progress=False)
     assert net.num_steps == max(net.windows[net.graph.output.name].fire + 1,
                                 16)
-    with net:
-        got = net.infer(data[20:], Loihi2SimCfg(select_tag=tag),
-                        progress=False)
-    golden = net.golden_fixed if tag == "fixed_pt" else net.golden_float
-    for x, out in zip(data[20:], got):
-        np.testing.assert_allclose(out, golden(x), rtol=1e-6, atol=1e-9)
-        if tag == "fixed_pt":
-            np.testing.assert_array_equal(out, golden(x))
+    _assert_lava_equals_golden(net, data[20:], tag)
 
 
 @pytest.mark.parametrize("tag", TAGS)
@@ -324,12 +325,5 @@ def test_single_linear_and_relu_ending_models_in_lava(tag):
         net = convert(model.eval(), data[:10], T=8, B=1.3, progress=False)
         names = [p.name for p in net.graph.populations]
         assert len(names) == len(set(names))
-        with net:
-            got = net.infer(data[10:], Loihi2SimCfg(select_tag=tag),
-                            progress=False)
-        golden = net.golden_fixed if tag == "fixed_pt" else net.golden_float
-        for x, out in zip(data[10:], got):
-            np.testing.assert_allclose(out, golden(x), rtol=1e-6, atol=1e-9)
-            if tag == "fixed_pt":
-                np.testing.assert_array_equal(out, golden(x))
+        got = _assert_lava_equals_golden(net, data[10:], tag)
         assert np.abs(got).max() > 0
