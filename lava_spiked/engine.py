@@ -2,8 +2,8 @@
 models do, on CPU or CUDA.
 
 Every layer fires only after integrating its whole window (W = T), so its
-spikes are a function of its integrated input, and that input is a closed
-form of its sources' spikes:
+spikes are a function of its membrane when the window closes, and that
+membrane is a closed form of its sources' spikes:
 
 ``float`` (= ``floating_pt``)
     ``A = sum_s W_s @ (x_hat_s / sigma_s) + b / sigma``, then the phase
@@ -17,14 +17,21 @@ form of its sources' spikes:
     the logit accumulator is ``w * (X_G @ Y_G)`` and the attention output's
     is ``w * (P_G @ V_G)``. Products run in float64, which is exact because
     the constructor proves every sum stays below 2**53; it also proves that
-    no accumulator or WOSS membrane can saturate mid-window (where step
-    order would matter) and refuses networks for which it cannot.
+    no accumulator, trace-product current or WOSS membrane can saturate
+    mid-window (where step order would matter) and refuses networks for
+    which it cannot.
 
-Cost: one matrix product per synapse plus elementwise quantisation per
+What flows between layers is the trace ``sign * G[step]`` (0 if silent),
+looked up from the membrane in one table gather (fixed) or from a
+closed-form estimate of the fire step corrected by one table comparison
+each way (float, and the WOSS softmax in both modes). Fire steps and signs
+are decoded from the stored membranes only when a caller reads them.
+
+Cost: one matrix product per synapse plus a few elementwise passes per
 layer, not T steps.
 """
+import math
 import typing as ty
-import warnings
 
 import numpy as np
 import torch
@@ -35,15 +42,154 @@ from lava_spiked.phase import threshold_factor
 from lava_spiked.validation import check_batch
 
 EXACT = 2.0 ** 53  # float64 integers are exact below this
+INT32_MAX = (1 << 31) - 1  # TraceMatMul's output port
 
 
-class EngineResult(ty.NamedTuple):
-    """Logits (batch, *out_shape) and, per spiking population, fire steps
-    (-1 = silent) and signs, each (batch, *shape)."""
+class EngineResult:
+    """Logits and, decoded on first access, every population's spikes.
 
-    logits: torch.Tensor
-    steps: ty.Dict[str, torch.Tensor]
-    signs: ty.Dict[str, torch.Tensor]
+    Attributes
+    ----------
+    logits : torch.Tensor
+        (batch, *out_shape).
+    steps, signs : dict of str to torch.Tensor
+        Per spiking population (and ``<attention>:logits`` /
+        ``:softmax``): fire steps (-1 = silent, int64) and signs (float64),
+        each (batch, *shape).
+    saturated : torch.Tensor
+        (batch,) saturation events per sample, as the ``sat_count`` Vars of
+        the fixed_pt models count them (all zero in float mode, where
+        floating_pt does not saturate).
+    """
+
+    def __init__(self, logits: torch.Tensor,
+                 membranes: ty.Dict[str, ty.Tuple[torch.Tensor, str]],
+                 closed: ty.Dict[str, torch.Tensor], engine: "Engine"
+                 ) -> None:
+        self.logits = logits
+        self._membranes, self._closed = membranes, closed
+        self._engine = engine
+        self._spikes: ty.Optional[dict] = None
+
+    def _decoded(self) -> dict:
+        if self._spikes is None:
+            self._spikes = {name: self._engine._decode(v, kind)
+                            for name, (v, kind) in self._membranes.items()}
+        return self._spikes
+
+    @property
+    def steps(self) -> ty.Dict[str, torch.Tensor]:
+        return {k: step for k, (step, _) in self._decoded().items()}
+
+    @property
+    def signs(self) -> ty.Dict[str, torch.Tensor]:
+        return {k: sign for k, (_, sign) in self._decoded().items()}
+
+    @property
+    def saturated(self) -> torch.Tensor:
+        return self._engine._saturated(self._closed, len(self.logits))
+
+
+class _FallingThresholds:
+    """Fire step against a falling threshold table: how many thresholds lie
+    strictly above ``x`` (``len(table)`` = silent).
+
+    ``estimate(x)`` is a closed form of that count that is never off by more
+    than one (the table is geometric or linear in the step), so one
+    comparison each way makes it exact: ``table[e] > x`` means one more,
+    ``table[e - 1] <= x`` one fewer.
+    """
+
+    def __init__(self, table: np.ndarray, estimate: ty.Callable,
+                 device: torch.device) -> None:
+        self.T, self.estimate = len(table), estimate
+        # table[T] = -inf lies above nothing; table[-1] = nan is never <= x
+        self.at = _tensor(np.append(table, -np.inf), device)
+        self.before = _tensor(np.insert(table, 0, np.nan), device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.estimate(x).clamp_(0, self.T).long()
+        # e + [table[e] > x] - [table[e - 1] <= x], in place
+        return e.add_(_lookup(self.at, e) > x).add_(
+            _lookup(self.before, e) <= x, alpha=-1)
+
+
+class _Synapses:
+    """``W @ trace`` for one synapse matrix (n_out, n_in) on batches
+    (batch, *src_shape) -> (batch, *dst_shape), in the cheapest exact form.
+
+    Token-wise layers fold into matrices that are diagonal in a token axis of
+    the source and one of the target; they run as one matrix product per
+    token (the result is a token-major view), or as a single product when
+    every token shares the block. Otherwise unused source columns are
+    dropped and the rest runs dense (CSR kernels were slower at these sizes
+    and return transposed results). Float64 sums of integers below 2**53 are
+    exact in any order, so every form gives the same bits.
+    """
+
+    def __init__(self, w: np.ndarray, src_shape: tuple, dst_shape: tuple,
+                 device: torch.device) -> None:
+        self.dst_shape = dst_shape
+        self.diagonal = _diagonal_axes(w, src_shape, dst_shape)
+        if self.diagonal is not None:
+            self.ai, self.ao, blocks = self.diagonal
+            shared = bool((blocks == blocks[:1]).all())
+            blocks = blocks.transpose(0, 2, 1)  # (d, n_in/d, n_out/d)
+            self.w = _tensor(blocks[0] if shared else blocks, device)
+            self.shared = shared
+            return
+        cols = np.flatnonzero((w != 0).any(0))
+        self.cols = None if len(cols) == w.shape[1] else \
+            torch.as_tensor(cols, device=device)
+        w = w[:, cols]
+        self.w = _tensor(w.T, device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.diagonal is not None:
+            d = x.shape[1 + self.ai]
+            xb = x.movedim(1 + self.ai, 0).reshape(d, n, -1)
+            y = xb @ self.w if self.shared else torch.bmm(xb, self.w)
+            rest = tuple(s for i, s in enumerate(self.dst_shape)
+                         if i != self.ao)
+            return y.view((d, n) + rest).movedim(0, 1 + self.ao)
+        x = x.reshape(n, -1)
+        if self.cols is not None:
+            x = x.index_select(1, self.cols)
+        return (x @ self.w).view((n,) + self.dst_shape)
+
+
+def _diagonal_axes(w: np.ndarray, src_shape: tuple, dst_shape: tuple):
+    """(source axis, target axis, blocks (d, n_out/d, n_in/d)) of the first
+    pair of equal-sized axes in which ``w`` is diagonal, or None."""
+    for ao, d in enumerate(dst_shape):
+        for ai, d_in in enumerate(src_shape):
+            if d < 2 or d_in != d:
+                continue
+            w_ = np.moveaxis(w.reshape(dst_shape + src_shape),
+                             (ao, len(dst_shape) + ai), (0, 1))
+            w_ = w_.reshape(d, d, w.shape[0] // d, w.shape[1] // d)
+            if not w_[~np.eye(d, dtype=bool)].any():
+                return ai, ao, w_[np.arange(d), np.arange(d)]
+    return None
+
+
+def _tensor(a: ty.Any, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)
+
+
+def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` (a 1-D table; index_select is the fastest gather)."""
+    return table.index_select(0, index.reshape(-1)).view(index.shape)
+
+
+def _round(x: torch.Tensor) -> torch.Tensor:
+    """Round half away from zero, as :func:`lava_spiked.fixed.round_shift`
+    does: exact for ``x = k * 2**-n`` with integer ``k`` below 2**53, which
+    is what the engine rounds (shifts are folded into the weights)."""
+    # sign * floor(|x| + 1/2): floor is vectorised, trunc and copysign are
+    # not (3x slower on CPU)
+    return x.abs().add_(0.5).floor_().mul_(x.sign())
 
 
 class Engine:
@@ -71,67 +217,98 @@ class Engine:
             raise ValueError(f"mode must be 'fixed' or 'float', got {mode!r}")
         self.net, self.mode = net, mode
         self.device = torch.device(device)
-        B, T = net.B, net.T
-        t = self._tensor
-        if mode == "fixed":
-            self.gains = t(fixed.gain_table(B, T))
-            self.thresholds = t(fixed.threshold_table(B, T))
-            self.woss_thresholds = t(fixed.woss_thresholds(B, T))
-        else:
-            steps = np.arange(T, dtype=np.float64)
-            self.gains = t(B ** -steps)
-            self.thresholds = t(threshold_factor(B) * B ** -steps)
-            self.woss_thresholds = t(-(steps + 0.5) * np.log(B))
-        self.sigma = {p.name: t(net._sigma(p)) for p in net.graph.populations}
+        self._tables(net.B, net.T)
+        self.sigma = {p.name: self._tensor(net._sigma(p))
+                      for p in net.graph.populations}
         self.attention = {op.out.name: op for op in net.graph.attention}
-        self.layers = {}
+        self.layers, self.bias_saturated = {}, {}
         for pop in net.graph.populations[1:]:
             if pop.name in self.attention:
                 self.layers[pop.name] = self._attention_layer(
                     self.attention[pop.name])
-            else:
-                dense, exp = net._dense_exp[pop.name]
-                mats = [self._matrix(d if mode == "fixed" else
-                                     fixed.dequantize_weights(d, exp))
-                        for d in dense]
-                # each input adds at most |w| * 4096 (trace of step 0)
-                self._prove(sum(float(np.abs(d).sum(-1).max())
-                                for d in dense) * 4096.0, pop.name)
-                bias = pop.bias / net._sigma(pop).ravel()
-                self.layers[pop.name] = (mats, exp, self._bias(bias))
+                continue
+            dense, exp = net._dense_exp[pop.name]
+            # each input adds at most |w| * 4096 (trace of step 0)
+            self._prove(sum(float(np.abs(d).sum(-1).max())
+                            for d in dense) * 4096.0, pop.name)
+            synapses = [_Synapses(self._weights(d, exp), src.shape,
+                                  pop.shape, self.device)
+                        for (src, _), d in zip(pop.inputs, dense)]
+            bias = self._bias(pop.name, pop.bias.reshape(pop.shape) /
+                              net._sigma(pop))
+            self.layers[pop.name] = (synapses, bias)
 
     # ----------------------------------------------------------- utilities
     def _tensor(self, a) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a, dtype=np.float64),
-                               device=self.device)
+        return _tensor(a, self.device)
 
-    def _matrix(self, w: np.ndarray) -> torch.Tensor:
-        """Synapse matrix, sparse (CSR) when mostly zero: token-wise layers
-        fold into block-diagonal matrices (about 6 % nonzero for the bundled
-        ViT). Sums of the same integers in float64 are exact in any order.
-        """
-        m = self._tensor(w)
-        if (w != 0).mean() > 0.25:
-            return m
-        with warnings.catch_warnings():  # "CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            return m.to_sparse_csr()
+    def _tables(self, B: float, T: int) -> None:
+        """Trace tables (``gains[T] = 0``: silent) and fire-step finders."""
+        log_b = math.log(B)
+        if self.mode == "fixed":
+            gains = fixed.gain_table(B, T).astype(np.float64)
+            woss = fixed.woss_thresholds(B, T).astype(np.float64)
+            woss_unit = log_b * (1 << fixed.STATE_FRAC_BITS)
+            self._neuron_luts(fixed.threshold_table(B, T), gains)
+        else:
+            steps = np.arange(T, dtype=np.float64)
+            gains = B ** -steps
+            woss = -(steps + 0.5) * log_b
+            woss_unit = log_b
+            log_c = math.log(threshold_factor(B))
+            # |v| >= c_B B**-m  <=>  m >= (ln c_B - ln |v|) / ln B
+            self.neuron_steps = _FallingThresholds(
+                threshold_factor(B) * B ** -steps,
+                lambda a: (log_c - a.log()).div_(log_b).ceil_(), self.device)
+        self.gains = self._tensor(np.append(gains, 0.0))
+        # d >= -(m + 1/2) ln B  <=>  m >= -d / ln B - 1/2
+        self.woss_steps = _FallingThresholds(
+            woss, lambda d: (-d).div_(woss_unit).sub_(0.5).ceil_(),
+            self.device)
 
-    def _bias(self, bias_norm: np.ndarray) -> torch.Tensor:
+    def _neuron_luts(self, thresholds: np.ndarray, gains: np.ndarray):
+        """Fixed mode: every integer membrane in [-theta_0, theta_0] (a
+        larger magnitude fires at step 0) indexes its trace and fire step."""
+        top = int(thresholds[0])
+        v = np.arange(-top, top + 1)
+        steps = len(thresholds) - np.searchsorted(thresholds[::-1], np.abs(v),
+                                                  side="right")
+        trace = np.sign(v) * np.append(gains, 0.0)[steps]
+        self.top = float(top)
+        self.lut_steps = torch.as_tensor(steps, device=self.device)
+        # float32 holds the 13-bit traces exactly and halves the table, so
+        # it stays in cache
+        self.lut_trace = {
+            unipolar: torch.as_tensor(t, dtype=torch.float32,
+                                      device=self.device)
+            for unipolar, t in ((False, trace),
+                                (True, np.where(v > 0, trace, 0.0)))}
+
+    def _weights(self, dense: np.ndarray, exp: int) -> np.ndarray:
+        """Weights whose product is the accumulator times the shift of
+        fixed.close_window, ``2**(e - 12)`` (exact: a power of two), or the
+        dequantised weights (float)."""
+        if self.mode == "fixed":
+            return dense * 2.0 ** (exp - fixed.GAIN_FRAC_BITS)
+        return fixed.dequantize_weights(dense, exp)
+
+    def _bias(self, name: str, bias_norm: np.ndarray) -> torch.Tensor:
         if self.mode == "float":
             return self._tensor(bias_norm)
-        return self._tensor(fixed.to_state(bias_norm)[0])
+        state, self.bias_saturated[name] = fixed.to_state(bias_norm)
+        return self._tensor(state)
 
-    def _prove(self, bound: float, name: str) -> None:
+    def _prove(self, bound: float, name: str,
+               limit: float = min(fixed.ACC_MAX, EXACT)) -> None:
         """Refuse a layer whose accumulator could reach ``bound`` >= 2**47
         (it could saturate mid-window) or leave float64's exact range."""
         if self.mode == "float":
             return
-        if bound >= min(fixed.ACC_MAX, EXACT):
+        if bound >= limit:
             raise ValueError(
-                f"{name}: the accumulator may reach {bound:.3g}, beyond "
-                "2**47, where saturation would depend on spike order; the "
-                "engine cannot reproduce fixed_pt bit for bit")
+                f"{name}: a sum may reach {bound:.3g}, beyond {limit:.3g}, "
+                "where saturation would depend on spike order; the engine "
+                "cannot reproduce fixed_pt bit for bit")
 
     def _attention_layer(self, op):
         net, t = self.net, self._tensor
@@ -139,147 +316,152 @@ class Engine:
         s_logit = np.broadcast_to(net.sigmas[op.logit_node],
                                   op.coef.shape).astype(float)
         # an element sums at most K pairs of 4096 * 4096 (logits) or M
-        # softmax spikes times 4096 * 4096 (output), times its weight
-        g2 = float(1 << fixed.GAIN_FRAC_BITS) ** 2
-        self._prove(np.abs(qk).max() * op.x.shape[-1] * g2,
-                    op.out.name + ":logits")
-        self._prove(np.abs(av).max() * op.v.shape[-2] * g2, op.out.name)
+        # softmax spikes times 4096 * 4096 (output), times its weight; a
+        # step's product current at most twice K (or M) times 4096
+        g = float(1 << fixed.GAIN_FRAC_BITS)
+        for w, k, name in ((qk, op.x.shape[-1], ":logits"),
+                           (av, op.v.shape[-2], "")):
+            self._prove(np.abs(w).max() * k * g * g, op.out.name + name)
+            self._prove(np.abs(w).max() * 2 * k * g, op.out.name + name +
+                        " (product current)", INT32_MAX)
         if self.mode == "fixed" and np.abs(s_logit).max() >= 2 ** (
                 fixed.STATE_BITS - 1 - fixed.STATE_FRAC_BITS - 1):
             raise ValueError(f"{op.out.name}: logit scales of 64 or more "
                              "could saturate the WOSS membrane mid-window")
-        if self.mode == "fixed":
-            w_qk, w_av = t(qk), t(av)
-            unit = t(fixed.to_state(s_logit)[0])
-        else:
-            w_qk = t(fixed.dequantize_weights(qk, qk_exp))
-            w_av = t(fixed.dequantize_weights(av, av_exp))
-            unit = t(s_logit)
-        return dict(w_qk=w_qk, w_av=w_av, qk_exp=qk_exp, av_exp=av_exp,
-                    bias=self._bias(op.bias / s_logit), unit=unit,
-                    mask=torch.as_tensor(op.mask, device=self.device))
+        # fixed: the neurons apply e - 12 to products of 12-bit traces
+        g_bits = fixed.GAIN_FRAC_BITS if self.mode == "fixed" else 0
+        w_qk = t(self._weights(qk, qk_exp - g_bits))
+        w_av = t(self._weights(av, av_exp - g_bits))
+        # WOSS logit: round(unit * G / 4096), the shift folded into the unit
+        unit = t(fixed.to_state(s_logit)[0] * 2.0 ** -fixed.GAIN_FRAC_BITS
+                 if self.mode == "fixed" else s_logit)
+        return dict(w_qk=w_qk, w_av=w_av,
+                    bias=self._bias(op.out.name + ":logits",
+                                    op.bias / s_logit),
+                    unit=unit, mask=torch.as_tensor(op.mask,
+                                                    device=self.device))
 
     # ------------------------------------------------------------- forward
     @torch.no_grad()
     def __call__(self, x: ty.Any) -> EngineResult:
         """Run a batch (batch, *sample_shape) and return logits and spikes.
         """
-        net, g = self.net, self.net.graph
+        g = self.net.graph
         if not torch.is_tensor(x):
             x = check_batch("x", x, g.input.shape)
         elif tuple(x.shape[1:]) != g.input.shape or \
                 not torch.isfinite(x).all():  # checked on its own device
             x = check_batch("x", x.cpu(), g.input.shape)
         x = torch.as_tensor(x, dtype=torch.float64, device=self.device)
-        steps, signs = {}, {}
         u = x / self.sigma[g.input.name]
-        if self.mode == "fixed":
-            u = self._to_state(u)
-        steps[g.input.name], signs[g.input.name] = self._fire(u, False)
+        if self.mode == "fixed":  # to_state, saturated below with the rest
+            u = _round(u * float(1 << fixed.STATE_FRAC_BITS))
+        # per population: membrane and kind (decoded to spikes on demand),
+        # membrane before saturation (counted on demand), trace
+        membranes = {g.input.name: (u, "bipolar")}
+        closed = {g.input.name: u}
+        traces = {g.input.name: self._trace(u, False)}
         for pop in g.populations[1:]:
             if pop.name in self.attention:
-                self._attend(self.attention[pop.name], steps, signs)
+                self._attend(self.attention[pop.name], traces, membranes,
+                             closed)
                 continue
-            mats, exp, bias = self.layers[pop.name]
-            n = x.shape[0]
-            acc = sum(_product(self._trace(steps[s.name],
-                                           signs[s.name]).reshape(n, -1), w)
-                      for (s, _), w in zip(pop.inputs, mats))
-            v = self._close(acc, bias, exp).reshape((n,) + pop.shape)
+            synapses, bias = self.layers[pop.name]
+            # a contiguous term first, so that the sum is contiguous
+            terms = sorted((syn(traces[s.name]) for (s, _), syn in
+                            zip(pop.inputs, synapses)),
+                           key=lambda t: not t.is_contiguous())
+            acc = terms[0]
+            for term in terms[1:]:
+                acc = acc + term
+            v = self._close(acc.contiguous(), bias)
+            closed[pop.name] = v
             if pop.kind == "readout":
                 if self.mode == "fixed":
-                    v = v * 2.0 ** -fixed.STATE_FRAC_BITS
-                return EngineResult(v * self.sigma[pop.name], steps, signs)
-            steps[pop.name], signs[pop.name] = self._fire(
-                v, pop.kind == "relu")
+                    v = v.clamp(-fixed.STATE_MAX, fixed.STATE_MAX) * \
+                        2.0 ** -fixed.STATE_FRAC_BITS
+                return EngineResult(v * self.sigma[pop.name], membranes,
+                                    closed, self)
+            kind = "relu" if pop.kind == "relu" else "bipolar"
+            membranes[pop.name] = (v, kind)
+            traces[pop.name] = self._trace(v, kind == "relu")
         raise AssertionError("no readout population")
 
-    def _attend(self, op, steps, signs) -> None:
+    def _attend(self, op, traces, membranes, closed) -> None:
         a = self.layers[op.out.name]
-        xg = self._trace(steps[op.x.name], signs[op.x.name])
-        yg = self._trace(steps[op.y.name], signs[op.y.name])
-        v = self._close(a["w_qk"] * (xg @ yg), a["bias"], a["qk_exp"] -
-                        fixed.GAIN_FRAC_BITS)
-        l_step, l_sign = self._fire(v, False)
-        steps[op.out.name + ":logits"] = l_step
-        signs[op.out.name + ":logits"] = l_sign
+        name = op.out.name
+        v = self._close(a["w_qk"] * (traces[op.x.name] @ traces[op.y.name]),
+                        a["bias"])
+        membranes[name + ":logits"] = (v, "bipolar")
+        closed[name + ":logits"] = v
         # WOSS: decoded logits, shift by the largest positive unmasked one
-        z = self._trace(l_step, l_sign) * a["unit"]
+        z = self._trace(v, False) * a["unit"]
         if self.mode == "fixed":
-            z = _round_shift(z, fixed.GAIN_FRAC_BITS)
-        live = (l_step >= 0) & ~a["mask"]
-        z = torch.where(live, z, torch.zeros_like(z))
-        positive = live & (l_sign > 0)
-        z_max = torch.where(positive, z, torch.zeros_like(z)).amax(
-            -1, keepdim=True)
-        p_step = self._count_above(self.woss_thresholds, z - z_max)
-        p_step = torch.where((p_step == self.net.T) | a["mask"],
-                             torch.full_like(p_step, -1), p_step)
-        steps[op.out.name + ":softmax"] = p_step
-        signs[op.out.name + ":softmax"] = (p_step >= 0).to(p_step.dtype)
-        pg = self._trace(p_step, torch.ones_like(p_step))
-        row_sum = pg.sum(-1, keepdim=True)
-        vg = self._trace(steps[op.v.name], signs[op.v.name])
-        out = self._close(a["w_av"] * (pg @ vg), 0.0,
-                          a["av_exp"] - fixed.GAIN_FRAC_BITS)
-        safe = torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum))
-        if self.mode == "fixed":  # fixed.normalize, in exact int64
-            num = out.abs().long() << fixed.GAIN_FRAC_BITS
-            r = safe.long()
-            q = torch.div(2 * num + r, 2 * r, rounding_mode="floor")
-            out = torch.where(row_sum > 0, torch.sign(out) * q.double(),
-                              torch.zeros_like(out))
+            z = _round(z)
+        z.masked_fill_(a["mask"], 0.0)
+        d = z - z.amax(-1, keepdim=True).clamp_(min=0.0)
+        d.masked_fill_(a["mask"], -math.inf)  # masked entries never fire
+        membranes[name + ":softmax"] = (d, "woss")
+        p = _lookup(self.gains, self.woss_steps(d))
+        row_sum = p.sum(-1, keepdim=True)
+        out = self._close(a["w_av"] * (p @ traces[op.v.name]), 0.0)
+        closed[name] = out
+        if self.mode == "fixed":  # fixed.normalize: a row without spikes
+            # has out = 0, and the exact quotient of integers below 2**53
+            # rounds half away from zero as trunc((2 v 4096 +- r) / 2 r)
+            r = row_sum.clamp(min=1.0)
+            out = out.clamp(-fixed.STATE_MAX, fixed.STATE_MAX)
+            out = torch.copysign(r, out).add_(
+                out * float(2 << fixed.GAIN_FRAC_BITS)).div_(2 * r).trunc_()
         else:
-            out = torch.where(row_sum > 0, out / safe, torch.zeros_like(out))
-        steps[op.out.name], signs[op.out.name] = self._fire(out, False)
+            out = out / torch.where(row_sum > 0, row_sum,
+                                    torch.ones_like(row_sum))
+        membranes[name] = (out, "bipolar")
+        traces[name] = self._trace(out, False)
 
-    def _trace(self, step: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-        """``sign * G[step]`` (fixed) or ``sign * B**-step`` (float); 0 where
-        silent."""
-        g = self.gains[step.clamp(min=0)]
-        return torch.where(step >= 0, sign * g, torch.zeros_like(g))
-
-    def _to_state(self, u: torch.Tensor) -> torch.Tensor:
-        x = (u * (1 << fixed.STATE_FRAC_BITS)).clamp(
-            -(fixed.STATE_MAX + 1.0), fixed.STATE_MAX + 1.0)
-        return torch.sign(x) * torch.floor(x.abs() + 0.5).clamp(
-            max=fixed.STATE_MAX)
-
-    def _close(self, acc, bias, exp: int) -> torch.Tensor:
-        """Membrane when the window closes (see fixed.close_window)."""
-        if self.mode == "float":  # weights are already dequantised
+    def _close(self, acc, bias) -> torch.Tensor:
+        """Membrane when the window closes (see fixed.close_window), before
+        saturation: spikes do not need it, since every threshold lies far
+        below the 24-bit limit."""
+        if self.mode == "float":
             return acc + bias
-        v = bias + _round_shift(acc, fixed.GAIN_FRAC_BITS - exp)
-        return v.clamp(-fixed.STATE_MAX, fixed.STATE_MAX)
+        return _round(acc).add_(bias)
 
-    @staticmethod
-    def _count_above(falling: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """How many of the falling thresholds lie strictly above ``x``: the
-        first step at which ``x`` reaches its threshold."""
-        rising = falling.flip(0).contiguous()
-        below = torch.searchsorted(rising, x.contiguous(), right=True)
-        return len(falling) - below
-
-    def _fire(self, v: torch.Tensor, unipolar: bool):
-        """First fire step against the falling thresholds, and sign."""
-        step = self._count_above(self.thresholds, v if unipolar else v.abs())
-        silent = step == self.net.T
+    def _trace(self, v: torch.Tensor, unipolar: bool) -> torch.Tensor:
+        """``sign * G[step]`` (fixed) or ``sign * B**-step`` (float) of the
+        first spike of membrane ``v``; 0 where silent."""
+        if self.mode == "fixed":
+            index = v.clamp(-self.top, self.top).add_(self.top).int()
+            return _lookup(self.lut_trace[unipolar], index).double()
+        sign = torch.sign(v)
         if unipolar:
+            sign.clamp_(min=0.0)
+        return _lookup(self.gains, self.neuron_steps(v.abs())).mul_(sign)
+
+    def _decode(self, v: torch.Tensor, kind: str):
+        """Fire steps (-1 = silent) and signs from a stored membrane."""
+        if kind == "woss":
+            step = self.woss_steps(v)
+            sign = torch.ones_like(v)
+        elif self.mode == "fixed":
+            step = _lookup(self.lut_steps, v.abs().clamp(max=self.top)
+                           .add_(self.top).long())
+            sign = torch.sign(v)
+        else:
+            step = self.neuron_steps(v.abs())
+            sign = torch.sign(v)
+        silent = step == self.net.T
+        if kind == "relu":
             silent |= v <= 0
-        step = torch.where(silent, torch.full_like(step, -1), step)
-        sign = torch.where(silent, torch.zeros_like(v), torch.sign(v))
-        return step, sign
+        return (step.masked_fill(silent, -1),
+                sign.masked_fill(silent, 0.0))
 
-
-def _product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T`` for a dense or CSR ``w`` (batch, n_out)."""
-    return (w @ x.T).T if w.layout == torch.sparse_csr else x @ w.T
-
-
-def _round_shift(x: torch.Tensor, n: int) -> torch.Tensor:
-    """torch twin of :func:`lava_spiked.fixed.round_shift` on float64
-    integers (exact below 2**53)."""
-    if n <= 0:
-        return x * float(1 << -n)
-    return torch.sign(x) * torch.floor((x.abs() + (1 << (n - 1))) /
-                                       float(1 << n))
+    def _saturated(self, closed, n: int) -> torch.Tensor:
+        """Saturation events per sample: membranes (and the encoder's state)
+        outside 24 bits when their window closes, plus saturated biases."""
+        count = torch.zeros(n, dtype=torch.int64, device=self.device)
+        if self.mode == "fixed":
+            for name, v in closed.items():
+                count += (v.abs() > fixed.STATE_MAX).reshape(n, -1).sum(1) \
+                    + self.bias_saturated.get(name, 0)
+        return count

@@ -6,7 +6,8 @@ import torch
 from lava.magma.core.run_configs import Loihi2SimCfg
 
 from conftest import TAGS
-from lava_spiked.engine import Engine
+from lava_spiked import fixed
+from lava_spiked.engine import Engine, _round, _Synapses
 from lava_spiked.models import DigitsViT, digits_splits, load_default
 from lava_spiked.network import convert
 
@@ -68,3 +69,106 @@ def test_engine_rejects_bad_input_and_unprovable_networks():
     net.sigmas[op.logit_node] = net.sigmas[op.logit_node] * 0 + 100.0
     with pytest.raises(ValueError, match="logit scales of 64"):
         Engine(net, "fixed")
+
+
+def test_engine_counts_saturation_like_lava_and_stays_exact():
+    """Inputs far beyond calibration saturate the 24-bit states: the engine
+    counts what the fixed_pt models count and still equals Lava."""
+    net, x = _small_net()
+    x = x[:1] * 400.0  # the encoder alone saturates (|u| > 128 sigma)
+    with net:
+        with pytest.warns(RuntimeWarning, match="saturation"):
+            lava = net.infer(x, Loihi2SimCfg(select_tag="fixed_pt"),
+                             progress=False)
+        lava_count = sum(int(p.sat_count.get()[0])
+                         for p in net.processes.values()
+                         if hasattr(p, "sat_count"))
+    res = Engine(net, "fixed")(x)
+    assert lava_count > 0
+    assert int(res.saturated.sum()) == lava_count
+    np.testing.assert_array_equal(res.logits.numpy(), lava)
+    assert int(Engine(net, "float")(x).saturated.sum()) == 0
+
+
+def test_fixed_fire_steps_equal_the_step_by_step_neuron_for_every_state():
+    """Exhaustive over the integer membranes where the table matters (and
+    beyond): the lookup equals fixed.first_spike, a loop over thresholds."""
+    net, _ = _small_net()
+    eng = Engine(net, "fixed")
+    top = int(eng.top)
+    v = np.arange(-top - 3, top + 4)
+    thresholds = fixed.threshold_table(net.B, net.T)
+    gains = fixed.gain_table(net.B, net.T)
+    for kind in ("bipolar", "relu"):
+        want_step, want_sign = fixed.first_spike(v, thresholds,
+                                                 kind == "relu")
+        step, sign = eng._decode(torch.as_tensor(v, dtype=torch.float64),
+                                 kind)
+        np.testing.assert_array_equal(step.numpy(), want_step)
+        np.testing.assert_array_equal(sign.numpy(), want_sign)
+        trace = eng._trace(torch.as_tensor(v, dtype=torch.float64),
+                           kind == "relu")
+        np.testing.assert_array_equal(
+            trace.numpy(), np.where(want_step >= 0,
+                                    want_sign * gains[want_step], 0))
+
+
+@pytest.mark.parametrize("mode", ["fixed", "float"])
+def test_closed_form_fire_steps_are_exact_at_every_threshold(mode):
+    """The estimate-and-correct fire step equals a plain count of the
+    thresholds above x, on the thresholds themselves, their neighbours and
+    random values."""
+    net, _ = _small_net()
+    eng = Engine(net, mode)
+    rng = np.random.default_rng(0)
+    finders = [(eng.woss_steps, eng.woss_steps.at.numpy()[:-1])]
+    if mode == "float":
+        finders.append((eng.neuron_steps,
+                        eng.neuron_steps.at.numpy()[:-1]))
+    for find, table in finders:
+        if mode == "fixed":  # integer membranes
+            edges = np.concatenate([table + k for k in (-2, -1, 0, 1, 2)])
+            rand = -rng.integers(0, int(-table[-1]) + 10, 2000)
+        else:
+            edges = np.concatenate([table, np.nextafter(table, np.inf),
+                                    np.nextafter(table, -np.inf)])
+            rand = rng.uniform(2 * table.min(), 2 * table.max(), 2000)
+        x = np.concatenate([edges, rand, [0.0, -np.inf, np.inf, 1e300]])
+        if find is eng.woss_steps:
+            x = np.minimum(x, 0.0)  # WOSS inputs are never positive
+        else:
+            x = np.abs(x)  # neurons compare magnitudes
+        want = (x[:, None] < table[None, :]).sum(1)
+        got = find(torch.as_tensor(x, dtype=torch.float64))
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_round_is_half_away_from_zero_like_fixed_round_shift():
+    k = np.concatenate([np.arange(-70, 71), [2 ** 46 + 1, -(2 ** 46) - 3]])
+    for n in (0, 1, 3, 12):
+        got = _round(torch.as_tensor(k * 2.0 ** -n))
+        np.testing.assert_array_equal(got.numpy(), fixed.round_shift(k, n))
+
+
+@pytest.mark.parametrize("structure", ["shared", "per_token", "generic"])
+def test_synapse_forms_equal_the_plain_product(structure):
+    """Token-diagonal matrices (one block or one per token) and generic ones
+    with unused columns give exactly ``W @ x``."""
+    rng = np.random.default_rng(2)
+    src, dst = (3, 5, 4), (5, 6)  # tokens: axis 1 of src, axis 0 of dst
+    blocks = rng.integers(-127, 128, (5, 6, 12)).astype(float)
+    if structure == "shared":
+        blocks[:] = blocks[0]
+    w = np.zeros((5, 6, 3, 5, 4))
+    for t in range(5):
+        w[t, :, :, t, :] = blocks[t].reshape(6, 3, 4)
+    w = w.reshape(30, 60)
+    if structure == "generic":
+        w = rng.integers(-127, 128, (30, 60)).astype(float)
+        w[:, ::3] = 0
+    syn = _Synapses(w, src, dst, torch.device("cpu"))
+    assert (syn.diagonal is None) == (structure == "generic")
+    x = rng.integers(-4096, 4097, (7, 60)).astype(float)
+    got = syn(torch.as_tensor(x.reshape((7,) + src)))
+    np.testing.assert_array_equal(got.reshape(7, -1).numpy(),
+                                  x.astype(np.int64) @ w.T.astype(np.int64))
