@@ -431,12 +431,17 @@ class Engine:
         """``sign * G[step]`` (fixed) or ``sign * B**-step`` (float) of the
         first spike of membrane ``v``; 0 where silent."""
         if self.mode == "fixed":
-            index = v.clamp(-self.top, self.top).add_(self.top).int()
-            return _lookup(self.lut_trace[unipolar], index).double()
+            return _lookup(self.lut_trace[unipolar],
+                           self._lut_index(v)).double()
         sign = torch.sign(v)
         if unipolar:
             sign.clamp_(min=0.0)
         return _lookup(self.gains, self.neuron_steps(v.abs())).mul_(sign)
+
+    def _lut_index(self, v: torch.Tensor) -> torch.Tensor:
+        """Fixed mode: the table row of integer membrane ``v`` (a magnitude
+        beyond theta_0 fires at step 0, like theta_0 itself)."""
+        return v.clamp(-self.top, self.top).add_(self.top).int()
 
     def _decode(self, v: torch.Tensor, kind: str):
         """Fire steps (-1 = silent) and signs from a stored membrane."""
@@ -444,8 +449,7 @@ class Engine:
             step = self.woss_steps(v)
             sign = torch.ones_like(v)
         elif self.mode == "fixed":
-            step = _lookup(self.lut_steps, v.abs().clamp(max=self.top)
-                           .add_(self.top).long())
+            step = _lookup(self.lut_steps, self._lut_index(v))
             sign = torch.sign(v)
         else:
             step = self.neuron_steps(v.abs())
