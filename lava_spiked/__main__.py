@@ -14,7 +14,7 @@ import torch
 from lava.magma.core.run_configs import Loihi2SimCfg
 
 from lava_spiked.models import digits_splits, load_default
-from lava_spiked.network import convert
+from lava_spiked import convert
 
 
 def main(argv=None) -> None:
@@ -38,8 +38,9 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     net = convert(model, x_cal, T=args.T, B=args.B)
     print(f"converted in {time.perf_counter() - t0:.1f} s: "
-          f"{len(net.graph.populations)} populations, "
-          f"{len(net.processes)} Lava processes, {net.num_steps} steps per "
+          f"{len(net.plan.layers)} layers "
+          f"({', '.join(layer.name for layer in net.plan.layers)}), "
+          f"{net.num_steps} steps per "
           f"sample (calibrated on {len(x_cal)} held-out images)")
     with torch.no_grad():
         ann = model(torch.from_numpy(x)).numpy()
@@ -47,6 +48,7 @@ def main(argv=None) -> None:
     with net:
         snn = net.infer(x, Loihi2SimCfg(select_tag=args.tag))
     wall = time.perf_counter() - t0
+    print(f"Lava ran {len(net.processes)} processes")
 
     print(f"\n{'#':>3} {'label':>5} {'ANN':>4} {'SNN':>4}  ANN logits | SNN "
           f"logits ({args.tag})")

@@ -25,16 +25,15 @@ SNN, per population:
 
 ANN: the multiply-accumulates of the original model's Linear, Conv and
 matmul operations on dense activations (no zero-skipping credit), all MLP
-layers included, with each layer's true fan-in.
+layers included, with each layer's true fan-in, as counted at capture
+(``Plan.ann_macs``).
 """
 import dataclasses
 import typing as ty
 
 import numpy as np
-import torch
 
 from lava_spiked.engine import EngineResult
-from lava_spiked.network import SpikingNetwork
 
 E_AC = 0.9e-12   # J, 32-bit float add, 45 nm
 E_MAC = 4.6e-12  # J, 32-bit float multiply (3.7 pJ) + add (0.9 pJ), 45 nm
@@ -87,88 +86,58 @@ class EnergyReport:
         return "\n".join(rows)
 
 
-def ann_macs(net: SpikingNetwork) -> float:
-    """Multiply-accumulates of one forward pass of the original model."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    gm = net.graph.module.float()
-    ShapeProp(gm).propagate(torch.zeros((1,) + net.graph.input.shape))
-    modules = dict(gm.named_modules())
-    total = 0.0
-    for node in gm.graph.nodes:
-        meta = node.meta.get("tensor_meta")
-        if not hasattr(meta, "shape"):
-            continue
-        out = float(np.prod(meta.shape))
-        if node.op == "call_module":
-            mod = modules[node.target]
-            if isinstance(mod, torch.nn.Linear):
-                total += out * mod.in_features
-            elif isinstance(mod, torch.nn.modules.conv._ConvNd):
-                total += out * mod.in_channels // mod.groups * \
-                    float(np.prod(mod.kernel_size))
-        elif node.target in (torch.matmul, torch.bmm, "matmul") or \
-                getattr(node.target, "__name__", "") == "matmul":
-            a = node.args[0].meta["tensor_meta"].shape
-            total += out * a[-1]
-        elif node.target is torch.nn.functional.linear:
-            a = node.args[0].meta["tensor_meta"].shape
-            total += out * a[-1]
-    gm.double()
-    return total
-
-
-def energy(net: SpikingNetwork, result: EngineResult) -> EnergyReport:
+def energy(plan: ty.Any, result: EngineResult) -> EnergyReport:
     """Operation counts per sample, averaged over the batch of ``result``
-    (an engine run of ``net``)."""
-    T = net.T
+    (an engine run of ``plan``, a Plan or a SpikingNetwork)."""
+    plan = getattr(plan, "plan", plan)
+    T = plan.T
     steps = {k: v.cpu().numpy() for k, v in result.steps.items()}
     n = next(iter(steps.values())).shape[0]
     fired = {k: (v >= 0) for k, v in steps.items()}
-    attention = {op.out.name: op for op in net.graph.attention}
     layers = []
 
     def updates(name: str) -> float:
-        s = steps[name].reshape(n, -1)
+        s = steps[name]
         return float(np.where(s >= 0, s + 1, T).sum()) / n
 
-    for pop in net.graph.populations:
-        if pop.kind == "input":
-            layers.append(LayerEnergy(pop.name, pop.size,
-                                      fired[pop.name].sum() / n, 0, 0, 0))
+    for layer in plan.layers:
+        if layer.kind == "input":
+            layers.append(LayerEnergy(layer.name, layer.size,
+                                      fired[layer.name].sum() / n, 0, 0, 0))
             continue
-        op = attention.get(pop.name)
+        op = plan.attention_of(layer.name)
         if op is not None:
-            f = {k: fired[k].astype(float) for k in
-                 (op.x.name, op.y.name, op.v.name, pop.name + ":softmax")}
-            logits, soft = pop.name + ":logits", pop.name + ":softmax"
-            qk = f[op.x.name] @ f[op.y.name]   # spike pairs per logit
-            av = f[soft] @ f[op.v.name]        # spike pairs per output
-            qk_pairs, av_pairs = qk.sum() / n, av.sum() / n
-            neuron = updates(logits) + updates(soft) + updates(pop.name)
-            inhibit = float(np.prod(op.coef.shape))
+            shape = lambda k: (n,) + plan[k].shape  # noqa: E731
+            fx, fy, fv = (fired[k].reshape(shape(k)).astype(float)
+                          for k in (op.x, op.y, op.v))
+            fs = fired[op.softmax].reshape((n,) + op.qk.shape).astype(float)
+            qk = fx @ fy   # spike pairs per logit
+            av = fs @ fv   # spike pairs per output
+            neuron = updates(op.logits) + updates(op.softmax) + \
+                updates(layer.name)
+            inhibit = float(op.qk.size)
             # input gains of the logit and output neurons: at most one per
             # pair and at most T per neuron (an upper bound)
             gains = np.minimum(qk, T).sum() / n + np.minimum(av, T).sum() / n
             layers.append(LayerEnergy(
-                pop.name + " (attention)",
-                int(np.prod(op.coef.shape)) * 2 + pop.size,
-                (fired[logits].sum() + fired[soft].sum() +
-                 fired[pop.name].sum()) / n, 0, neuron + inhibit,
-                qk_pairs + av_pairs + gains + pop.size))  # + divisions
+                layer.name + " (attention)", op.qk.size * 2 + layer.size,
+                (fired[op.logits].sum() + fired[op.softmax].sum() +
+                 fired[layer.name].sum()) / n, 0, neuron + inhibit,
+                qk.sum() / n + av.sum() / n + gains + layer.size))
             continue
-        synaptic, input_steps = 0.0, np.zeros((n, pop.size, T), bool)
-        for src, w in pop.inputs:
-            reach = (w != 0).astype(np.float32)          # (targets, sources)
-            s = steps[src.name].reshape(n, -1)
-            synaptic += float(((s >= 0) @ reach.sum(0)).sum()) / n
+        synaptic, input_steps = 0.0, np.zeros((n, layer.size, T), bool)
+        for syn in layer.synapses:
+            s = steps[syn.src].reshape(n, -1)
+            fan = syn.fan_out(s.shape[1])
+            synaptic += float(((s >= 0) @ fan).sum()) / n
+            reach = dataclasses.replace(syn, weight=(syn.weight != 0)
+                                        .astype(np.float64))
             for j in range(T):  # which targets get input at step j
-                input_steps[..., j] |= ((s == j).astype(np.float32) @
-                                        reach.T) > 0
-        gain_macs = float(input_steps.sum()) / n
+                input_steps[..., j] |= reach.apply(
+                    (s == j).astype(np.float64)) > 0
         layers.append(LayerEnergy(
-            pop.name, pop.size,
-            fired[pop.name].sum() / n if pop.name in fired else 0.0,
-            synaptic, (updates(pop.name) if pop.name in steps else 0.0),
-            gain_macs))
-    return EnergyReport(layers, ann_macs(net))
+            layer.name, layer.size,
+            fired[layer.name].sum() / n if layer.name in fired else 0.0,
+            synaptic, updates(layer.name) if layer.name in steps else 0.0,
+            float(input_steps.sum()) / n))
+    return EnergyReport(layers, plan.ann_macs)

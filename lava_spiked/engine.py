@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from lava_spiked import fixed
-from lava_spiked.network import SpikingNetwork
 from lava_spiked.phase import threshold_factor
+from lava_spiked.plan import Plan, Synapse
 from lava_spiked.validation import check_batch
 
 EXACT = 2.0 ** 53  # float64 integers are exact below this
@@ -53,9 +53,9 @@ class EngineResult:
     logits : torch.Tensor
         (batch, *out_shape).
     steps, signs : dict of str to torch.Tensor
-        Per spiking population (and ``<attention>:logits`` /
-        ``:softmax``): fire steps (-1 = silent, int64) and signs (float64),
-        each (batch, *shape).
+        Per spiking layer (and ``<attention>:logits`` / ``:softmax``): fire
+        steps (-1 = silent, int64) and signs (float64), each (batch, size)
+        in the layer's flat (row-major) order.
     saturated : torch.Tensor
         (batch,) saturation events per sample, as the ``sat_count`` Vars of
         the fixed_pt models count them (all zero in float mode, where
@@ -114,64 +114,36 @@ class _FallingThresholds:
             _lookup(self.before, e) <= x, alpha=-1)
 
 
-class _Synapses:
-    """``W @ trace`` for one synapse matrix (n_out, n_in) on batches
-    (batch, *src_shape) -> (batch, *dst_shape), in the cheapest exact form.
+class _Synapse:
+    """A Plan synapse on batches (batch, src size) -> (batch, dst size):
+    one product ``(batch, R, K) @ W^T`` over the token-shared weight, with
+    the gather of the rows and the pick of the outputs skipped where they
+    are the identity. Float64 sums of integers below 2**53 are exact in any
+    order, so every form gives the same bits."""
 
-    Token-wise layers fold into matrices that are diagonal in a token axis of
-    the source and one of the target; they run as one matrix product per
-    token (the result is a token-major view), or as a single product when
-    every token shares the block. Otherwise unused source columns are
-    dropped and the rest runs dense (CSR kernels were slower at these sizes
-    and return transposed results). Float64 sums of integers below 2**53 are
-    exact in any order, so every form gives the same bits.
-    """
-
-    def __init__(self, w: np.ndarray, src_shape: tuple, dst_shape: tuple,
-                 device: torch.device) -> None:
-        self.dst_shape = dst_shape
-        self.diagonal = _diagonal_axes(w, src_shape, dst_shape)
-        if self.diagonal is not None:
-            self.ai, self.ao, blocks = self.diagonal
-            shared = bool((blocks == blocks[:1]).all())
-            blocks = blocks.transpose(0, 2, 1)  # (d, n_in/d, n_out/d)
-            self.w = _tensor(blocks[0] if shared else blocks, device)
-            self.shared = shared
-            return
-        cols = np.flatnonzero((w != 0).any(0))
-        self.cols = None if len(cols) == w.shape[1] else \
-            torch.as_tensor(cols, device=device)
-        w = w[:, cols]
+    def __init__(self, syn: Synapse, w: np.ndarray, device) -> None:
+        r, k = syn.rows.shape
+        rows = torch.as_tensor(syn.rows, device=device)
+        self.rows = None if np.array_equal(
+            syn.rows.ravel(), np.arange(r * k)) else rows
+        self.r, self.k = r, k
         self.w = _tensor(w.T, device)
+        out = torch.as_tensor(syn.out, device=device)
+        self.out = None if np.array_equal(
+            syn.out, np.arange(r * w.shape[0])) else out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        if self.diagonal is not None:
-            d = x.shape[1 + self.ai]
-            xb = x.movedim(1 + self.ai, 0).reshape(d, n, -1)
-            y = xb @ self.w if self.shared else torch.bmm(xb, self.w)
-            rest = tuple(s for i, s in enumerate(self.dst_shape)
-                         if i != self.ao)
-            return y.view((d, n) + rest).movedim(0, 1 + self.ao)
-        x = x.reshape(n, -1)
-        if self.cols is not None:
-            x = x.index_select(1, self.cols)
-        return (x @ self.w).view((n,) + self.dst_shape)
-
-
-def _diagonal_axes(w: np.ndarray, src_shape: tuple, dst_shape: tuple):
-    """(source axis, target axis, blocks (d, n_out/d, n_in/d)) of the first
-    pair of equal-sized axes in which ``w`` is diagonal, or None."""
-    for ao, d in enumerate(dst_shape):
-        for ai, d_in in enumerate(src_shape):
-            if d < 2 or d_in != d:
-                continue
-            w_ = np.moveaxis(w.reshape(dst_shape + src_shape),
-                             (ao, len(dst_shape) + ai), (0, 1))
-            w_ = w_.reshape(d, d, w.shape[0] // d, w.shape[1] // d)
-            if not w_[~np.eye(d, dtype=bool)].any():
-                return ai, ao, w_[np.arange(d), np.arange(d)]
-    return None
+        if self.rows is None:
+            g = x[:, :self.r * self.k].reshape(n, self.r, self.k)
+        else:
+            g = x.index_select(1, self.rows.clamp(min=0).reshape(-1))
+            g = g.reshape(n, self.r, self.k).masked_fill_(self.rows < 0, 0.0)
+        y = (g @ self.w).reshape(n, -1)
+        if self.out is None:
+            return y
+        return y.index_select(1, self.out.clamp(min=0)).masked_fill_(
+            self.out < 0, 0.0)
 
 
 def _tensor(a: ty.Any, device: torch.device) -> torch.Tensor:
@@ -193,11 +165,11 @@ def _round(x: torch.Tensor) -> torch.Tensor:
 
 
 class Engine:
-    """Evaluate a :class:`SpikingNetwork` on batches with torch.
+    """Evaluate a Plan on batches with torch.
 
     Parameters
     ----------
-    net : SpikingNetwork
+    plan : Plan or SpikingNetwork
         A converted network (its Lava processes are not run).
     mode : {'fixed', 'float'}
         Integer (``fixed_pt``) or floating-point (``floating_pt``) model.
@@ -211,32 +183,28 @@ class Engine:
         network's weights and scales.
     """
 
-    def __init__(self, net: SpikingNetwork, mode: str = "fixed",
+    def __init__(self, plan: ty.Any, mode: str = "fixed",
                  device: ty.Union[str, torch.device] = "cpu") -> None:
         if mode not in ("fixed", "float"):
             raise ValueError(f"mode must be 'fixed' or 'float', got {mode!r}")
-        self.net, self.mode = net, mode
+        plan = getattr(plan, "plan", plan)
+        self.plan, self.mode = plan, mode
         self.device = torch.device(device)
-        self._tables(net.B, net.T)
-        self.sigma = {p.name: self._tensor(net._sigma(p))
-                      for p in net.graph.populations}
-        self.attention = {op.out.name: op for op in net.graph.attention}
+        self._tables(plan.B, plan.T)
         self.layers, self.bias_saturated = {}, {}
-        for pop in net.graph.populations[1:]:
-            if pop.name in self.attention:
-                self.layers[pop.name] = self._attention_layer(
-                    self.attention[pop.name])
+        for layer in plan.layers[1:]:
+            op = plan.attention_of(layer.name)
+            if op is not None:
+                self.layers[layer.name] = self._attention_layer(op)
                 continue
-            dense, exp = net._dense_exp[pop.name]
             # each input adds at most |w| * 4096 (trace of step 0)
-            self._prove(sum(float(np.abs(d).sum(-1).max())
-                            for d in dense) * 4096.0, pop.name)
-            synapses = [_Synapses(self._weights(d, exp), src.shape,
-                                  pop.shape, self.device)
-                        for (src, _), d in zip(pop.inputs, dense)]
-            bias = self._bias(pop.name, pop.bias.reshape(pop.shape) /
-                              net._sigma(pop))
-            self.layers[pop.name] = (synapses, bias)
+            self._prove(sum(float(np.abs(s.weight).sum(-1).max(initial=0))
+                            for s in layer.synapses) * 4096.0, layer.name)
+            synapses = [_Synapse(s, self._weights(s.weight,
+                                                  layer.weight_exp),
+                                 self.device) for s in layer.synapses]
+            self.layers[layer.name] = (synapses,
+                                       self._bias(layer.name, layer.bias))
 
     # ----------------------------------------------------------- utilities
     def _tensor(self, a) -> torch.Tensor:
@@ -311,89 +279,86 @@ class Engine:
                 "cannot reproduce fixed_pt bit for bit")
 
     def _attention_layer(self, op):
-        net, t = self.net, self._tensor
-        (qk, av), (qk_exp, av_exp) = net._dense_exp[op.out.name]
-        s_logit = np.broadcast_to(net.sigmas[op.logit_node],
-                                  op.coef.shape).astype(float)
+        t = self._tensor
         # an element sums at most K pairs of 4096 * 4096 (logits) or M
         # softmax spikes times 4096 * 4096 (output), times its weight; a
         # step's product current at most twice K (or M) times 4096
         g = float(1 << fixed.GAIN_FRAC_BITS)
-        for w, k, name in ((qk, op.x.shape[-1], ":logits"),
-                           (av, op.v.shape[-2], "")):
-            self._prove(np.abs(w).max() * k * g * g, op.out.name + name)
-            self._prove(np.abs(w).max() * 2 * k * g, op.out.name + name +
+        for w, k, name in ((op.qk, self.plan[op.x].shape[-1], ":logits"),
+                           (op.av, self.plan[op.v].shape[-2], "")):
+            self._prove(np.abs(w).max() * k * g * g, op.out + name)
+            self._prove(np.abs(w).max() * 2 * k * g, op.out + name +
                         " (product current)", INT32_MAX)
-        if self.mode == "fixed" and np.abs(s_logit).max() >= 2 ** (
+        if self.mode == "fixed" and np.abs(op.logit_scale).max() >= 2 ** (
                 fixed.STATE_BITS - 1 - fixed.STATE_FRAC_BITS - 1):
-            raise ValueError(f"{op.out.name}: logit scales of 64 or more "
+            raise ValueError(f"{op.out}: logit scales of 64 or more "
                              "could saturate the WOSS membrane mid-window")
         # fixed: the neurons apply e - 12 to products of 12-bit traces
         g_bits = fixed.GAIN_FRAC_BITS if self.mode == "fixed" else 0
-        w_qk = t(self._weights(qk, qk_exp - g_bits))
-        w_av = t(self._weights(av, av_exp - g_bits))
         # WOSS logit: round(unit * G / 4096), the shift folded into the unit
-        unit = t(fixed.to_state(s_logit)[0] * 2.0 ** -fixed.GAIN_FRAC_BITS
-                 if self.mode == "fixed" else s_logit)
-        return dict(w_qk=w_qk, w_av=w_av,
-                    bias=self._bias(op.out.name + ":logits",
-                                    op.bias / s_logit),
-                    unit=unit, mask=torch.as_tensor(op.mask,
-                                                    device=self.device))
+        unit = t(fixed.to_state(op.logit_scale)[0] *
+                 2.0 ** -fixed.GAIN_FRAC_BITS if self.mode == "fixed"
+                 else op.logit_scale)
+        return dict(w_qk=t(self._weights(op.qk, op.qk_exp - g_bits)),
+                    w_av=t(self._weights(op.av, op.av_exp - g_bits)),
+                    bias=self._bias(op.logits, op.logit_bias), unit=unit,
+                    mask=torch.as_tensor(op.mask, device=self.device))
 
     # ------------------------------------------------------------- forward
     @torch.no_grad()
     def __call__(self, x: ty.Any) -> EngineResult:
         """Run a batch (batch, *sample_shape) and return logits and spikes.
         """
-        g = self.net.graph
+        plan = self.plan
+        first = plan[plan.input]
         if not torch.is_tensor(x):
-            x = check_batch("x", x, g.input.shape)
-        elif tuple(x.shape[1:]) != g.input.shape or \
+            x = check_batch("x", x, first.shape)
+        elif tuple(x.shape[1:]) != first.shape or \
                 not torch.isfinite(x).all():  # checked on its own device
-            x = check_batch("x", x.cpu(), g.input.shape)
+            x = check_batch("x", x.cpu(), first.shape)
         x = torch.as_tensor(x, dtype=torch.float64, device=self.device)
-        u = x / self.sigma[g.input.name]
+        n = len(x)
+        u = x.reshape(n, -1) / self._tensor(first.scale)
         if self.mode == "fixed":  # to_state, saturated below with the rest
             u = _round(u * float(1 << fixed.STATE_FRAC_BITS))
-        # per population: membrane and kind (decoded to spikes on demand),
+        # per layer: membrane and kind (decoded to spikes on demand),
         # membrane before saturation (counted on demand), trace
-        membranes = {g.input.name: (u, "bipolar")}
-        closed = {g.input.name: u}
-        traces = {g.input.name: self._trace(u, False)}
-        for pop in g.populations[1:]:
-            if pop.name in self.attention:
-                self._attend(self.attention[pop.name], traces, membranes,
-                             closed)
+        membranes = {first.name: (u, "bipolar")}
+        closed = {first.name: u}
+        traces = {first.name: self._trace(u, False)}
+        for layer in plan.layers[1:]:
+            op = plan.attention_of(layer.name)
+            if op is not None:
+                self._attend(op, traces, membranes, closed)
                 continue
-            synapses, bias = self.layers[pop.name]
-            # a contiguous term first, so that the sum is contiguous
-            terms = sorted((syn(traces[s.name]) for (s, _), syn in
-                            zip(pop.inputs, synapses)),
-                           key=lambda t: not t.is_contiguous())
-            acc = terms[0]
-            for term in terms[1:]:
-                acc = acc + term
-            v = self._close(acc.contiguous(), bias)
-            closed[pop.name] = v
-            if pop.kind == "readout":
+            synapses, bias = self.layers[layer.name]
+            acc = torch.zeros((n, layer.size), dtype=torch.float64,
+                              device=self.device)
+            for syn, s in zip(synapses, layer.synapses):
+                acc += syn(traces[s.src])
+            v = self._close(acc, bias)
+            closed[layer.name] = v
+            if layer.kind == "readout":
                 if self.mode == "fixed":
                     v = v.clamp(-fixed.STATE_MAX, fixed.STATE_MAX) * \
                         2.0 ** -fixed.STATE_FRAC_BITS
-                return EngineResult(v * self.sigma[pop.name], membranes,
-                                    closed, self)
-            kind = "relu" if pop.kind == "relu" else "bipolar"
-            membranes[pop.name] = (v, kind)
-            traces[pop.name] = self._trace(v, kind == "relu")
-        raise AssertionError("no readout population")
+                logits = (v * self._tensor(layer.scale)).reshape(
+                    (n,) + layer.shape)
+                return EngineResult(logits, membranes, closed, self)
+            kind = "relu" if layer.kind == "relu" else "bipolar"
+            membranes[layer.name] = (v, kind)
+            traces[layer.name] = self._trace(v, kind == "relu")
+        raise AssertionError("no readout layer")
 
     def _attend(self, op, traces, membranes, closed) -> None:
-        a = self.layers[op.out.name]
-        name = op.out.name
-        v = self._close(a["w_qk"] * (traces[op.x.name] @ traces[op.y.name]),
-                        a["bias"])
-        membranes[name + ":logits"] = (v, "bipolar")
-        closed[name + ":logits"] = v
+        a = self.layers[op.out]
+        plan, name = self.plan, op.out
+        xs, ys, vs = (traces[k].view((-1,) + plan[k].shape)
+                      for k in (op.x, op.y, op.v))
+        n = xs.shape[0]
+        v = self._close(a["w_qk"] * (xs @ ys), a["bias"])
+        membranes[op.logits] = (v, "bipolar")
+        closed[op.logits] = v
         # WOSS: decoded logits, shift by the largest positive unmasked one
         z = self._trace(v, False) * a["unit"]
         if self.mode == "fixed":
@@ -401,11 +366,11 @@ class Engine:
         z.masked_fill_(a["mask"], 0.0)
         d = z - z.amax(-1, keepdim=True).clamp_(min=0.0)
         d.masked_fill_(a["mask"], -math.inf)  # masked entries never fire
-        membranes[name + ":softmax"] = (d, "woss")
+        membranes[op.softmax] = (d, "woss")
         p = _lookup(self.gains, self.woss_steps(d))
         row_sum = p.sum(-1, keepdim=True)
-        out = self._close(a["w_av"] * (p @ traces[op.v.name]), 0.0)
-        closed[name] = out
+        out = self._close(a["w_av"] * (p @ vs), 0.0)
+        closed[name] = out.reshape(n, -1)
         if self.mode == "fixed":  # fixed.normalize: a row without spikes
             # has out = 0, and the exact quotient of integers below 2**53
             # rounds half away from zero as trunc((2 v 4096 +- r) / 2 r)
@@ -416,6 +381,7 @@ class Engine:
         else:
             out = out / torch.where(row_sum > 0, row_sum,
                                     torch.ones_like(row_sum))
+        out = out.reshape(n, -1)
         membranes[name] = (out, "bipolar")
         traces[name] = self._trace(out, False)
 
@@ -444,7 +410,9 @@ class Engine:
         return v.clamp(-self.top, self.top).add_(self.top).int()
 
     def _decode(self, v: torch.Tensor, kind: str):
-        """Fire steps (-1 = silent) and signs from a stored membrane."""
+        """Fire steps (-1 = silent) and signs, (batch, size), from a stored
+        membrane."""
+        v = v.reshape(v.shape[0], -1)
         if kind == "woss":
             step = self.woss_steps(v)
             sign = torch.ones_like(v)
@@ -454,7 +422,7 @@ class Engine:
         else:
             step = self.neuron_steps(v.abs())
             sign = torch.sign(v)
-        silent = step == self.net.T
+        silent = step == self.plan.T
         if kind == "relu":
             silent |= v <= 0
         return (step.masked_fill(silent, -1),

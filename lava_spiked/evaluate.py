@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lava_spiked import phase  # noqa: E402
+from lava_spiked import capture, phase  # noqa: E402
 from lava_spiked.energy import energy  # noqa: E402
 from lava_spiked.engine import Engine  # noqa: E402
 from lava_spiked.models import digits_splits, load_default  # noqa: E402
-from lava_spiked.network import activations, convert  # noqa: E402
+from lava_spiked.network import convert  # noqa: E402
 
 
 def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
@@ -114,20 +114,18 @@ def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_energy.png", dpi=100)
 
-    stages = [p for p in net.graph.populations if p.kind != "readout"]
-    logit_nodes = {op.out.name + ":logits": op.logit_node
-                   for op in net.graph.attention}
-    names = {p.name: p.name for p in stages}
-    names.update(logit_nodes)
+    names = [p.name for p in net.graph.populations if p.kind != "readout"]
+    names += [op.logits for op in net.graph.attention]
     n = result.logits.shape[0]
-    ann = activations(net.graph, res["x"][:n], list(names.values()))
+    record: dict = {}
+    capture.evaluate(net.graph, torch.from_numpy(res["x"][:n]), record)
+    ann = {k: v[0].numpy() for k, v in record.items()}
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8))
-    for ax, (key, node) in zip(np.atleast_1d(axes), names.items()):
-        sigma = net.sigmas[node]
+    for ax, key in zip(np.atleast_1d(axes), names):
         snn = phase.decode(result.steps[key].cpu().numpy(),
                            result.signs[key].cpu().numpy(), net.B,
-                           np.broadcast_to(sigma, ann[node].shape[1:]))
-        a = ann[node].ravel()[:4000]
+                           net.sigmas[key])
+        a = ann[key].ravel()[:4000]
         ax.plot(a, snn.ravel()[:4000], ".", ms=1, alpha=0.5)
         lim = np.abs(a).max()
         ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.5)

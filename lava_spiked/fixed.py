@@ -240,12 +240,23 @@ def run_layer(in_steps: ty.Sequence[np.ndarray],
     unipolar : bool
         ReLU neuron.
     """
-    gains, thresholds = gain_table(B, T), threshold_table(B, T)
-    acc, n_sat = np.zeros(np.shape(dense_weights[0])[0], np.int64), 0
-    for j in range(T):
-        a_in = sum(dense_current(w, s * (m == j))
+    def current(j: int) -> np.ndarray:
+        return sum(dense_current(w, s * (m == j))
                    for w, m, s in zip(dense_weights, in_steps, in_signs))
-        acc, n = accumulate(acc, a_in, int(gains[j]))
+
+    return integrate_layer(current, np.shape(dense_weights[0])[0], weight_exp,
+                           bias_norm, B, T, unipolar)
+
+
+def integrate_layer(current: ty.Callable[[int], np.ndarray], size: int,
+                    weight_exp: int, bias_norm: ty.Any, B: float, T: int,
+                    unipolar: bool = False) -> IntegerLayer:
+    """Integer golden model of one phase layer whose Dense current at input
+    step ``j`` is ``current(j)`` (int64, (size,)); see :func:`run_layer`."""
+    gains, thresholds = gain_table(B, T), threshold_table(B, T)
+    acc, n_sat = np.zeros(size, np.int64), 0
+    for j in range(T):
+        acc, n = accumulate(acc, current(j), int(gains[j]))
         n_sat += n
     v, n = close_window(acc, bias_norm, weight_exp)
     step, sign = first_spike(v, thresholds, unipolar)

@@ -1,0 +1,179 @@
+"""Calibrate the scale sigma of every population of a captured graph.
+
+Token-shared weights fold the source's sigma into their columns and the
+destination's into their rows, so every neuron that feeds the same input
+channel of a shared weight (across tokens), and every neuron that takes the
+same output channel, must share one sigma; so must the neurons along the
+contracted axis of a spike product and along the softmax axis of the
+logits. These constraints form groups (connected components); sigma is a
+statistic of |activation| over the calibration samples and over the
+neurons of a group. With ``granularity='channel'`` (the default) that is as
+fine as the constraints allow (per channel; per head and query row for the
+logits); ``'tensor'`` gives one sigma per population.
+"""
+import typing as ty
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+import torch
+from tqdm.auto import tqdm
+
+from lava_spiked.capture import Graph, evaluate
+from lava_spiked.validation import check_batch
+
+GRANULARITIES = ("channel", "tensor")
+
+
+def batches(data: ty.Any, sample_shape: ty.Tuple[int, ...],
+            batch_size: int, name: str) -> ty.Iterator[torch.Tensor]:
+    """Checked float64 batches from an array or tensor (n, *sample_shape)
+    or from an iterable of batches (a DataLoader; of ``(x, label)`` pairs
+    the first item is used)."""
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        arr = check_batch(name, data.detach().cpu().numpy()
+                          if torch.is_tensor(data) else data, sample_shape)
+        for start in range(0, len(arr), batch_size):
+            yield torch.from_numpy(arr[start:start + batch_size])
+        return
+    empty = True
+    for batch in data:
+        if isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        if torch.is_tensor(batch):
+            batch = batch.detach().cpu().numpy()
+        empty = False
+        yield torch.from_numpy(check_batch(name, batch, sample_shape))
+    if empty:
+        raise ValueError(f"{name} is empty")
+
+
+def groups(graph: Graph, granularity: str = "channel"
+           ) -> ty.Tuple[ty.Dict[str, np.ndarray], int]:
+    """Sigma group of every neuron: population (and ``<attention>:logits``)
+    name -> (size,) group labels, and the number of groups."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got "
+                         f"{granularity!r}")
+    sizes = {p.name: p.size for p in graph.populations}
+    shapes = {p.name: p.shape for p in graph.populations}
+    for op in graph.attention:
+        sizes[op.logits], shapes[op.logits] = op.coef.size, op.coef.shape
+    offset, total = {}, 0
+    for name, size in sizes.items():
+        offset[name], total = total, total + size
+    edges: ty.List[ty.Tuple[np.ndarray, np.ndarray]] = []
+
+    def link(name: str, idx: np.ndarray, label: np.ndarray) -> None:
+        """Neurons ``idx`` of ``name`` with equal ``label`` share sigma."""
+        order = np.lexsort((idx, label))
+        idx, label = idx[order], label[order]
+        same = label[1:] == label[:-1]
+        edges.append((offset[name] + idx[:-1][same],
+                      offset[name] + idx[1:][same]))
+
+    def along(name: str, axis: int) -> None:
+        idx = np.arange(sizes[name]).reshape(shapes[name])
+        label = np.moveaxis(idx, axis, -1)[..., :1]
+        link(name, np.moveaxis(idx, axis, -1).ravel(),
+             np.broadcast_to(label, np.moveaxis(idx, axis, -1).shape)
+             .ravel())
+
+    for pop in graph.populations:
+        for syn in pop.synapses:
+            k = np.broadcast_to(np.arange(syn.rows.shape[1]), syn.rows.shape)
+            ok = syn.rows >= 0
+            link(syn.src, syn.rows[ok], k[ok])
+            o = np.flatnonzero(syn.out >= 0)
+            link(pop.name, o, syn.out[o] % syn.weight.shape[0])
+    for op in graph.attention:
+        along(op.x, -1)
+        along(op.y, -2)
+        along(op.v, -2)
+        along(op.logits, -1)
+    if granularity == "tensor":
+        for name, size in sizes.items():
+            link(name, np.arange(size), np.zeros(size, np.int64))
+    a = np.concatenate([e[0] for e in edges] + [np.zeros(0, np.int64)])
+    b = np.concatenate([e[1] for e in edges] + [np.zeros(0, np.int64)])
+    adj = scipy.sparse.coo_matrix((np.ones(len(a)), (a, b)),
+                                  shape=(total, total))
+    n, labels = scipy.sparse.csgraph.connected_components(adj,
+                                                          directed=False)
+    return {name: labels[offset[name]:offset[name] + size]
+            for name, size in sizes.items()}, n
+
+
+def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
+              percentile: float = 99.9, granularity: str = "channel",
+              batch_size: int = 64, progress: bool = True
+              ) -> ty.Dict[str, np.ndarray]:
+    """Scale sigma of every population and of every attention's logits.
+
+    Parameters
+    ----------
+    graph : Graph
+        From :func:`lava_spiked.capture.capture`.
+    data : array_like, torch.Tensor or iterable of batches
+        Calibration inputs (n, *sample_shape), kept apart from the data you
+        evaluate on; a DataLoader works too.
+    statistic : {'max', 'percentile'}
+        Of |activation|: the maximum over samples and group, or the largest
+        per-neuron ``percentile`` over samples in the group (keeps every
+        sample's activations in memory).
+    percentile : float
+        Used with ``statistic='percentile'``.
+    granularity : {'channel', 'tensor'}
+        See the module docstring.
+
+    Returns
+    -------
+    dict
+        Population (or ``<attention>:logits``) name -> sigma (size,).
+
+    Raises
+    ------
+    ValueError
+        On bad arguments or data, and when an activation is NaN or infinite
+        (naming the population).
+    """
+    if statistic not in ("max", "percentile"):
+        raise ValueError(f"statistic must be 'max' or 'percentile', got "
+                         f"{statistic!r}")
+    labels, n_groups = groups(graph, granularity)
+    shape = graph[graph.input].shape
+    stats: ty.Dict[str, ty.List[np.ndarray]] = {}
+    for x in tqdm(batches(data, shape, batch_size, "calibration_data"),
+                  desc="calibrating", disable=not progress, leave=False):
+        record: ty.Dict[str, ty.List[torch.Tensor]] = {}
+        evaluate(graph, x, record)
+        for name, (v,) in record.items():
+            v = v.abs()
+            if not torch.isfinite(v).all():
+                raise ValueError(
+                    f"{name}: activations are NaN or infinite on the "
+                    "calibration data; the model overflows or divides by "
+                    "zero there")
+            v = v.numpy()
+            if statistic == "max":
+                v = v.max(0, keepdims=True)
+                if name in stats:
+                    v = np.maximum(v, stats[name][0])
+                stats[name] = [v]
+            else:
+                stats.setdefault(name, []).append(v.astype(np.float32))
+    per_neuron = {
+        name: (v[0][0] if statistic == "max" else
+               np.percentile(np.concatenate(v), percentile, axis=0))
+        for name, v in stats.items()}
+    group_max = np.zeros(n_groups)
+    for name, v in per_neuron.items():
+        np.maximum.at(group_max, labels[name], v)
+    sigmas = {}
+    for name, lab in labels.items():
+        s = group_max[lab]
+        # a group that was always 0 gets the population's scale (any scale
+        # codes 0), so no sigma is 0
+        fallback = s.max() if s.max() > 0 else 1.0
+        sigmas[name] = np.where(s > 0, s, fallback).astype(np.float64)
+    return sigmas

@@ -1,0 +1,307 @@
+"""The Plan: one integer description of a converted network that every
+backend consumes (the Lava builder, the torch engine, the golden models,
+the energy model).
+
+A plain data structure of numpy arrays and ints, importable without torch
+and without Lava. :func:`lower` makes it from a captured graph and its
+calibrated scales for a code (B, T):
+
+- every population gets its scale sigma per neuron, its bias in units of
+  sigma, its window (input window start, fire window start) and the
+  exponent of its incoming weights;
+- every synapse keeps the model's own (C, K) weight, now as the 8-bit
+  Dense-form mantissas ``2k`` (:func:`lava_spiked.fixed.quantize_weights`)
+  with the scales folded in, plus its two index maps; nothing is flattened
+  into an all-neuron matrix;
+- every attention gets its trace-product mantissas, logit scale, bias,
+  mask and schedule.
+
+Kinds reserved for the next issues (no second path will be needed): the
+population kinds ``'table'`` (a pointwise nonlinearity as a threshold table,
+e.g. GELU) and ``'norm'`` (per-token statistics, LayerNorm), and
+:class:`RuntimeInput` (a per-sample input besides the data, e.g. a key
+padding mask of N values). No backend accepts them yet.
+
+Schedule: the encoder fires in ``[0, T)``. A population fed by synapses
+opens its input window one step (Dense's latency) after the latest of its
+sources' fire windows; earlier sources are delayed to keep their phase. The
+operands of a product share one window; the logits integrate one step after
+it, the softmax reads the logit spikes directly, and the attention output
+integrates one step after the softmax fires. One sample takes
+``num_steps`` steps; windows repeat with that period.
+"""
+import dataclasses
+import typing as ty
+
+import numpy as np
+
+from lava_spiked import fixed
+from lava_spiked.validation import check_base, check_steps
+
+KINDS = ("input", "neuron", "relu", "operand", "attention", "readout",
+         "table", "norm")
+RESERVED = ("table", "norm")
+
+
+@dataclasses.dataclass
+class Synapse:
+    """A token-shared weight from one population into another.
+
+    The destination neuron ``o`` receives ``(W @ src[rows[r]])[c]`` with
+    ``r, c = divmod(out[o], C)``; ``rows`` entries of -1 and ``out``
+    entries of -1 contribute nothing.
+
+    Attributes
+    ----------
+    src : str
+        Source population.
+    rows : numpy.ndarray of int64
+        (R, K) source neuron (flat index) of every input position.
+    weight : numpy.ndarray
+        (C, K): real units in a captured graph, Dense-form mantissas ``2k``
+        (int32) in a Plan.
+    out : numpy.ndarray of int64
+        (destination size,) index into the (R, C) product.
+    """
+
+    src: str
+    rows: np.ndarray
+    weight: np.ndarray
+    out: np.ndarray
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The weight applied to source values ``x`` (batch, src size);
+        exact for integers (int64)."""
+        g = np.where(self.rows >= 0, x[:, np.maximum(self.rows, 0)], 0)
+        y = (g @ self.weight.T.astype(g.dtype)).reshape(len(x), -1)
+        return np.where(self.out >= 0, y[:, np.maximum(self.out, 0)], 0)
+
+    def fan_out(self, src_size: int) -> np.ndarray:
+        """Targets reached by each source neuron (nonzero weights)."""
+        c = self.weight.shape[0]
+        o = self.out[self.out >= 0]
+        per_rc = np.bincount(o, minlength=len(self.rows) * c).reshape(
+            len(self.rows), c)
+        fan = per_rc @ (self.weight != 0).astype(np.int64)  # (R, K)
+        ok = self.rows >= 0
+        return np.bincount(self.rows[ok], fan[ok], minlength=src_size)
+
+
+@dataclasses.dataclass
+class Window:
+    """Input window start and fire window start (= start + T)."""
+
+    start: int
+    fire: int
+
+
+@dataclasses.dataclass
+class Layer:
+    """A population of the Plan.
+
+    Attributes
+    ----------
+    name, shape, kind
+        As captured; ``kind`` one of :data:`KINDS`.
+    scale : numpy.ndarray
+        Sigma per neuron, (size,).
+    bias : numpy.ndarray
+        Bias in units of sigma, (size,).
+    synapses : list of Synapse
+        Mantissas ``2k``; ``weight_exp`` is their shared exponent.
+    weight_exp : int
+    window : Window
+    """
+
+    name: str
+    shape: ty.Tuple[int, ...]
+    kind: str
+    scale: np.ndarray
+    bias: np.ndarray
+    synapses: ty.List[Synapse]
+    weight_exp: int
+    window: Window
+
+    @property
+    def size(self) -> int:
+        """Number of neurons."""
+        return int(np.prod(self.shape))
+
+
+@dataclasses.dataclass
+class Attention:
+    """``softmax(logits) @ v`` of the Plan, (h, N, M) logits.
+
+    ``qk`` (h, N, M) and ``av`` (h, N, d) are trace-product mantissas with
+    exponents ``qk_exp`` / ``av_exp``; ``logit_scale`` and ``logit_bias``
+    (in units of the scale) are (h, N, M); ``logit_start`` is the logit
+    neurons' input window start (the softmax integrates T steps later).
+    """
+
+    x: str
+    y: str
+    v: str
+    out: str
+    qk: np.ndarray
+    qk_exp: int
+    av: np.ndarray
+    av_exp: int
+    logit_scale: np.ndarray
+    logit_bias: np.ndarray
+    mask: np.ndarray
+    logit_start: int
+
+    @property
+    def logits(self) -> str:
+        return self.out + ":logits"
+
+    @property
+    def softmax(self) -> str:
+        return self.out + ":softmax"
+
+
+@dataclasses.dataclass
+class RuntimeInput:
+    """Reserved: a per-sample input besides the data (e.g. a key padding
+    mask of N values) that a backend feeds at run time."""
+
+    name: str
+    shape: ty.Tuple[int, ...]
+
+
+@dataclasses.dataclass
+class Plan:
+    """A converted network for one code (B, T); see the module docstring.
+
+    Attributes
+    ----------
+    B, T : float, int
+    layers : list of Layer
+        In creation order (sources first); the input first.
+    attention : list of Attention
+    input, output : str
+        Names of the input (encoder) and readout layers.
+    num_steps : int
+        Steps per sample.
+    ann_macs : float
+        Multiply-accumulates of one forward pass of the original model.
+    runtime_inputs : list of RuntimeInput
+        Reserved (empty).
+    """
+
+    B: float
+    T: int
+    layers: ty.List[Layer]
+    attention: ty.List[Attention]
+    input: str
+    output: str
+    num_steps: int
+    ann_macs: float
+    runtime_inputs: ty.List[RuntimeInput] = dataclasses.field(
+        default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._by_name = {layer.name: layer for layer in self.layers}
+        self._attention = {op.out: op for op in self.attention}
+
+    def __getitem__(self, name: str) -> Layer:
+        return self._by_name[name]
+
+    def attention_of(self, name: str) -> ty.Optional[Attention]:
+        """The attention whose output layer is ``name``, or None."""
+        return self._attention.get(name)
+
+
+def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
+          T: int) -> Plan:
+    """Quantise and schedule a calibrated graph into a Plan.
+
+    Parameters
+    ----------
+    graph : lava_spiked.capture.Graph
+        Populations with real-unit synapses.
+    sigmas : dict
+        From :func:`lava_spiked.calibrate.calibrate`.
+    B, T : float, int
+        Base and window length of the phase code.
+    """
+    B, T = check_base(B), check_steps(T)
+    windows = _schedule(graph, T)
+    attention = {op.out: op for op in graph.attention}
+    layers, plan_attention = [], []
+    for pop in graph.populations:
+        sigma = sigmas[pop.name]
+        mats = [syn.weight * _source_scale(syn, sigmas[syn.src])[None, :] /
+                _channel_scale(syn, sigma)[:, None] for syn in pop.synapses]
+        dense, exp = fixed.quantize_weights(*mats) if mats else ([], 0)
+        layers.append(Layer(
+            pop.name, pop.shape, pop.kind, sigma, pop.bias / sigma,
+            [dataclasses.replace(syn, weight=d)
+             for syn, d in zip(pop.synapses, dense)], exp,
+            windows[pop.name]))
+        op = attention.get(pop.name)
+        if op is not None:
+            plan_attention.append(_lower_attention(
+                op, graph, sigmas, windows[op.x].fire + 1))
+    out = windows[graph.output]
+    # a sample ends when the readout has reported; the period must hold an
+    # integration and a fire window
+    return Plan(B, T, layers, plan_attention, graph.input, graph.output,
+                max(out.fire + 1, 2 * T), graph.ann_macs)
+
+
+def _source_scale(syn: Synapse, sigma: np.ndarray) -> np.ndarray:
+    """Sigma of the source per input channel k (shared by all rows)."""
+    first = np.argmax(syn.rows >= 0, axis=0)
+    ids = syn.rows[first, np.arange(syn.rows.shape[1])]
+    return np.where(ids >= 0, sigma[np.maximum(ids, 0)], 1.0)
+
+
+def _channel_scale(syn: Synapse, sigma: np.ndarray) -> np.ndarray:
+    """Sigma of the destination per output channel c."""
+    c = syn.weight.shape[0]
+    per_c = np.ones(c)
+    o = np.flatnonzero(syn.out >= 0)
+    per_c[syn.out[o] % c] = sigma[o]
+    return per_c
+
+
+def _lower_attention(op, graph, sigmas, logit_start: int) -> Attention:
+    shape = lambda name: graph[name].shape  # noqa: E731
+    sx = sigmas[op.x].reshape(shape(op.x))
+    sy = sigmas[op.y].reshape(shape(op.y))
+    sv = sigmas[op.v].reshape(shape(op.v))
+    s_out = sigmas[op.out].reshape(shape(op.out))
+    s_logit = sigmas[op.logits].reshape(op.coef.shape)
+    # row i of x and column j of y: sigma is shared along the contracted
+    # axis, and v's along its rows
+    (qk,), qk_exp = fixed.quantize_weights(
+        op.coef * sx[..., :, :1] * sy[..., :1, :] / s_logit)
+    (av,), av_exp = fixed.quantize_weights(sv[..., :1, :] / s_out)
+    return Attention(op.x, op.y, op.v, op.out, qk, qk_exp, av, av_exp,
+                     s_logit, op.bias / s_logit, op.mask, logit_start)
+
+
+def _schedule(graph, T: int) -> ty.Dict[str, Window]:
+    win = {graph.input: Window(-T, 0)}
+    attention = {op.out: op for op in graph.attention}
+    operands = {}
+    for op in graph.attention:
+        operands[op.x] = operands[op.y] = (op.x, op.y)
+    for pop in graph.populations[1:]:
+        if pop.name in win:
+            continue
+        if pop.name in attention:
+            op = attention[pop.name]
+            logits = win[op.x].fire + 1
+            win[pop.name] = Window(logits + 2 * T + 1, logits + 3 * T + 1)
+            if win[op.v].fire > logits + T:
+                raise AssertionError("v fires after the softmax")
+            continue
+        group = operands.get(pop.name, (pop.name,))
+        start = max(win[syn.src].fire + 1 for p in group
+                    for syn in graph[p].synapses) if any(
+            graph[p].synapses for p in group) else 0
+        for p in group:
+            win[p] = Window(start, start + T)
+    return win
