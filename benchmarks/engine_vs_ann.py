@@ -23,7 +23,7 @@ import torch
 
 from lava_spiked.engine import Engine
 from lava_spiked.models import digits_splits, load_default
-from lava_spiked.network import convert
+from lava_spiked import convert
 
 HERE = pathlib.Path(__file__).resolve().parent
 

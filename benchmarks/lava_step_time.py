@@ -35,7 +35,7 @@ NETWORKS = {
 }
 
 
-def build(network: str):
+def build(network: str, tag: str):
     """Return (process to run, number of steps) for ``network``."""
     import numpy as np
 
@@ -50,12 +50,13 @@ def build(network: str):
         return chain.build(rng.uniform(-1, 1, width)).encoder, chain.num_steps
     if network == "vit":
         from lava_spiked.models import digits_splits, load_default
-        from lava_spiked.network import convert
+        from lava_spiked import convert
         splits = digits_splits()
         net = convert(load_default(), splits["calibration"][0],
                       progress=False)
-        net.encoder.data.init = splits["test"][0][0]
-        return net.readout, net.num_steps
+        lava = net.lava(tag)
+        lava.encoder.data.init = splits["test"][0][0]
+        return lava.readout, net.num_steps
     from lava_spiked.attention import SpikingSelfAttention
     q, k, v = (rng.normal(0, 1, (4, 16, 16)) for _ in range(3))
     att = SpikingSelfAttention(
@@ -73,7 +74,7 @@ def measure(network: str, tag: str) -> dict:
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
 
-    proc, steps = build(network)
+    proc, steps = build(network, tag)
     cfg = Loihi2SimCfg(select_tag=tag)
     t0 = time.perf_counter()
     exe = proc.compile(cfg)

@@ -64,7 +64,7 @@ class SpikingNetwork:
         self.processes: ty.Dict[str, ty.Any] = {}
         self.recorded: ty.List[ty.Dict[str, ty.Tuple[np.ndarray,
                                                      np.ndarray]]] = []
-        self._lava: ty.Optional["_LavaNetwork"] = None
+        self._lava: ty.Any = None  # lava_build._LavaNetwork once run
 
     # ------------------------------------------------------------- golden
     def golden_float(self, sample: ty.Any) -> np.ndarray:
@@ -81,9 +81,10 @@ class SpikingNetwork:
         return evaluate(self.graph, torch.from_numpy(x)).numpy()
 
     # ---------------------------------------------------------------- Lava
-    def _network(self, tag: str) -> "_LavaNetwork":
-        """The Lava processes for ``tag``, built on first use (and again
-        after :meth:`stop` or for another tag)."""
+    def lava(self, tag: ty.Optional[str]) -> ty.Any:
+        """The Lava processes for ``tag`` (``encoder``, ``readout``,
+        ``processes``), built on first use and again after :meth:`stop` or
+        for another tag (which stops the running ones first)."""
         if self._lava is not None and self._lava.tag != tag:
             self.stop()
         if self._lava is None:
@@ -94,7 +95,7 @@ class SpikingNetwork:
 
     def run(self, condition, run_cfg) -> None:
         """Run the Lava network, as ``Process.run`` (Lava's own API)."""
-        self._network(getattr(run_cfg, "select_tag", None)).run(condition,
+        self.lava(getattr(run_cfg, "select_tag", None)).run(condition,
                                                                 run_cfg)
 
     def infer(self, samples: ty.Any, run_cfg,
@@ -111,7 +112,7 @@ class SpikingNetwork:
         """
         x = check_batch("samples", samples, self.plan[self.plan.input].shape)
         tag = getattr(run_cfg, "select_tag", None)
-        lava = self._network(tag)
+        lava = self.lava(tag)
         logits = []
         for sample in tqdm(x, desc=f"Lava {tag or ''}", disable=not progress,
                            leave=False):
