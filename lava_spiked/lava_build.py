@@ -2,9 +2,23 @@
 
 Only this module (and the Processes) import Lava, so a Plan converts and
 runs on the engine where Lava is not installed.
+
+Lava runs every ProcessModel in its own OS process, forked when the network
+first runs. A terminal's Ctrl+C reaches the whole process group; a child
+that dies of it leaves the parent waiting forever on a channel. So the
+children are forked ignoring SIGINT and only this (parent) process handles
+it: the interrupt stops the network (bounded wait, then the children are
+terminated) and propagates. SIGTERM during a run does the same, and a
+finaliser stops a network still running when the interpreter exits.
 """
+import contextlib
+import multiprocessing
+import signal
+import threading
+import time
 import typing as ty
 import warnings
+import weakref
 
 import numpy as np
 import scipy.sparse
@@ -57,7 +71,8 @@ class _LavaNetwork:
         self.processes: ty.Dict[str, ty.Any] = {}
         self.probes: ty.Dict[str, ty.Tuple[ty.Any, int]] = {}
         self._counted = {"sat_count": 0, "stray_count": 0}
-        self.started = False
+        self.started = self.stopped = False
+        self._finalizer: ty.Optional[weakref.finalize] = None
         self._build()
         if record:
             self._add_probes()
@@ -162,13 +177,34 @@ class _LavaNetwork:
     # ----------------------------------------------------------------- run
     def run(self, condition, run_cfg) -> None:
         """The one run routine: any failure or interrupt stops every
-        process before it propagates."""
+        process before it propagates.
+
+        Raises
+        ------
+        RuntimeError
+            If the network was stopped (its processes are gone).
+        """
+        if self.stopped:
+            raise RuntimeError("this Lava network was stopped; build a new "
+                               "one (SpikingNetwork.run and infer do)")
         try:
-            self.readout.run(condition=condition, run_cfg=run_cfg)
+            with _terminate_raises():
+                if self.readout.runtime is None:
+                    self._start(run_cfg)
+                self.readout.run(condition=condition)
             self.started = True
         except BaseException:
             self.stop()
             raise
+
+    def _start(self, run_cfg) -> None:
+        """Compile, then fork the children with SIGINT ignored (they
+        inherit the disposition); register the exit-time stop."""
+        executable = self.readout.compile(run_cfg)
+        with _children_ignore_sigint():
+            self.readout.create_runtime(executable=executable)
+        self._finalizer = weakref.finalize(self, _stop_runtime,
+                                           self.readout.runtime)
 
     def infer_one(self, sample: np.ndarray, run_cfg) -> np.ndarray:
         if not self.started:
@@ -204,6 +240,97 @@ class _LavaNetwork:
                           RuntimeWarning, stacklevel=3)
 
     def stop(self) -> None:
-        """Stop all Lava processes (idempotent)."""
-        if self.readout.runtime is not None:
-            self.readout.stop()
+        """Stop all Lava processes (idempotent; see :func:`_stop_runtime`).
+        """
+        self.stopped = True
+        if self._finalizer is not None:
+            self._finalizer()  # runs _stop_runtime once, then detaches
+        elif self.readout.runtime is not None:
+            _stop_runtime(self.readout.runtime)
+
+
+#: Seconds that a stop may take before the children are terminated.
+STOP_TIMEOUT = 10.0
+
+
+def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop a Lava runtime; if it does not answer within ``timeout``
+    seconds (a child died, or an interrupt cut a message exchange short),
+    terminate its OS processes and its shared-memory manager instead."""
+    if getattr(runtime, "_stopped_by_lava_spiked", False):
+        return
+    runtime._stopped_by_lava_spiked = True
+    errors: ty.List[Exception] = []
+
+    def stop() -> None:
+        try:
+            runtime.stop()
+        except Exception as err:  # reported below, after the cleanup
+            errors.append(err)
+
+    worker = threading.Thread(target=stop, daemon=True,
+                              name="lava-spiked-stop")
+    worker.start()
+    actors = getattr(runtime, "_messaging_infrastructure", None)
+    actors = actors.actors if actors is not None else []
+    deadline = time.monotonic() + timeout
+    # a child killed by a signal never answers: stop waiting at once
+    while worker.is_alive() and time.monotonic() < deadline and not any(
+            _exitcode(a) not in (None, 0) for a in actors):
+        worker.join(0.05)
+    if worker.is_alive() or errors:
+        running = [a for a in actors if _exitcode(a) is None]
+        for actor in running:
+            actor.terminate()
+        for actor in running:  # Lava's join takes no timeout
+            multiprocessing.Process.join(actor, timeout)
+            if actor.exitcode is None:
+                actor.kill()
+        with contextlib.suppress(Exception):
+            runtime._messaging_infrastructure.smm.shutdown()
+        warnings.warn("Lava did not stop cleanly ("
+                      f"{errors[0] if errors else f'no answer in {timeout} s'}"
+                      "): its processes were terminated", RuntimeWarning,
+                      stacklevel=3)
+
+
+def _exitcode(actor) -> ty.Optional[int]:
+    """Exit code of a Lava child (0 once Lava has joined and closed it)."""
+    try:
+        return actor.exitcode
+    except ValueError:  # closed by Lava's own join: it ended normally
+        return 0
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> ty.Iterator[None]:
+    """Ignore SIGINT while Lava forks its processes (main thread only: the
+    only one where Python delivers signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> ty.Iterator[None]:
+    """During a run, SIGTERM interrupts like Ctrl+C, so the network stops
+    instead of orphaning its children (main thread, default handler only).
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -114,17 +114,27 @@ class SpikingNetwork:
         tag = getattr(run_cfg, "select_tag", None)
         lava = self.lava(tag)
         logits = []
-        for sample in tqdm(x, desc=f"Lava {tag or ''}", disable=not progress,
-                           leave=False):
-            logits.append(lava.infer_one(sample, run_cfg))
-            if self.record:
-                self.recorded.append(lava.read_probes())
+        try:
+            for sample in tqdm(x, desc=f"Lava {tag or ''}",
+                               disable=not progress, leave=False):
+                logits.append(lava.infer_one(sample, run_cfg))
+                if self.record:
+                    self.recorded.append(lava.read_probes())
+        except BaseException:  # an interrupt between runs, a failed read
+            self.stop()
+            raise
         lava.check_counts()
         return np.array(logits)
 
     def stop(self) -> None:
-        """Stop all Lava processes (idempotent); a later run builds them
-        anew."""
+        """Stop all Lava processes (idempotent); a later run or infer builds
+        them anew, from the first step.
+
+        A failed or interrupted run (Ctrl+C, SIGTERM) stops them itself,
+        waiting at most ``lava_build.STOP_TIMEOUT`` seconds before it
+        terminates them, and a network still running when the interpreter
+        exits is stopped then.
+        """
         if self._lava is not None:
             lava, self._lava = self._lava, None
             lava.stop()

@@ -1,0 +1,121 @@
+"""Process lifecycle of Lava runs: Ctrl+C, SIGTERM, exit without stop.
+
+Each case runs a converted network in a child Python in its own process
+group, as a terminal would, signals the group mid-run and checks that the
+group is gone within seconds, with no shared memory left behind.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from lava.magma.core.run_configs import Loihi2SimCfg
+
+from lava_spiked import convert
+from lava_spiked.models import digits_splits, load_default
+
+CHILD = textwrap.dedent("""
+    import sys
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava_spiked import convert
+    from lava_spiked.models import digits_splits, load_default
+    splits = digits_splits()
+    net = convert(load_default(), splits["calibration"][0][:32],
+                  progress=False)
+    x, cfg = splits["test"][0], Loihi2SimCfg(select_tag="fixed_pt")
+    if sys.argv[1] == "with":
+        with net:
+            net.infer(x[:1], cfg, progress=False)
+            print("ready", flush=True)
+            net.infer(x[:500], cfg, progress=False)
+    else:  # never stopped: exits while the Lava processes still run
+        net.infer(x[:1], cfg, progress=False)
+        print("ready", flush=True)
+""")
+
+
+def _segments() -> set:
+    return {f for f in os.listdir("/dev/shm") if f.startswith("psm_")}
+
+
+def _orphaned(before: set) -> set:
+    """Shared-memory segments created since ``before`` that no living
+    process maps (other Lava runs on the machine keep theirs mapped)."""
+    mapped = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                mapped.update(line.rsplit("/", 1)[-1].strip()
+                              for line in maps if "/dev/shm/psm_" in line)
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return _segments() - before - mapped
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, sig", [("with", signal.SIGINT),
+                                       ("with", signal.SIGTERM),
+                                       ("exit", None)])
+def test_signal_or_exit_leaves_no_process(tmp_path, case, sig):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    before = _segments()
+    child = subprocess.Popen([sys.executable, str(script), case],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        assert child.stdout.readline().strip() == "ready", \
+            child.stderr.read()
+        if sig is not None:
+            time.sleep(1.0)  # inside the 500-sample run
+            os.killpg(child.pid, sig)
+        child.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while _group_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _group_alive(child.pid), "Lava processes left behind"
+    finally:
+        if _group_alive(child.pid):
+            os.killpg(child.pid, signal.SIGKILL)
+    err = child.stderr.read()
+    if sig is None:
+        assert child.returncode == 0, err
+    else:  # the interrupt propagated after the network stopped
+        assert "KeyboardInterrupt" in err, err
+    assert "did not stop cleanly" not in err or sig == signal.SIGTERM, err
+    assert not _orphaned(before), "shared memory left behind"
+
+
+@pytest.fixture(scope="module")
+def net():
+    splits = digits_splits()
+    network = convert(load_default(), splits["calibration"][0][:32],
+                      progress=False)
+    yield network
+    network.stop()
+
+
+@pytest.mark.slow
+def test_run_after_stop_rebuilds(net):
+    x = digits_splits()["test"][0][:1]
+    cfg = Loihi2SimCfg(select_tag="fixed_pt")
+    first = net.infer(x, cfg, progress=False)
+    old = net.lava("fixed_pt")
+    net.stop()
+    net.stop()  # idempotent
+    with pytest.raises(RuntimeError, match="stopped"):
+        old.run(None, cfg)  # the stopped processes refuse, never segfault
+    np.testing.assert_array_equal(net.infer(x, cfg, progress=False), first)
+    net.stop()
