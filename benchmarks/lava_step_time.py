@@ -1,8 +1,8 @@
 """Lava cost of lava-spiked networks: compile, start-up, ms per step, stop.
 
 Networks:
-- chain: PhaseEncoder(64) -> 4 x [Dense(64x64) -> PhaseNeuron(64)], the
-  last one a readout (T = 40).
+- chain: PhaseEncoder(64) -> 4 x [Sparse(64x64) -> PhaseNeuron(64)], the
+  last one a readout (T = 40), built from a PhaseChain's Plan.
 - attention: one SpikingSelfAttention block, h = 4, N = 16, d = 16, fed by
   three PhaseEncoders (T = 16).
 - vit: the bundled DigitsViT converted at T = 40, B = 1.15; seconds per
@@ -27,7 +27,7 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 B = 1.15
 NETWORKS = {
-    "chain": "PhaseEncoder(64) -> 4 x [Dense(64x64) -> PhaseNeuron(64)], "
+    "chain": "PhaseEncoder(64) -> 4 x [Sparse(64x64) -> PhaseNeuron(64)], "
              "last one readout, T=40",
     "attention": "3 PhaseEncoders -> SpikingSelfAttention(h=4, N=16, d=16), "
                  "T=16",
@@ -47,7 +47,10 @@ def build(network: str, tag: str):
               for _ in range(layers)]
         chain = PhaseChain(ws, [0.0] * layers, [1.0] * (layers + 1), B, 40,
                            unipolar=[False] * (layers - 1))
-        return chain.build(rng.uniform(-1, 1, width)).encoder, chain.num_steps
+        from lava_spiked.lava_build import _LavaNetwork
+        lava = _LavaNetwork(chain.plan, tag, record=False)
+        lava.encoder.data.init = rng.uniform(-1, 1, width)
+        return lava.readout, chain.plan.num_steps
     if network == "vit":
         from lava_spiked.models import digits_splits, load_default
         from lava_spiked import convert

@@ -24,13 +24,8 @@ equations of design §12.6-12.7 rather than from the Process code.
 import typing as ty
 
 import numpy as np
-from lava.magma.core.run_conditions import RunSteps
-from lava.magma.core.run_configs import Loihi2SimCfg
-from lava.proc.io.sink import RingBuffer
 
 from lava_spiked import fixed, phase
-from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
-                                   PhaseNeuron, TraceMatMul, WOSSSoftmax)
 from lava_spiked.validation import (broadcast, check_base, check_finite,
                                     check_scale, check_start, check_steps)
 
@@ -199,45 +194,30 @@ class SpikingSelfAttention:
             "out": (s + 3 * T + 2, s + 4 * T + 2),
         }
         self.num_steps = s + 5 * T + 2
+        from lava_spiked import lava_build  # Lava is needed from here on
         kw = dict(B=self.B, T=T, period=period)
         self.q, self.k, self.v = (
-            PhaseNeuron(shape=self.qkv_shape, start=s, weight_exp=e,
-                        scale=sc, **kw)
+            lava_build.PhaseNeuron(shape=self.qkv_shape, start=s,
+                                   weight_exp=e, scale=sc, **kw)
             for e, sc in zip(qkv_weight_exp,
                              (self.q_scale, self.k_scale, self.v_scale)))
-        self.qk = TraceMatMul(x_shape=self.qkv_shape, y_shape=self.qkv_shape,
-                              weights=self.qk_weights, x_start=s + T,
-                              y_start=s + T, **kw)
-        self.logits = PhaseNeuron(
-            shape=self.logit_shape, start=s + T + 1,
-            weight_exp=self.qk_exp - fixed.GAIN_FRAC_BITS,
-            bias=self.logit_bias, scale=self.logit_scale, **kw)
-        self.softmax = WOSSSoftmax(shape=self.logit_shape,
-                                   start=s + 2 * T + 1,
-                                   scale=self.logit_scale, mask=self.mask,
-                                   **kw)
-        self.av = TraceMatMul(x_shape=self.logit_shape,
-                              y_shape=self.qkv_shape, y_transposed=True,
-                              weights=self.av_weights, x_start=s + 3 * T + 1,
-                              y_start=s + T, **kw)
-        self.out = NormalizedPhaseNeuron(
-            shape=self.qkv_shape, start=s + 3 * T + 2,
-            weight_exp=self.av_exp - fixed.GAIN_FRAC_BITS,
-            scale=self.out_scale, **kw)
-        self.q.s_out.connect(self.qk.x_in)
-        self.k.s_out.connect(self.qk.y_in)
-        self.qk.a_out.connect(self.logits.a_in)
-        self.logits.s_out.connect(self.softmax.s_in)
-        self.softmax.s_out.connect(self.av.x_in)
-        self.v.s_out.connect(self.av.y_in)
-        self.av.a_out.connect(self.out.a_in)
-        self.softmax.r_out.connect(self.out.r_in)
+        stages = lava_build.wire_attention(
+            self.q, self.k, self.v, x_fire=s + T, v_fire=s + T,
+            logit_start=self.schedule["logits"][0],
+            out_start=self.schedule["out"][0], qk=self.qk_weights,
+            qk_exp=self.qk_exp, logit_bias=self.logit_bias,
+            logit_scale=self.logit_scale, mask=self.mask,
+            av=self.av_weights, av_exp=self.av_exp, out_scale=self.out_scale,
+            y_transposed=False, **kw)
+        self.qk, self.logits, self.softmax, self.av, self.out = (
+            stages[k] for k in ("qk", "logits", "softmax", "av", "out"))
 
     def connect_inputs(self, q: ty.Any, k: ty.Any,
-                       v: ty.Any) -> ty.List[PhaseEncoder]:
+                       v: ty.Any) -> ty.List[ty.Any]:
         """Phase-encode q, k, v (h, N, d) with the block's scales and feed
         the spikes straight into its Q, K, V neurons (unit weight, so the
         block needs the default ``qkv_weight_exp``)."""
+        from lava_spiked.lava_build import PhaseEncoder
         encoders = []
         for name, x, sigma, neuron in (("q", q, self.q_scale, self.q),
                                        ("k", k, self.k_scale, self.k),
@@ -257,23 +237,24 @@ class SpikingSelfAttention:
         decode every stage. Needs the default ``qkv_weight_exp``; the
         processes are stopped afterwards (a block runs once).
         """
+        from lava_spiked import lava_build
         self.connect_inputs(q, k, v)
         stages = [self.q, self.k, self.v, self.logits, self.softmax,
                   self.out]
         sinks = []
         for proc in stages:
-            sinks.append(RingBuffer(shape=proc.shape, buffer=self.num_steps))
+            sinks.append(lava_build.RingBuffer(shape=proc.shape,
+                                               buffer=self.num_steps))
             proc.s_out.connect(sinks[-1].a_in)
+        runner = lava_build.Runner(self.q)
         try:
-            self.q.run(condition=RunSteps(num_steps=self.num_steps),
-                       run_cfg=Loihi2SimCfg(select_tag=tag))
+            runner.run(lava_build.RunSteps(num_steps=self.num_steps),
+                       lava_build.Loihi2SimCfg(select_tag=tag))
             traces = [sink.data.get() for sink in sinks]
-            counted = [self.q, self.k, self.v, self.logits, self.softmax,
-                       self.av, self.qk, self.out]
-            saturated = int(sum(p.sat_count.get()[0] for p in counted))
+            saturated = lava_build.count_events(self.processes)["sat_count"]
             row_sum = self.out.row_sum.get()
         finally:
-            self.q.stop()
+            runner.stop()
         fire = [self.schedule[k][1] for k in
                 ("qkv", "qkv", "qkv", "logits", "softmax", "out")]
         decoded = [phase.first_spikes(tr, f, self.T)

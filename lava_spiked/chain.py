@@ -1,27 +1,24 @@
-"""A feed-forward chain of phase-coded layers in Lava, and its golden models.
+"""A feed-forward chain of phase-coded layers: a hand-made Plan.
 
-``PhaseChain`` wires ``PhaseEncoder -> (Dense -> PhaseNeuron)* -> Dense ->
-PhaseNeuron(readout)`` from float weight matrices, runs it under either tag
-and decodes what its sinks recorded. It is the smallest complete phase-coded
-network: the README demo, the tests and the benchmark use it.
+``PhaseChain`` turns float weight matrices, biases and scales into a
+:class:`~lava_spiked.plan.Plan` of ``input -> layer0 -> ... -> readout``
+(dense layers: one token, no index maps) and runs it through the same Lava
+builder, run/stop routine and golden models as a converted network. It is
+the smallest complete phase-coded network, with every scale in the user's
+hands: the tests use it to drive the neurons into corners (saturation, bias
+only) that calibration would avoid.
 
-Schedule: the encoder fires in steps ``[0, T)``; Lava's Dense delays by one
-step, so layer ``l`` (0-based) integrates in ``[s_l, s_l + T)`` with
-``s_l = 1 + l * (T + 1)`` and fires in the next T steps; the readout layer
-reports at ``s_L + T``, the last step of the run.
+Schedule (the Plan's): the encoder fires in steps ``[0, T)``; a synapse
+delays by one step, so layer ``l`` (0-based) integrates in
+``[s_l, s_l + T)`` with ``s_l = 1 + l * (T + 1)`` and fires in the next T
+steps; the readout layer reports at ``s_L + T``.
 """
 import typing as ty
-import warnings
 
 import numpy as np
-from lava.magma.core.run_conditions import RunSteps
-from lava.magma.core.run_configs import Loihi2SimCfg
-from lava.proc.dense.process import Dense
-from lava.proc.io.sink import RingBuffer
-from lava.utils.weightutils import SignMode
 
-from lava_spiked import fixed, phase
-from lava_spiked.processes import PhaseEncoder, PhaseNeuron
+from lava_spiked import fixed, golden, phase
+from lava_spiked.plan import Layer, Plan, Synapse, Window
 from lava_spiked.validation import (check_base, check_finite, check_scale,
                                     check_steps)
 
@@ -55,14 +52,6 @@ class ChainResult(ty.NamedTuple):
     output: np.ndarray
     state: np.ndarray
     saturated: int
-
-
-class LavaChain(ty.NamedTuple):
-    """The Lava processes of one :meth:`PhaseChain.build`."""
-
-    encoder: PhaseEncoder
-    sinks: ty.List[RingBuffer]
-    counted: ty.List[ty.Union[PhaseEncoder, PhaseNeuron]]
 
 
 class PhaseChain:
@@ -123,133 +112,77 @@ class PhaseChain:
         # Fold the presynaptic sigma into the weights and divide by the
         # postsynaptic one: a +1 spike then adds w * sigma_pre / sigma_post
         # to the normalised membrane (design §12.5).
-        self.dense_weights, self.weight_exps = [], []
+        names = ["input"] + [f"layer{i}" for i in range(len(mats) - 1)] + \
+            ["readout"]
+        T, starts = self.T, [1 + i * (self.T + 1) for i in range(len(mats))]
+        layers = [Layer("input", (sizes[0],), "input", self.scales[0],
+                        np.zeros(sizes[0]), [], 0, Window(-T, 0))]
         for i, w in enumerate(mats):
             norm = w * self.scales[i][None, :] / self.scales[i + 1][:, None]
             (dense,), exp = fixed.quantize_weights(norm)
-            self.dense_weights.append(dense)
-            self.weight_exps.append(exp)
+            kind = "readout" if i == len(mats) - 1 else \
+                "relu" if self.unipolar[i] else "neuron"
+            synapse = Synapse(names[i], np.arange(sizes[i])[None], dense,
+                              np.arange(sizes[i + 1]))
+            layers.append(Layer(names[i + 1], (sizes[i + 1],), kind,
+                                self.scales[i + 1],
+                                self.biases[i] / self.scales[i + 1],
+                                [synapse], exp,
+                                Window(starts[i], starts[i] + T)))
+        self.plan = Plan(self.B, T, layers, [], "input", "readout",
+                         max(starts[-1] + T + 1, 2 * T), ann_macs=0.0)
         self.sizes = sizes
-        self.starts = [1 + i * (self.T + 1) for i in range(len(mats))]
-        self.num_steps = self.starts[-1] + self.T + 1
 
     def weights_used(self) -> ty.List[np.ndarray]:
         """Real-unit weights that the 8-bit mantissas stand for."""
-        return [fixed.dequantize_weights(d, e) * self.scales[i + 1][:, None]
-                / self.scales[i][None, :]
-                for i, (d, e) in enumerate(zip(self.dense_weights,
-                                               self.weight_exps))]
-
-    # ------------------------------------------------------------ Lava path
-    def build(self, x: ty.Any) -> "LavaChain":
-        """Create and connect the Lava processes for input ``x``."""
-        x = check_finite("x", x)
-        if x.shape != (self.sizes[0],):
-            raise ValueError(f"x has shape {x.shape}, the chain expects "
-                             f"({self.sizes[0]},)")
-        encoder = PhaseEncoder(data=x, scale=self.scales[0], B=self.B,
-                               T=self.T)
-        sinks, source, counted = [], encoder.s_out, [encoder]
-        sinks.append(self._sink(source))
-        for i, dense_w in enumerate(self.dense_weights):
-            last = i == len(self.dense_weights) - 1
-            dense = Dense(weights=dense_w,
-                          num_message_bits=fixed.SPIKE_PAYLOAD_BITS,
-                          sign_mode=SignMode.MIXED)
-            neuron = PhaseNeuron(
-                shape=(self.sizes[i + 1],), B=self.B, T=self.T,
-                start=self.starts[i], weight_exp=self.weight_exps[i],
-                bias=self.biases[i], scale=self.scales[i + 1],
-                unipolar=False if last else self.unipolar[i], readout=last)
-            source.connect(dense.s_in)
-            dense.a_out.connect(neuron.a_in)
-            source = neuron.s_out
-            sinks.append(self._sink(source))
-            counted.append(neuron)
-        return LavaChain(encoder, sinks, counted)
+        layers = self.plan.layers
+        return [fixed.dequantize_weights(post.synapses[0].weight,
+                                         post.weight_exp) *
+                post.scale[:, None] / pre.scale[None, :]
+                for pre, post in zip(layers, layers[1:])]
 
     def run(self, x: ty.Any, tag: str) -> ChainResult:
-        """Run one sample through Lava under ``tag`` and decode the sinks.
+        """Run one sample through Lava under ``tag`` and decode the probes.
 
         The Lava processes are always stopped, also when the run fails.
         Saturation of the integer state is reported with a RuntimeWarning.
         """
         if tag not in TAGS:
             raise ValueError(f"tag must be one of {TAGS}, got {tag!r}")
-        net = self.build(x)
+        x = self._check(x)
+        from lava_spiked import lava_build
+        net = lava_build._LavaNetwork(self.plan, tag, record=True)
         try:
-            net.encoder.run(condition=RunSteps(num_steps=self.num_steps),
-                            run_cfg=Loihi2SimCfg(select_tag=tag))
-            traces = [sink.data.get() for sink in net.sinks]
-            saturated = int(sum(p.sat_count.get()[0] for p in net.counted))
+            state = net.infer_one(x, lava_build.Loihi2SimCfg(select_tag=tag))
+            spikes = net.read_probes()
+            saturated = net.check_counts()
         finally:
-            net.encoder.stop()
-        if saturated:
-            warnings.warn(f"{saturated} saturation event(s) of the 24-bit "
-                          "state: inputs or weights exceed 128 sigma",
-                          RuntimeWarning, stacklevel=2)
-        return self._decode(traces, saturated)
+            net.stop()
+        return self._result(spikes, state, saturated)
 
-    def _sink(self, port) -> RingBuffer:
-        sink = RingBuffer(shape=port.shape, buffer=self.num_steps)
-        port.connect(sink.a_in)
-        return sink
-
-    def _decode(self, traces: ty.List[np.ndarray],
-                saturated: int) -> ChainResult:
-        starts = [-self.T] + self.starts  # fire windows open at start + T
-        steps, signs, values = [], [], []
-        for trace, start, sigma in zip(traces[:-1], starts, self.scales):
-            step, sign = phase.first_spikes(trace, start + self.T, self.T)
-            steps.append(step)
-            signs.append(sign)
-            values.append(phase.decode(step, sign, self.B, sigma))
-        state = traces[-1][:, self.starts[-1] + self.T]
-        return ChainResult(steps, signs, values, self._readout(state), state,
-                           saturated)
-
-    def _readout(self, state: np.ndarray) -> np.ndarray:
-        return state * self.scales[-1] / 2.0 ** fixed.STATE_FRAC_BITS
-
-    # --------------------------------------------------------- golden models
     def golden_float(self, x: ty.Any) -> ChainResult:
-        """Closed form of §12: ``Q`` of ``W x_hat + b`` layer by layer, with
-        the weights the quantised mantissas stand for."""
-        code = phase.quantize(x, self.B, self.T, self.scales[0])
-        steps, signs, values = [code.step], [code.sign], [code.value]
-        weights = self.weights_used()
-        for i, w in enumerate(weights[:-1]):
-            code = phase.quantize(phase.layer(values[-1], w, self.biases[i]),
-                                  self.B, self.T, self.scales[i + 1],
-                                  unipolar=self.unipolar[i])
-            steps.append(code.step)
-            signs.append(code.sign)
-            values.append(code.value)
-        out = phase.layer(values[-1], weights[-1], self.biases[-1])
-        return ChainResult(steps, signs, values, out,
-                           out / self.scales[-1] * 2.0 ** fixed.STATE_FRAC_BITS,
-                           0)
+        """Closed form of §12 (:func:`lava_spiked.golden.golden_float`)."""
+        res = golden.golden_float(self.plan, self._check(x))
+        return self._result(res.spikes, res.state, res.saturated)
 
     def golden_fixed(self, x: ty.Any) -> ChainResult:
-        """Integer golden model: :func:`lava_spiked.fixed.run_layer` layer by
-        layer, starting from the integer encoder."""
-        state, saturated = fixed.to_state(check_finite("x", x) /
-                                          self.scales[0])
-        thresholds = fixed.threshold_table(self.B, self.T)
-        step, sign = fixed.first_spike(state, thresholds, unipolar=False)
-        steps, signs = [step], [sign]
-        for i, (dense, exp) in enumerate(zip(self.dense_weights,
-                                             self.weight_exps)):
-            last = i == len(self.dense_weights) - 1
-            layer = fixed.run_layer(
-                [steps[-1]], [signs[-1]], [dense], exp,
-                self.biases[i] / self.scales[i + 1], self.B, self.T,
-                unipolar=False if last else self.unipolar[i])
-            saturated += layer.n_saturated
-            if not last:
-                steps.append(layer.step)
-                signs.append(layer.sign)
-        values = [phase.decode(s, g, self.B, sigma)
-                  for s, g, sigma in zip(steps, signs, self.scales)]
-        return ChainResult(steps, signs, values, self._readout(layer.v),
-                           layer.v, saturated)
+        """Integer golden model (:func:`lava_spiked.golden.golden_fixed`).
+        """
+        res = golden.golden_fixed(self.plan, self._check(x))
+        return self._result(res.spikes, res.state, res.saturated)
+
+    def _check(self, x: ty.Any) -> np.ndarray:
+        x = check_finite("x", x)
+        if x.shape != (self.sizes[0],):
+            raise ValueError(f"x has shape {x.shape}, the chain expects "
+                             f"({self.sizes[0]},)")
+        return x
+
+    def _result(self, spikes, state, saturated: int) -> ChainResult:
+        names = [layer.name for layer in self.plan.layers[:-1]]
+        steps = [spikes[n][0] for n in names]
+        signs = [spikes[n][1] for n in names]
+        values = [phase.decode(st, sg, self.B, sigma)
+                  for st, sg, sigma in zip(steps, signs, self.scales)]
+        output = state * self.scales[-1] * 2.0 ** -fixed.STATE_FRAC_BITS
+        return ChainResult(steps, signs, values, output, state, saturated)

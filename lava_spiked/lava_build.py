@@ -26,8 +26,20 @@ import scipy.sparse
 from lava_spiked import fixed, phase
 from lava_spiked.plan import Attention, Layer, Plan, Synapse
 
+# Lava's import sets multiprocessing's start method to 'fork' and fails if
+# anything fixed it before (any use of multiprocessing does); 'fork' again
+# is harmless, another method cannot work.
+_method = multiprocessing.get_start_method(allow_none=True)
+if _method not in (None, "fork"):
+    raise RuntimeError(
+        f"Lava needs multiprocessing's 'fork' start method, but it is set to "
+        f"{_method!r}: import lava_spiked.lava_build (or run a Lava network) "
+        "before setting another start method")
+multiprocessing.set_start_method(None, force=True)  # Lava sets 'fork'
+
 try:
     from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer
     from lava.proc.sparse.process import Sparse
     from lava.utils.weightutils import SignMode
@@ -62,6 +74,54 @@ def sparse_weights(syn: Synapse, dst_size: int,
     return m
 
 
+def wire_attention(x, y, v, *, x_fire: int, v_fire: int, logit_start: int,
+                   out_start: int, qk, qk_exp: int, logit_bias, logit_scale,
+                   mask, av, av_exp: int, out_scale, y_transposed: bool,
+                   **kw) -> ty.Dict[str, ty.Any]:
+    """The Lava processes of one attention, fed by the spiking processes
+    ``x``, ``y`` (the product operands, firing from ``x_fire``) and ``v``
+    (firing from ``v_fire``); the one wiring of the converter and of
+    :class:`lava_spiked.attention.SpikingSelfAttention`.
+
+    ``qk`` / ``av`` are the trace-product mantissas with exponents
+    ``qk_exp`` / ``av_exp``; ``logit_bias`` is in real units; ``kw`` holds
+    B, T and period. Schedule: the logits integrate from ``logit_start``
+    (one step after the operands fire), the softmax T steps later, the
+    product with V reads the softmax spikes when they fire (``logit_start
+    + 2T``) and the output integrates from ``out_start``.
+
+    Returns
+    -------
+    dict
+        ``qk``, ``logits``, ``softmax``, ``av`` and ``out`` processes.
+    """
+    T = kw["T"]
+    qk_proc = TraceMatMul(x_shape=x.s_out.shape, y_shape=y.s_out.shape,
+                          weights=qk, x_start=x_fire, y_start=x_fire,
+                          y_transposed=y_transposed, **kw)
+    logits = PhaseNeuron(shape=np.shape(qk), start=logit_start,
+                         weight_exp=qk_exp - fixed.GAIN_FRAC_BITS,
+                         bias=logit_bias, scale=logit_scale, **kw)
+    soft = WOSSSoftmax(shape=np.shape(qk), start=logit_start + T,
+                       scale=logit_scale, mask=mask, **kw)
+    av_proc = TraceMatMul(x_shape=np.shape(qk), y_shape=v.s_out.shape,
+                          weights=av, x_start=logit_start + 2 * T,
+                          y_start=v_fire, y_transposed=True, **kw)
+    out = NormalizedPhaseNeuron(shape=np.shape(av), start=out_start,
+                                weight_exp=av_exp - fixed.GAIN_FRAC_BITS,
+                                scale=out_scale, **kw)
+    x.s_out.connect(qk_proc.x_in)
+    y.s_out.connect(qk_proc.y_in)
+    qk_proc.a_out.connect(logits.a_in)
+    logits.s_out.connect(soft.s_in)
+    soft.s_out.connect(av_proc.x_in)
+    v.s_out.connect(av_proc.y_in)
+    av_proc.a_out.connect(out.a_in)
+    soft.r_out.connect(out.r_in)
+    return dict(qk=qk_proc, logits=logits, softmax=soft, av=av_proc,
+                out=out)
+
+
 class _LavaNetwork:
     """The Lava processes of a Plan for one tag, and their run/stop."""
 
@@ -71,11 +131,10 @@ class _LavaNetwork:
         self.processes: ty.Dict[str, ty.Any] = {}
         self.probes: ty.Dict[str, ty.Tuple[ty.Any, int]] = {}
         self._counted = {"sat_count": 0, "stray_count": 0}
-        self.started = self.stopped = False
-        self._finalizer: ty.Optional[weakref.finalize] = None
         self._build()
         if record:
             self._add_probes()
+        self.runner = Runner(self.readout)
 
     # --------------------------------------------------------------- build
     def _build(self) -> None:
@@ -129,35 +188,20 @@ class _LavaNetwork:
         sparse.a_out.reshape(layer.shape).connect(neuron.a_in)
 
     def _attention(self, op: Attention, layer: Layer) -> None:
-        T, kw, plan = self.plan.T, self.kw, self.plan
-        fx, fv = plan[op.x].window.fire, plan[op.v].window.fire
-        qk = TraceMatMul(x_shape=plan[op.x].shape, y_shape=plan[op.y].shape,
-                         weights=op.qk, x_start=fx, y_start=fx,
-                         y_transposed=True, **kw)
-        logits = PhaseNeuron(shape=op.qk.shape, start=op.logit_start,
-                             weight_exp=op.qk_exp - fixed.GAIN_FRAC_BITS,
-                             bias=op.logit_bias * op.logit_scale,
-                             scale=op.logit_scale, **kw)
-        soft = WOSSSoftmax(shape=op.qk.shape, start=op.logit_start + T,
-                           scale=op.logit_scale, mask=op.mask, **kw)
-        av = TraceMatMul(x_shape=op.qk.shape, y_shape=plan[op.v].shape,
-                         weights=op.av, x_start=op.logit_start + 2 * T,
-                         y_start=fv, y_transposed=True, **kw)
-        out = NormalizedPhaseNeuron(
-            shape=layer.shape, start=layer.window.start,
-            weight_exp=op.av_exp - fixed.GAIN_FRAC_BITS,
-            scale=layer.scale.reshape(layer.shape), **kw)
-        self.processes[op.x].s_out.connect(qk.x_in)
-        self.processes[op.y].s_out.connect(qk.y_in)
-        qk.a_out.connect(logits.a_in)
-        logits.s_out.connect(soft.s_in)
-        soft.s_out.connect(av.x_in)
-        self.processes[op.v].s_out.connect(av.y_in)
-        av.a_out.connect(out.a_in)
-        soft.r_out.connect(out.r_in)
+        plan = self.plan
+        stages = wire_attention(
+            self.processes[op.x], self.processes[op.y],
+            self.processes[op.v], x_fire=plan[op.x].window.fire,
+            v_fire=plan[op.v].window.fire, logit_start=op.logit_start,
+            out_start=layer.window.start, qk=op.qk, qk_exp=op.qk_exp,
+            logit_bias=op.logit_bias * op.logit_scale,
+            logit_scale=op.logit_scale, mask=op.mask, av=op.av,
+            av_exp=op.av_exp, out_scale=layer.scale.reshape(layer.shape),
+            y_transposed=True, **self.kw)
         self.processes.update({
-            f"{op.out}:qk": qk, op.logits: logits, op.softmax: soft,
-            f"{op.out}:av": av, op.out: out})
+            f"{op.out}:qk": stages["qk"], op.logits: stages["logits"],
+            op.softmax: stages["softmax"], f"{op.out}:av": stages["av"],
+            op.out: stages["out"]})
 
     def _add_probes(self) -> None:
         """A RingBuffer on every spiking layer (and on the logits and
@@ -176,8 +220,67 @@ class _LavaNetwork:
 
     # ----------------------------------------------------------------- run
     def run(self, condition, run_cfg) -> None:
-        """The one run routine: any failure or interrupt stops every
-        process before it propagates.
+        """Run the network (:meth:`Runner.run`)."""
+        self.runner.run(condition, run_cfg)
+
+    def infer_one(self, sample: np.ndarray, run_cfg) -> np.ndarray:
+        """Run one sample period; the readout membrane in state units
+        (``value / sigma * 2**16``)."""
+        if not self.runner.started:
+            self.encoder.data.init = sample  # read at compile time
+        else:
+            self.encoder.data.set(sample)
+        self.run(RunSteps(num_steps=self.plan.num_steps), run_cfg)
+        out = self.plan[self.plan.output]
+        return self.sink.data.get()[..., out.window.fire]
+
+    def read_probes(self) -> ty.Dict[str, ty.Tuple[np.ndarray, np.ndarray]]:
+        return {name: phase.first_spikes(sink.data.get(), fire, self.plan.T)
+                for name, (sink, fire) in self.probes.items()}
+
+    def check_counts(self) -> int:
+        """Raise on stray input, warn on saturation since the last check
+        (the counters are cumulative); return the saturation events."""
+        totals = count_events(self.processes.values())
+        sat = totals["sat_count"] - self._counted["sat_count"]
+        stray = totals["stray_count"] - self._counted["stray_count"]
+        self._counted = totals
+        if stray:
+            raise RuntimeError(f"{stray} spikes arrived outside their "
+                               "window: the schedule is wrong (a bug)")
+        if sat:
+            warnings.warn(f"{sat} saturation events in the integer state",
+                          RuntimeWarning, stacklevel=3)
+        return sat
+
+    def stop(self) -> None:
+        """Stop all Lava processes (idempotent)."""
+        self.runner.stop()
+
+
+def count_events(processes: ty.Iterable[ty.Any]) -> ty.Dict[str, int]:
+    """Saturation and stray-input events summed over ``processes`` (those
+    that count them; the counters are cumulative over runs)."""
+    totals = {"sat_count": 0, "stray_count": 0}
+    for proc in processes:
+        for var in totals:
+            if hasattr(proc, var):
+                totals[var] += int(getattr(proc, var).get()[0])
+    return totals
+
+
+class Runner:
+    """The one run/stop routine of a Lava network, keyed by any of its
+    processes: every failure or interrupt stops all processes before it
+    propagates (see the module docstring)."""
+
+    def __init__(self, process: ty.Any) -> None:
+        self.process = process
+        self.started = self.stopped = False
+        self._finalizer: ty.Optional[weakref.finalize] = None
+
+    def run(self, condition, run_cfg) -> None:
+        """Run as ``Process.run`` does.
 
         Raises
         ------
@@ -189,9 +292,9 @@ class _LavaNetwork:
                                "one (SpikingNetwork.run and infer do)")
         try:
             with _terminate_raises():
-                if self.readout.runtime is None:
+                if self.process.runtime is None:
                     self._start(run_cfg)
-                self.readout.run(condition=condition)
+                self.process.run(condition=condition)
             self.started = True
         except BaseException:
             self.stop()
@@ -200,53 +303,19 @@ class _LavaNetwork:
     def _start(self, run_cfg) -> None:
         """Compile, then fork the children with SIGINT ignored (they
         inherit the disposition); register the exit-time stop."""
-        executable = self.readout.compile(run_cfg)
+        executable = self.process.compile(run_cfg)
         with _children_ignore_sigint():
-            self.readout.create_runtime(executable=executable)
+            self.process.create_runtime(executable=executable)
         self._finalizer = weakref.finalize(self, _stop_runtime,
-                                           self.readout.runtime)
-
-    def infer_one(self, sample: np.ndarray, run_cfg) -> np.ndarray:
-        if not self.started:
-            self.encoder.data.init = sample  # read at compile time
-        else:
-            self.encoder.data.set(sample)
-        self.run(RunSteps(num_steps=self.plan.num_steps), run_cfg)
-        out = self.plan[self.plan.output]
-        state = self.sink.data.get()[..., out.window.fire]
-        return state * 2.0 ** -fixed.STATE_FRAC_BITS * out.scale.reshape(
-            out.shape)
-
-    def read_probes(self) -> ty.Dict[str, ty.Tuple[np.ndarray, np.ndarray]]:
-        return {name: phase.first_spikes(sink.data.get(), fire, self.plan.T)
-                for name, (sink, fire) in self.probes.items()}
-
-    def check_counts(self) -> None:
-        """Raise on stray input, warn on saturation since the last check
-        (the counters are cumulative)."""
-        totals = {"sat_count": 0, "stray_count": 0}
-        for proc in self.processes.values():
-            for var in totals:
-                if hasattr(proc, var):
-                    totals[var] += int(getattr(proc, var).get()[0])
-        sat = totals["sat_count"] - self._counted["sat_count"]
-        stray = totals["stray_count"] - self._counted["stray_count"]
-        self._counted = totals
-        if stray:
-            raise RuntimeError(f"{stray} spikes arrived outside their "
-                               "window: the schedule is wrong (a bug)")
-        if sat:
-            warnings.warn(f"{sat} saturation events in the integer state",
-                          RuntimeWarning, stacklevel=3)
+                                           self.process.runtime)
 
     def stop(self) -> None:
-        """Stop all Lava processes (idempotent; see :func:`_stop_runtime`).
-        """
+        """Stop all processes (idempotent; see :func:`_stop_runtime`)."""
         self.stopped = True
         if self._finalizer is not None:
             self._finalizer()  # runs _stop_runtime once, then detaches
-        elif self.readout.runtime is not None:
-            _stop_runtime(self.readout.runtime)
+        elif self.process.runtime is not None:
+            _stop_runtime(self.process.runtime)
 
 
 #: Seconds that a stop may take before the children are terminated.

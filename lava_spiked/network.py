@@ -15,7 +15,7 @@ a ``Sparse`` synapse per Plan synapse (its token-shared weight repeated for
 every token: block-diagonal, ``tokens x C x K`` stored weights), SpikeDelays
 where a source fired earlier than the others, and per attention the
 TraceMatMul / PhaseNeuron / WOSSSoftmax / TraceMatMul /
-NormalizedPhaseNeuron wiring of :func:`lava_spiked.attention.wire_attention`.
+NormalizedPhaseNeuron wiring of :func:`lava_spiked.lava_build.wire_attention`.
 """
 import typing as ty
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lava_spiked import golden
+from lava_spiked import fixed, golden
 from lava_spiked.calibrate import calibrate
 from lava_spiked.capture import Graph, capture, evaluate
 from lava_spiked.plan import lower
@@ -69,11 +69,11 @@ class SpikingNetwork:
     # ------------------------------------------------------------- golden
     def golden_float(self, sample: ty.Any) -> np.ndarray:
         """Closed form of the network for one sample (floating_pt)."""
-        return golden.golden_float(self.plan, sample)
+        return golden.golden_float(self.plan, sample).readout
 
     def golden_fixed(self, sample: ty.Any) -> np.ndarray:
         """Integer golden model for one sample (fixed_pt, bit for bit)."""
-        return golden.golden_fixed(self.plan, sample)
+        return golden.golden_fixed(self.plan, sample).readout
 
     def ann(self, samples: ty.Any) -> np.ndarray:
         """The captured network without quantisation (float64)."""
@@ -113,11 +113,13 @@ class SpikingNetwork:
         x = check_batch("samples", samples, self.plan[self.plan.input].shape)
         tag = getattr(run_cfg, "select_tag", None)
         lava = self.lava(tag)
-        logits = []
+        out, logits = self.plan[self.plan.output], []
         try:
             for sample in tqdm(x, desc=f"Lava {tag or ''}",
                                disable=not progress, leave=False):
-                logits.append(lava.infer_one(sample, run_cfg))
+                state = lava.infer_one(sample, run_cfg)
+                logits.append(state * 2.0 ** -fixed.STATE_FRAC_BITS *
+                              out.scale.reshape(out.shape))
                 if self.record:
                     self.recorded.append(lava.read_probes())
         except BaseException:  # an interrupt between runs, a failed read
