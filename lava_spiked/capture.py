@@ -31,6 +31,7 @@ at any batch size, so nothing is specialised to a batch.
 """
 import contextlib
 import dataclasses
+import inspect
 import math
 import operator
 import typing as ty
@@ -191,17 +192,101 @@ def op_name(target: ty.Any) -> str:
     return getattr(target, "__name__", str(target)).split(".")[0]
 
 
-def _module_path(node: torch.fx.Node) -> str:
+#: Attribute under which :class:`_Flat` holds the user's model; stripped
+#: from module paths so that names are the model's own.
+_WRAPPED = "wrapped"
+
+
+def _stack(node: torch.fx.Node) -> ty.List[ty.Tuple[str, ty.Any]]:
+    """(path, type) of the modules around ``node``, innermost last: the
+    user's model (path ``""``) and its submodules, without the
+    :class:`_Flat` wrapper."""
     stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0] if stack else ""
+    return [("" if path == _WRAPPED else path.removeprefix(_WRAPPED + "."),
+             kind) for path, kind in stack.values()
+            if path == _WRAPPED or path.startswith(_WRAPPED + ".")]
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    stack = _stack(node)
+    return stack[-1][0] if stack else ""
 
 
 def _module_type(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
+    stack = _stack(node)
     if not stack:
         return ""
-    t = list(stack.values())[-1][1]
+    t = stack[-1][1]
     return getattr(t, "__name__", str(t)).split(".")[-1]
+
+
+class _Flat(nn.Module):
+    """The user's model fed with one tensor (positionally, or as the
+    keyword ``input_name``) and its output flattened into a tuple of
+    tensors: tuples, lists, dicts, dataclasses and Hugging Face
+    ``ModelOutput``s alike (:meth:`names` gives their key paths)."""
+
+    def __init__(self, model: nn.Module,
+                 input_name: ty.Optional[str]) -> None:
+        super().__init__()
+        self.add_module(_WRAPPED, model)
+        self.input_name = input_name
+
+    def call(self, x: torch.Tensor) -> ty.Any:
+        """The model's own output."""
+        model = getattr(self, _WRAPPED)
+        return model(**{self.input_name: x}) if self.input_name else \
+            model(x)
+
+    def forward(self, x: torch.Tensor) -> ty.Tuple[torch.Tensor, ...]:
+        return tuple(t for _, t in _flatten_output(self.call(x), ""))
+
+    def names(self, x: torch.Tensor) -> ty.List[str]:
+        """Dotted key paths of the flattened outputs (``"logits"``,
+        ``"0"``, ``"hidden_states.2"``), from one eager forward."""
+        return [name for name, _ in _flatten_output(self.call(x), "")]
+
+
+def _flatten_output(value: ty.Any, prefix: str
+                    ) -> ty.List[ty.Tuple[str, torch.Tensor]]:
+    if torch.is_tensor(value):
+        return [(prefix or "0", value)]
+    if isinstance(value, ty.Mapping):  # dicts and Hugging Face ModelOutput
+        items = list(value.items())
+    elif dataclasses.is_dataclass(value):
+        items = [(f.name, getattr(value, f.name))
+                 for f in dataclasses.fields(value)]
+    elif isinstance(value, (list, tuple)):
+        items = list(enumerate(value))
+    else:  # None, numbers: not outputs
+        return []
+    return [pair for key, item in items for pair in _flatten_output(
+        item, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def _check_inputs(model: nn.Module, input_name: ty.Optional[str]) -> None:
+    """Refuse a model that needs more inputs than the data, naming them."""
+    params = list(inspect.signature(model.forward).parameters.values())
+    kinds = inspect.Parameter
+    if input_name is None:
+        fed = next((p.name for p in params if p.kind in (
+            kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)), None)
+    else:
+        if input_name not in [p.name for p in params] and not any(
+                p.kind == kinds.VAR_KEYWORD for p in params):
+            raise ValueError(
+                f"input_name={input_name!r}, but {type(model).__name__}."
+                f"forward takes {', '.join(p.name for p in params)}")
+        fed = input_name
+    missing = [p.name for p in params if p.name != fed and
+               p.default is kinds.empty and
+               p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)]
+    if missing:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}.forward also requires "
+            f"{', '.join(missing)}; the converter feeds one tensor "
+            f"({fed}) and supports no other inputs yet (a padding mask "
+            "will be a runtime input)")
 
 
 @contextlib.contextmanager
@@ -220,20 +305,27 @@ def _eval_mode(model: nn.Module):
             m.training = training
 
 
-def export(model: nn.Module, sample_shape: ty.Tuple[int, ...]
-           ) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` in eval mode for one sample."""
+def export(model: nn.Module, sample_shape: ty.Tuple[int, ...],
+           input_name: ty.Optional[str] = None
+           ) -> ty.Tuple[torch.export.ExportedProgram, ty.List[str]]:
+    """``torch.export`` of ``model`` in eval mode for one sample; also the
+    names of its flattened outputs (see :class:`_Flat`)."""
+    _check_inputs(model, input_name)
     dtype = next((p.dtype for p in model.parameters()
                   if p.is_floating_point()), torch.float32)
     x = torch.zeros((1,) + tuple(sample_shape), dtype=dtype)
+    flat = _Flat(model, input_name)
     with _eval_mode(model):
         try:
-            return torch.export.export(model, (x,), strict=False)
+            with torch.no_grad():
+                names = flat.names(x)
+            ep = torch.export.export(flat, (x,), strict=False)
         except Exception as err:  # export raises many types
             raise UnsupportedModelError(
                 f"torch.export could not capture {type(model).__name__} for "
                 f"inputs of shape {tuple(sample_shape)} (one sample): "
                 f"{type(err).__name__}: {err}") from err
+    return ep, names
 
 
 def unsupported(ep: torch.export.ExportedProgram) -> ty.List[str]:
@@ -256,7 +348,8 @@ def unsupported(ep: torch.export.ExportedProgram) -> ty.List[str]:
 
 
 def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...],
-            output: int = 0) -> Graph:
+            output: ty.Union[int, str] = 0,
+            input_name: ty.Optional[str] = None) -> Graph:
     """Capture ``model`` into populations, synapses and attention ops.
 
     Parameters
@@ -265,24 +358,32 @@ def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...],
         The transformer; it is evaluated in eval mode and not changed.
     sample_shape : tuple of int
         Shape of one input sample (without the batch axis).
-    output : int
-        Which tensor of the model's (flattened) outputs to convert: tuples,
-        dicts and dataclasses such as Hugging Face outputs are flattened in
-        their order; default the first.
+    output : int or str
+        Which tensor of the model's flattened output to convert: tuples,
+        lists, dicts, dataclasses and Hugging Face outputs are flattened
+        in their order; an index or a dotted key path (``"logits"``,
+        ``"hidden_states.2"``); default the first.
+    input_name : str, optional
+        The keyword argument of ``forward`` that takes the data (e.g.
+        ``"inputs_embeds"``); default the first positional one.
 
     Raises
     ------
     UnsupportedModelError
-        Listing every unsupported operation, before anything is built.
+        Listing every unsupported operation, before anything is built; or
+        naming inputs the model requires besides the data.
+    ValueError
+        If ``output`` or ``input_name`` names nothing the model has.
     """
-    ep = export(model, sample_shape)
-    user = [s for s in ep.graph_signature.input_specs
-            if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
-    if len(user) != 1:
-        raise UnsupportedModelError(
-            f"the model takes {len(user)} tensor inputs "
-            f"({', '.join(s.arg.name for s in user)}); the converter "
-            "supports one")
+    ep, names = export(model, sample_shape, input_name)
+    if isinstance(output, str):
+        if output not in names:
+            raise ValueError(f"output={output!r}, but the model's outputs "
+                             f"are {names}")
+        output = names.index(output)
+    elif not 0 <= output < len(names):
+        raise ValueError(f"output={output}, but the model returns "
+                         f"{len(names)} tensors ({names})")
     bad = unsupported(ep)
     if bad:
         raise UnsupportedModelError(
@@ -338,11 +439,7 @@ class _Capture:
                 env[node.name] = self.evaluate(node, args, kwargs)
                 self.count_macs(node, env[node.name], args)
             elif node.op == "output":
-                outs = [o for o in _flat(node.args[0], {})]
-                if not 0 <= self.output < len(outs):
-                    raise UnsupportedModelError(
-                        f"output={self.output}, but the model returns "
-                        f"{len(outs)} tensors")
+                outs = _flat(node.args[0], {})
                 value = env[outs[self.output].name]
                 name = self.unique(_module_path(outs[self.output]) or
                                    "output")
@@ -596,8 +693,13 @@ class _Capture:
         src = node.args[0]
         key = src.name
         if key not in self.materialized:
+            # outside any module (e.g. the CLS token picked in the model's
+            # own forward): named after the layer it feeds
+            consumer = _module_path(node)
+            name = _module_path(src) or (f"{consumer}.input" if consumer
+                                         else src.name)
             self.materialized[key] = self.materialize(
-                x, self.unique(_module_path(src) or src.name), "neuron")
+                x, self.unique(name), "neuron")
         return self.materialized[key]
 
     def materialize(self, x, name: str, kind: str, node=None) -> Affine:

@@ -157,7 +157,8 @@ class SpikingNetwork:
 def convert(model: torch.nn.Module, calibration_data: ty.Any,
             B: float = 1.15, T: int = 40, statistic: str = "max",
             percentile: float = 99.9, granularity: str = "channel",
-            output: int = 0, progress: bool = True,
+            output: ty.Union[int, str] = 0,
+            input_name: ty.Optional[str] = None, progress: bool = True,
             record: bool = False) -> SpikingNetwork:
     """Convert a PyTorch transformer into a phase-coded spiking network.
 
@@ -173,8 +174,13 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
         Base and window length of the phase code.
     statistic, percentile, granularity
         See :func:`lava_spiked.calibrate.calibrate`.
-    output : int
-        Which of the model's (flattened) output tensors to convert.
+    output : int or str
+        Which tensor of the model's output to convert: an index into its
+        flattened tuples, dicts, dataclasses or Hugging Face outputs, or a
+        key path such as ``"logits"``; default the first.
+    input_name : str, optional
+        The ``forward`` keyword that takes the data (e.g.
+        ``"inputs_embeds"``); default the first positional parameter.
     record : bool
         Probe every layer's spikes in Lava (``SpikingNetwork.recorded``).
 
@@ -187,7 +193,7 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     """
     check_base(B), check_steps(T)
     first = next(iter(_first_batch(calibration_data)))
-    graph = capture(model, tuple(first.shape[1:]), output)
+    graph = capture(model, tuple(first.shape[1:]), output, input_name)
     sigmas = calibrate(graph, calibration_data, statistic, percentile,
                        granularity, progress=progress)
     return SpikingNetwork(graph, sigmas, B, T, record)

@@ -2,6 +2,7 @@
 unquantised evaluation against the PyTorch model), errors, calibration,
 and converted networks in Lava against their golden models and the ANN."""
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -178,7 +179,9 @@ def test_capture_places_populations_where_spikes_are_needed():
         # the residual stream, used by norm2 and by the next add
         "blocks.0.add": ("neuron", (17, 8)),
         "blocks.0.act": ("relu", (17, 16)),
-        "select_3": ("neuron", (8,)),  # the CLS token after the last add
+        # the CLS token after the last add, picked in the model's forward:
+        # named after the layer it feeds
+        "head.input": ("neuron", (8,)),
         "head": ("readout", (10,))}
     np.testing.assert_allclose(graph.attention[0].coef, 0.5)  # 1/sqrt(4)
     # the model's own weights, not all-neuron matrices
@@ -212,6 +215,66 @@ def test_top_level_convert_and_names():
     assert lava_spiked.convert is convert
     with pytest.raises(AttributeError, match="no attribute"):
         lava_spiked.not_a_name  # noqa: B018
+
+
+@dataclasses.dataclass
+class _Output:
+    hidden: torch.Tensor
+    logits: torch.Tensor
+
+
+class KeywordModel(nn.Module):
+    """Hugging Face style: data as a keyword, an optional mask, a
+    structured output (tuple, dict or dataclass)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind, self.fc, self.head = kind, nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, input_ids=None, inputs_embeds=None,
+                attention_mask=None):
+        hidden = torch.relu(self.fc(inputs_embeds))
+        logits = self.head(hidden)
+        if self.kind == "dict":
+            return {"hidden": hidden, "logits": logits, "extra": None}
+        if self.kind == "dataclass":
+            return _Output(hidden, logits)
+        return hidden, (logits,)
+
+
+@pytest.mark.parametrize("kind, key", [("tuple", "1.0"), ("dict", "logits"),
+                                       ("dataclass", "logits")])
+def test_keyword_input_and_structured_output(kind, key):
+    torch.manual_seed(0)
+    model = KeywordModel(kind).eval()
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        want = model.head(torch.relu(model.fc(x))).numpy()
+    for output in (key, 1):
+        graph = capture(model, (4,), output=output,
+                        input_name="inputs_embeds")
+        assert graph.output == "head"
+        np.testing.assert_allclose(evaluate(graph, x.double()).numpy(), want,
+                                   rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="model's outputs are"):
+        capture(model, (4,), output="nope", input_name="inputs_embeds")
+    with pytest.raises(ValueError, match="returns 2 tensors"):
+        capture(model, (4,), output=2, input_name="inputs_embeds")
+    with pytest.raises(ValueError, match="takes input_ids, inputs_embeds"):
+        capture(model, (4,), input_name="embeds")
+
+
+def test_required_extra_input_is_named():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x, mask):
+            return self.fc(x)
+
+    with pytest.raises(UnsupportedModelError, match="also requires mask"):
+        capture(TwoInputs(), (4,))
 
 
 def test_torchvision_vit_needs_exactly_layernorm_and_gelu():
