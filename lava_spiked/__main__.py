@@ -15,19 +15,22 @@ from lava.magma.core.run_configs import Loihi2SimCfg
 
 from lava_spiked.models import digits_splits, load_default
 from lava_spiked import convert
+from lava_spiked.validation import (check_base, check_count, check_steps,
+                                    cli_type)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=20,
+    parser.add_argument("--samples", type=cli_type(check_count, int),
+                        default=20,
                         help="test samples to run through Lava (K)")
-    parser.add_argument("--T", type=int, default=40, help="window steps")
-    parser.add_argument("--B", type=float, default=1.15, help="base (1, 2]")
+    parser.add_argument("--T", type=cli_type(check_steps, int), default=40,
+                        help="window steps")
+    parser.add_argument("--B", type=cli_type(check_base, float),
+                        default=1.15, help="base (1, 2]")
     parser.add_argument("--tag", default="fixed_pt",
                         choices=["fixed_pt", "floating_pt"])
     args = parser.parse_args(argv)
-    if args.samples < 1:
-        parser.error("--samples must be >= 1")
 
     splits = digits_splits()
     model = load_default()

@@ -969,7 +969,7 @@ def evaluate(graph: Graph, x: torch.Tensor,
         else:
             a = torch.from_numpy(pop.bias).expand(n, -1)
             for syn in pop.synapses:
-                a = a + apply(syn, val[syn.src])
+                a = a + _apply(syn, val[syn.src])
             val[pop.name] = a.clamp(min=0.0) if pop.kind == "relu" else a
         if record is not None:
             record.setdefault(pop.name, []).append(val[pop.name])
@@ -979,14 +979,13 @@ def evaluate(graph: Graph, x: torch.Tensor,
     return val[graph.output].reshape((n,) + out.shape)
 
 
-def apply(syn: Synapse, x: torch.Tensor,
-          weight_t: ty.Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``syn`` applied to source values ``x`` (batch, src size) in torch;
-    ``weight_t`` overrides the (K, C) weight (e.g. quantised)."""
+def _apply(syn: Synapse, x: torch.Tensor) -> torch.Tensor:
+    """``syn`` applied to real source values ``x`` (batch, src size): the
+    torch twin of :meth:`lava_spiked.plan.Synapse.apply`, so calibration
+    stays on torch tensors."""
     rows = torch.as_tensor(syn.rows)
     out = torch.as_tensor(syn.out)
-    w = torch.as_tensor(syn.weight.T, dtype=x.dtype) if weight_t is None \
-        else weight_t
+    w = torch.as_tensor(syn.weight.T, dtype=x.dtype)
     g = x.index_select(1, rows.clamp(min=0).reshape(-1)).reshape(
         len(x), *rows.shape)
     if (rows < 0).any():

@@ -32,6 +32,8 @@ from lava_spiked.energy import energy  # noqa: E402
 from lava_spiked.engine import Engine  # noqa: E402
 from lava_spiked.models import digits_splits, load_default  # noqa: E402
 from lava_spiked.network import convert  # noqa: E402
+from lava_spiked.validation import (check_base, check_count,  # noqa: E402
+                                    check_steps, cli_type)
 
 
 def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
@@ -140,12 +142,14 @@ def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--T", type=int, nargs="+", default=[40, 24, 16])
-    parser.add_argument("--B", type=float, nargs="+",
+    parser.add_argument("--T", type=cli_type(check_steps, int), nargs="+",
+                        default=[40, 24, 16])
+    parser.add_argument("--B", type=cli_type(check_base, float), nargs="+",
                         default=[1.15, 1.1, 1.2, 1.4])
     parser.add_argument("--mode", choices=["fixed", "float"], default="fixed")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--samples", type=int, default=None,
+    parser.add_argument("--samples", type=cli_type(check_count, int),
+                        default=None,
                         help="first N test images (default: all)")
     parser.add_argument("--out", default="evaluation")
     args = parser.parse_args(argv)

@@ -113,6 +113,14 @@ def resolvable_steps(B: float, T: int) -> int:
     return int(np.unique(threshold_table(B, T)).size)
 
 
+def usable_steps(B: float, T: int) -> int:
+    """Leading steps that the integer tables keep: the gain of a later
+    step rounds to 0 (its spikes carry nothing) or its threshold equals an
+    earlier one. E.g. 27 at B = 1.4 and 14 at B = 2 (gains)."""
+    return min(int(np.count_nonzero(gain_table(B, T))),
+               resolvable_steps(B, T))
+
+
 def quantize_weights(*weights: ty.Any) -> ty.Tuple[ty.List[np.ndarray], int]:
     """Quantise weight matrices that feed one layer to 8-bit mantissas.
 

@@ -32,6 +32,7 @@ integrates one step after the softmax fires. One sample takes
 """
 import dataclasses
 import typing as ty
+import warnings
 
 import numpy as np
 
@@ -226,6 +227,13 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
         Base and window length of the phase code.
     """
     B, T = check_base(B), check_steps(T)
+    usable = fixed.usable_steps(B, T)
+    if usable < T:
+        warnings.warn(
+            f"at B = {B} the integer tables of fixed_pt keep only {usable} of "
+            f"the T = {T} steps (later gains round to 0 or thresholds "
+            f"collide): use T <= {usable} or a smaller B", RuntimeWarning,
+            stacklevel=3)
     windows = _schedule(graph, T)
     attention = {op.out: op for op in graph.attention}
     layers, plan_attention = [], []

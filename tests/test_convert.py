@@ -211,6 +211,23 @@ def test_memory_follows_the_activations_not_their_square():
     assert got.shape == (3, 4)
 
 
+def test_silent_layer_converts():
+    """A layer whose weights and bias are all zero never fires; the network
+    still converts and matches the ANN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    nn.init.zeros_(model[0].weight)
+    nn.init.zeros_(model[0].bias)
+    x = torch.randn(16, 4)
+    net = convert(model.eval(), x, progress=False)
+    with torch.no_grad():
+        want = model(x[:3]).numpy()
+    np.testing.assert_allclose(Engine(net, "float")(x[:3]).logits, want,
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(net.golden_fixed(x[0].numpy()), want[0],
+                               atol=2.0 ** -16 * np.abs(want).max() * 2)
+
+
 def test_top_level_convert_and_names():
     assert lava_spiked.convert is convert
     with pytest.raises(AttributeError, match="no attribute"):

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from lava_spiked import evaluate
+from lava_spiked.__main__ import main as lava_main
 from lava_spiked.energy import E_AC, E_MAC, energy
 from lava_spiked.engine import Engine
 from lava_spiked.network import convert
@@ -40,3 +41,22 @@ def test_evaluate_cli_writes_table_and_figures(tmp_path, capsys):
                 "correlation.png"):
         assert (tmp_path / png).stat().st_size > 5000
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--T", "0"], "T must be an integer in"),
+    (["--B", "1.0"], "B must be in"),
+    (["--samples", "0"], "samples must be an integer >= 1"),
+])
+def test_cli_rejects_bad_arguments_without_traceback(argv, match, capsys):
+    for main in (evaluate.main, lava_main):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2  # argparse's usage error
+        assert match in capsys.readouterr().err
+
+
+def test_short_window_warns_with_the_usable_length():
+    with pytest.warns(RuntimeWarning, match="keep only 27 of the T = 40"):
+        convert(nn.Linear(3, 2), np.ones((4, 3)), T=40, B=1.4,
+                progress=False)

@@ -39,6 +39,16 @@ def test_resolvable_steps():
     assert fixed.threshold_table(2.0, 64)[16:].tolist() == [1] * 48
 
 
+def test_usable_steps_and_window_limit():
+    # a gain round(4096 B**-j) is 0 once B**-j < 1/8192:
+    # 1.4**-27 = 1.14e-4 < 1.22e-4 <= 1.4**-26; 2**-14 < 1/8192 = 2**-13
+    assert fixed.usable_steps(1.4, 40) == 27
+    assert fixed.usable_steps(2.0, 64) == 14
+    assert fixed.usable_steps(1.15, 40) == 40
+    with pytest.raises(ValueError, match="T must be an integer in"):
+        fixed.gain_table(1.15, 10 ** 6)
+
+
 def test_to_state():
     state, n = fixed.to_state([1.0, -0.5, 1e-6, 200.0, 1e300])
     assert state.tolist() == [65536, -32768, 0, fixed.STATE_MAX,
