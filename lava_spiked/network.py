@@ -141,6 +141,13 @@ class SpikingNetwork:
             lava, self._lava = self._lava, None
             lava.stop()
 
+    def __getstate__(self) -> dict:
+        """Pickle (and ``copy``) the converted network, never its Lava
+        processes: a copy builds its own on its first run."""
+        state = dict(self.__dict__)
+        state.update(_lava=None, processes={})
+        return state
+
     def __enter__(self) -> "SpikingNetwork":
         return self
 

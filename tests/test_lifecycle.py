@@ -5,6 +5,7 @@ group, as a terminal would, signals the group mid-run and checks that the
 group is gone within seconds, with no shared memory left behind.
 """
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -118,4 +119,10 @@ def test_run_after_stop_rebuilds(net):
     with pytest.raises(RuntimeError, match="stopped"):
         old.run(None, cfg)  # the stopped processes refuse, never segfault
     np.testing.assert_array_equal(net.infer(x, cfg, progress=False), first)
+    # a running network pickles without its processes; the copy runs alike
+    clone = pickle.loads(pickle.dumps(net))
+    assert clone.processes == {} and net.processes
     net.stop()
+    with clone:
+        np.testing.assert_array_equal(clone.infer(x, cfg, progress=False),
+                                      first)
