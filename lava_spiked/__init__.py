@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 _LAZY = {"convert": "lava_spiked.network", "SpikingNetwork":
          "lava_spiked.network", "Engine": "lava_spiked.engine",
          "UnsupportedModelError": "lava_spiked.capture",
-         "Plan": "lava_spiked.plan"}
+         "Plan": "lava_spiked.plan", "verify": "lava_spiked.verification"}
 __all__ = sorted(_LAZY)
 
 

@@ -318,8 +318,9 @@ class Runner:
             _stop_runtime(self.process.runtime)
 
 
-#: Seconds that a stop may take before the children are terminated.
-STOP_TIMEOUT = 10.0
+#: Seconds that a stop may take before the children are terminated (a
+#: clean stop of a large network on a loaded 2-core machine takes several).
+STOP_TIMEOUT = 20.0
 
 
 def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
@@ -350,10 +351,12 @@ def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
     if worker.is_alive() or errors:
         running = [a for a in actors if _exitcode(a) is None]
         for actor in running:
-            actor.terminate()
+            with contextlib.suppress(ValueError):  # closed by Lava meanwhile
+                actor.terminate()
         for actor in running:  # Lava's join takes no timeout
-            multiprocessing.Process.join(actor, timeout)
-            if actor.exitcode is None:
+            with contextlib.suppress(ValueError):  # closed by Lava meanwhile
+                multiprocessing.Process.join(actor, timeout)
+            if _exitcode(actor) is None:
                 actor.kill()
         with contextlib.suppress(Exception):
             runtime._messaging_infrastructure.smm.shutdown()
