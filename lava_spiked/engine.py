@@ -15,20 +15,44 @@ membrane is a closed form of its sources' spikes:
     product, a pair of spikes at steps m and m' adds
     ``s s' G[min] * G[max] = s G[m] * s' G[m']`` whatever their order, so
     the logit accumulator is ``w * (X_G @ Y_G)`` and the attention output's
-    is ``w * (P_G @ V_G)``. Products run in float64, which is exact because
-    the constructor proves every sum stays below 2**53; it also proves that
+    is ``w * (P_G @ V_G)``. Products run in float64 (or float32, below),
+    exact because the constructor proves every sum stays below 2**53; it
+    also proves that
     no accumulator, trace-product current or WOSS membrane can saturate
     mid-window (where step order would matter) and refuses networks for
     which it cannot.
 
 What flows between layers is the trace ``sign * G[step]`` (0 if silent),
-looked up from the membrane in one table gather (fixed) or from a
-closed-form estimate of the fire step corrected by one table comparison
-each way (float, and the WOSS softmax in both modes). Fire steps and signs
-are decoded from the stored membranes only when a caller reads them.
+looked up from the membrane in one table gather (fixed, the neurons and
+the WOSS softmax) or from a closed-form estimate of the fire step, kept
+at or one below the true step and corrected by one table comparison
+(float). Fire steps and signs are decoded from the stored membranes only
+when a caller reads them.
+
+Fixed mode runs a synapse's product in float32 where that is exact too:
+its traces (13-bit integers) and weights (8-bit mantissas times a power of
+two) are exact in float32, and so is every partial sum while the sum of
+``|k| * 4096`` over a row stays at most 2**24 (proved per synapse when the
+engine is built; such a product costs about a third of a float64 one on
+CPU). A synapse beyond that bound and the attention products (whose
+traces multiply to 24 bits) stay in float64; a layer whose summed bound
+exceeds 2**24 adds its float32 products in float64. The membranes are
+int32 table rows, so a layer costs its products, the rounding, a clamp and
+a gather. Splitting traces into int8 halves for ``torch._int_mm`` was
+measured and not taken: on a CPU without VNNI (AVX2 only) it runs about 25x
+slower than a float32 product.
 
 Cost: one matrix product per synapse plus a few elementwise passes per
 layer, not T steps.
+
+Memory: with ``record=False`` a call keeps only the traces that later
+layers still read (float32 in fixed mode, float64 in float mode), freeing
+each after its last reader, plus one layer's temporaries (a few tensors of
+the layer's size). Measured as the peak resident memory a call adds, for a
+batch of 256: 13 MB (fixed) / 22 MB (float) on the bundled DigitsViT, 45 /
+75 MB on a 3-layer ViT of 17 tokens x 64 channels (both scale linearly
+with the batch). The default ``record=True`` also keeps every layer's
+membrane for decoding spikes: 43 / 55 MB and 228 / 281 MB, spikes decoded.
 """
 import math
 import typing as ty
@@ -42,11 +66,20 @@ from lava_spiked.plan import Plan, Synapse
 from lava_spiked.validation import check_batch
 
 EXACT = 2.0 ** 53  # float64 integers are exact below this
+EXACT_F32 = 2.0 ** 24  # float32 integers are exact up to this
 INT32_MAX = (1 << 31) - 1  # TraceMatMul's output port
+# float mode's closed-form fire steps are computed within about 1e-12 of a
+# step (float64 logs of tables exact to a few ulps); lowered by this they
+# are never above the true step and at most one below
+LOWER = 1e-6
+# fixed membranes are int32 table rows; clamping a membrane to this keeps
+# it saturated (beyond 24 bits) and its row in int32
+INT_LIMIT = 2.0 ** 30
 
 
 class EngineResult:
-    """Logits and, decoded on first access, every population's spikes.
+    """Logits, saturation counts and, decoded on first access, every
+    population's spikes.
 
     Attributes
     ----------
@@ -55,23 +88,24 @@ class EngineResult:
     steps, signs : dict of str to torch.Tensor
         Per spiking layer (and ``<attention>:logits`` / ``:softmax``): fire
         steps (-1 = silent, int64) and signs (float64), each (batch, size)
-        in the layer's flat (row-major) order.
+        in the layer's flat (row-major) order. Only after a call with
+        ``record=True``.
     saturated : torch.Tensor
         (batch,) saturation events per sample, as the ``sat_count`` Vars of
         the fixed_pt models count them (all zero in float mode, where
         floating_pt does not saturate).
     """
 
-    def __init__(self, logits: torch.Tensor,
-                 membranes: ty.Dict[str, ty.Tuple[torch.Tensor, str]],
-                 closed: ty.Dict[str, torch.Tensor], engine: "Engine"
-                 ) -> None:
-        self.logits = logits
-        self._membranes, self._closed = membranes, closed
-        self._engine = engine
+    def __init__(self, logits: torch.Tensor, saturated: torch.Tensor,
+                 membranes: ty.Optional[dict], engine: "Engine") -> None:
+        self.logits, self.saturated = logits, saturated
+        self._membranes, self._engine = membranes, engine
         self._spikes: ty.Optional[dict] = None
 
     def _decoded(self) -> dict:
+        if self._membranes is None:
+            raise ValueError("spikes were not recorded: call the engine "
+                             "with record=True")
         if self._spikes is None:
             self._spikes = {name: self._engine._decode(v, kind)
                             for name, (v, kind) in self._membranes.items()}
@@ -85,10 +119,6 @@ class EngineResult:
     def signs(self) -> ty.Dict[str, torch.Tensor]:
         return {k: sign for k, (_, sign) in self._decoded().items()}
 
-    @property
-    def saturated(self) -> torch.Tensor:
-        return self._engine._saturated(self._closed, len(self.logits))
-
 
 class _FallingThresholds:
     """Fire step against a falling threshold table: how many thresholds lie
@@ -97,12 +127,15 @@ class _FallingThresholds:
     ``estimate(x)`` is a closed form of that count that is never off by more
     than one (the table is geometric or linear in the step), so one
     comparison each way makes it exact: ``table[e] > x`` means one more,
-    ``table[e - 1] <= x`` one fewer.
+    ``table[e - 1] <= x`` one fewer. With ``low=True`` the estimate is
+    never above the count (a closed form lowered by :data:`LOWER`, far more
+    than its rounding error and far less than one step), so the first
+    comparison alone makes it exact.
     """
 
     def __init__(self, table: np.ndarray, estimate: ty.Callable,
-                 device: torch.device) -> None:
-        self.T, self.estimate = len(table), estimate
+                 device: torch.device, low: bool = False) -> None:
+        self.T, self.estimate, self.low = len(table), estimate, low
         # table[T] = -inf lies above nothing; table[-1] = nan is never <= x
         self.at = _tensor(np.append(table, -np.inf), device)
         self.before = _tensor(np.insert(table, 0, np.nan), device)
@@ -110,30 +143,50 @@ class _FallingThresholds:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         e = self.estimate(x).clamp_(0, self.T).long()
         # e + [table[e] > x] - [table[e - 1] <= x], in place
-        return e.add_(_lookup(self.at, e) > x).add_(
-            _lookup(self.before, e) <= x, alpha=-1)
+        e = e.add_(_lookup(self.at, e) > x)
+        if self.low:
+            return e
+        return e.add_(_lookup(self.before, e) <= x, alpha=-1)
 
 
 class _Synapse:
     """A Plan synapse on batches (batch, src size) -> (batch, dst size):
     one product ``(batch, R, K) @ W^T`` over the token-shared weight, with
     the gather of the rows and the pick of the outputs skipped where they
-    are the identity. Float64 sums of integers below 2**53 are exact in any
-    order, so every form gives the same bits."""
+    are the identity.
 
-    def __init__(self, syn: Synapse, w: np.ndarray, device) -> None:
+    Output channels that no destination reads are dropped from ``W`` when
+    it is built: a fused weight (the q, k and v rows of one in-projection)
+    feeds each of its three destinations a third of its products. Sums of
+    integers (times one power of two) below 2**53 in float64, or at most
+    2**24 in float32 (``dtype``), are exact in any order, so every form
+    gives the same bits."""
+
+    def __init__(self, syn: Synapse, w: np.ndarray, device,
+                 dtype: torch.dtype = torch.float64) -> None:
         r, k = syn.rows.shape
+        c, out = w.shape[0], syn.out
+        # (one channel stays where none is read: the pick zeroes it all)
+        used = np.unique(out[out >= 0] % c) if (out >= 0).any() else [0]
+        if len(used) < c:
+            at = np.zeros(c, np.int64)
+            at[used] = np.arange(len(used))
+            row, ch = np.divmod(np.maximum(out, 0), c)
+            out = np.where(out >= 0, row * len(used) + at[ch], -1)
+            w = w[used]
         rows = torch.as_tensor(syn.rows, device=device)
         self.rows = None if np.array_equal(
             syn.rows.ravel(), np.arange(r * k)) else rows
         self.r, self.k = r, k
-        self.w = _tensor(w.T, device)
-        out = torch.as_tensor(syn.out, device=device)
+        self.w = torch.as_tensor(np.asarray(w, np.float64).T, dtype=dtype,
+                                 device=device)
         self.out = None if np.array_equal(
-            syn.out, np.arange(r * w.shape[0])) else out
+            out, np.arange(r * w.shape[0])) else torch.as_tensor(
+                out, device=device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
+        x = x.to(self.w.dtype)  # fixed traces are float32 (exact)
         if self.rows is None:
             g = x[:, :self.r * self.k].reshape(n, self.r, self.k)
         else:
@@ -164,6 +217,46 @@ def _round(x: torch.Tensor) -> torch.Tensor:
     return x.abs().add_(0.5).floor_().mul_(x.sign())
 
 
+def _round_to_int(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_round` as int32, overwriting ``x``: the cast truncates toward
+    zero, so ``x + sign(x) / 2`` rounds half away from zero where that sum
+    is exact, which the caller proves, as it proves ``|x| < 2**30``. Two
+    passes and a cast to 4-byte integers: every full-size temporary costs
+    its page faults on first touch, as much as a pass."""
+    return x.add_(x.sign(), alpha=0.5).int()
+
+
+def _f32_products_exact(device: torch.device) -> bool:
+    """Whether float32 matrix products on ``device`` round like IEEE
+    float32 (no TF32 or bfloat16 inner products), as the float32 path's
+    exactness proof assumes."""
+    try:
+        if device.type == "cuda":
+            if torch.backends.cuda.matmul.allow_tf32:
+                return False
+            precision = torch.backends.cuda.matmul.fp32_precision
+        else:
+            precision = torch.backends.mkldnn.matmul.fp32_precision
+        if precision == "none":  # inherits the global setting
+            precision = torch.backends.fp32_precision
+    except (AttributeError, RuntimeError):  # unknown or mixed settings
+        return False
+    return precision in ("none", "ieee")
+
+
+def _exact_in_f32(bound: float, step: float) -> bool:
+    """Whether float32 holds exactly every multiple of ``step`` (a power of
+    two) up to ``bound`` and, where ``step < 1``, plus the half that
+    :func:`_round_to_int` adds (an integral accumulator is cast without
+    it): at most 2**24 multiples, and ``step`` well inside float32's normal
+    range, so that no flush of denormals can touch it."""
+    if not 2.0 ** -100 <= step <= 2.0 ** 100:
+        return False
+    if step >= 1:
+        return bound / step <= EXACT_F32
+    return (bound + 0.5) / step <= EXACT_F32
+
+
 class Engine:
     """Evaluate a Plan on batches with torch.
 
@@ -181,6 +274,12 @@ class Engine:
     ValueError
         If ``mode`` is unknown or bit-exactness cannot be proven for the
         network's weights and scales.
+
+    Notes
+    -----
+    Fixed mode's float32 products need IEEE float32 matrix products; where
+    TF32 or bfloat16 products are allowed (``torch.backends`` precision
+    settings, read at every call) every product runs in float64 instead.
     """
 
     def __init__(self, plan: ty.Any, mode: str = "fixed",
@@ -191,20 +290,25 @@ class Engine:
         self.plan, self.mode = plan, mode
         self.device = torch.device(device)
         self._tables(plan.B, plan.T)
-        self.layers, self.bias_saturated = {}, {}
-        for layer in plan.layers[1:]:
+        self.layers, self.bias_saturated, self.bias_max = {}, {}, {}
+        # fixed: largest |rounded accumulator| a layer can reach, in state
+        # units (the float32 products, int32 rows and saturation counts
+        # follow from it)
+        self.reach = {}
+        # fixed: layers whose accumulator is an integer (weights of even
+        # multiples of 2**(e - 12) >= 1/2): rounding is the identity
+        self.integral = set()
+        # last layer (index) that reads each trace: freed after it
+        self.last_read = {}
+        for i, layer in enumerate(plan.layers[1:]):
             op = plan.attention_of(layer.name)
+            srcs = (op.x, op.y, op.v) if op is not None else \
+                [s.src for s in layer.synapses]
+            self.last_read.update((src, i) for src in srcs)
             if op is not None:
                 self.layers[layer.name] = self._attention_layer(op)
-                continue
-            # each input adds at most |w| * 4096 (trace of step 0)
-            self._prove(sum(float(np.abs(s.weight).sum(-1).max(initial=0))
-                            for s in layer.synapses) * 4096.0, layer.name)
-            synapses = [_Synapse(s, self._weights(s.weight,
-                                                  layer.weight_exp),
-                                 self.device) for s in layer.synapses]
-            self.layers[layer.name] = (synapses,
-                                       self._bias(layer.name, layer.bias))
+            else:
+                self.layers[layer.name] = self._dense_layer(layer)
 
     # ----------------------------------------------------------- utilities
     def _tensor(self, a) -> torch.Tensor:
@@ -218,6 +322,15 @@ class Engine:
             woss = fixed.woss_thresholds(B, T).astype(np.float64)
             woss_unit = log_b * (1 << fixed.STATE_FRAC_BITS)
             self._neuron_luts(fixed.threshold_table(B, T), gains)
+            # the softmax's trace of every integer input from one below the
+            # last threshold (silent) to 0: one gather instead of the fire
+            # step's estimate, corrections and trace lookup
+            self.woss_low = int(woss[-1]) - 1
+            d = np.arange(self.woss_low, 1)
+            steps = T - np.searchsorted(woss[::-1], d, side="right")
+            self.woss_trace = torch.as_tensor(
+                np.append(gains, 0.0)[steps], dtype=torch.float32,
+                device=self.device)
         else:
             steps = np.arange(T, dtype=np.float64)
             gains = B ** -steps
@@ -227,25 +340,31 @@ class Engine:
             # |v| >= c_B B**-m  <=>  m >= (ln c_B - ln |v|) / ln B
             self.neuron_steps = _FallingThresholds(
                 threshold_factor(B) * B ** -steps,
-                lambda a: (log_c - a.log()).div_(log_b).ceil_(), self.device)
+                lambda a: a.log().mul_(-1.0 / log_b).add_(
+                    log_c / log_b - LOWER).ceil_(), self.device, low=True)
         self.gains = self._tensor(np.append(gains, 0.0))
-        # d >= -(m + 1/2) ln B  <=>  m >= -d / ln B - 1/2
+        # d >= -(m + 1/2) ln B  <=>  m >= -d / ln B - 1/2; fixed mode's
+        # thresholds are rounded to integers, up to half a unit off that
+        # line (a share of a step that grows as B nears 1): two comparisons
+        low = self.mode == "float"
         self.woss_steps = _FallingThresholds(
-            woss, lambda d: (-d).div_(woss_unit).sub_(0.5).ceil_(),
-            self.device)
+            woss, lambda d: (-d).div_(woss_unit).sub_(
+                0.5 + (LOWER if low else 0.0)).ceil_(), self.device, low)
 
     def _neuron_luts(self, thresholds: np.ndarray, gains: np.ndarray):
         """Fixed mode: every integer membrane in [-theta_0, theta_0] (a
-        larger magnitude fires at step 0) indexes its trace and fire step."""
+        larger magnitude fires at step 0) indexes its trace and fire step,
+        at row ``v + theta_0``. Fixed membranes are held as that row (int64,
+        unclamped), so a lookup is one clamp and one gather."""
         top = int(thresholds[0])
         v = np.arange(-top, top + 1)
         steps = len(thresholds) - np.searchsorted(thresholds[::-1], np.abs(v),
                                                   side="right")
         trace = np.sign(v) * np.append(gains, 0.0)[steps]
-        self.top = float(top)
+        self.top = top
         self.lut_steps = torch.as_tensor(steps, device=self.device)
-        # float32 holds the 13-bit traces exactly and halves the table, so
-        # it stays in cache
+        # float32 holds the 13-bit traces exactly, halves the table (so it
+        # stays in cache) and feeds the float32 products directly
         self.lut_trace = {
             unipolar: torch.as_tensor(t, dtype=torch.float32,
                                       device=self.device)
@@ -261,22 +380,57 @@ class Engine:
         return fixed.dequantize_weights(dense, exp)
 
     def _bias(self, name: str, bias_norm: np.ndarray) -> torch.Tensor:
+        """Float: the bias in units of sigma. Fixed: the saturated state
+        bias plus theta_0, so that adding it to the rounded accumulator
+        gives the membrane's table row (see :meth:`_neuron_luts`)."""
         if self.mode == "float":
             return self._tensor(bias_norm)
         state, self.bias_saturated[name] = fixed.to_state(bias_norm)
-        return self._tensor(state)
+        self.bias_max[name] = int(np.abs(state).max(initial=0))
+        return torch.as_tensor(state + self.top, dtype=torch.int32,
+                               device=self.device)
 
     def _prove(self, bound: float, name: str,
-               limit: float = min(fixed.ACC_MAX, EXACT)) -> None:
+               limit: float = min(fixed.ACC_MAX, EXACT),
+               unit: float = 1.0) -> None:
         """Refuse a layer whose accumulator could reach ``bound`` >= 2**47
-        (it could saturate mid-window) or leave float64's exact range."""
+        (it could saturate mid-window) or leave float64's exact range, or
+        whose membrane (``bound * unit`` in state units) could overflow the
+        int64 it is rounded into."""
         if self.mode == "float":
             return
-        if bound >= limit:
+        if bound >= limit or bound * unit >= 2.0 ** 62:
             raise ValueError(
                 f"{name}: a sum may reach {bound:.3g}, beyond {limit:.3g}, "
                 "where saturation would depend on spike order; the engine "
                 "cannot reproduce fixed_pt bit for bit")
+
+    def _dense_layer(self, layer) -> dict:
+        """Synapses of a layer, each in float32 where fixed mode proves it
+        exact (and in float64 too, for full-precision fallback), and
+        whether the layer's summed accumulator is exact in float32."""
+        # each input adds at most |w| * 4096 (trace of step 0)
+        bounds = [float(np.abs(s.weight).sum(-1).max(initial=0)) * 4096.0
+                  for s in layer.synapses]
+        # state units per accumulator unit; Dense mantissas 2k are even
+        unit = 2.0 ** (layer.weight_exp - fixed.GAIN_FRAC_BITS)
+        self._prove(sum(bounds), layer.name, unit=unit)
+        self.reach[layer.name] = sum(bounds) * unit
+        if 2 * unit >= 1:
+            self.integral.add(layer.name)
+        synapses = []
+        for s, bound in zip(layer.synapses, bounds):
+            w = self._weights(s.weight, layer.weight_exp)
+            f32 = self.mode == "fixed" and _exact_in_f32(bound * unit,
+                                                         2 * unit)
+            synapses.append(dict(
+                f64=_Synapse(s, w, self.device),
+                f32=_Synapse(s, w, self.device, torch.float32)
+                if f32 else None))
+        return dict(synapses=synapses, bias=self._bias(layer.name,
+                                                       layer.bias),
+                    sum_f32=self.mode == "fixed" and
+                    _exact_in_f32(sum(bounds) * unit, 2 * unit))
 
     def _attention_layer(self, op):
         t = self._tensor
@@ -284,9 +438,13 @@ class Engine:
         # softmax spikes times 4096 * 4096 (output), times its weight; a
         # step's product current at most twice K (or M) times 4096
         g = float(1 << fixed.GAIN_FRAC_BITS)
-        for w, k, name in ((op.qk, self.plan[op.x].shape[-1], ":logits"),
-                           (op.av, self.plan[op.v].shape[-2], "")):
-            self._prove(np.abs(w).max() * k * g * g, op.out + name)
+        for w, exp, k, name in (
+                (op.qk, op.qk_exp, self.plan[op.x].shape[-1], ":logits"),
+                (op.av, op.av_exp, self.plan[op.v].shape[-2], "")):
+            unit = 2.0 ** (exp - 2 * fixed.GAIN_FRAC_BITS)
+            self._prove(np.abs(w).max() * k * g * g, op.out + name,
+                        unit=unit)
+            self.reach[op.out + name] = np.abs(w).max() * k * g * g * unit
             self._prove(np.abs(w).max() * 2 * k * g, op.out + name +
                         " (product current)", INT32_MAX)
         if self.mode == "fixed" and np.abs(op.logit_scale).max() >= 2 ** (
@@ -306,8 +464,16 @@ class Engine:
 
     # ------------------------------------------------------------- forward
     @torch.no_grad()
-    def __call__(self, x: ty.Any) -> EngineResult:
-        """Run a batch (batch, *sample_shape) and return logits and spikes.
+    def __call__(self, x: ty.Any, record: bool = True) -> EngineResult:
+        """Run a batch (batch, *sample_shape).
+
+        Parameters
+        ----------
+        x : array_like or torch.Tensor
+        record : bool
+            Keep every layer's membrane, so that the result can decode
+            spikes (``steps``, ``signs``); False keeps only the logits and
+            the saturation counts (see the module docstring for memory).
         """
         plan = self.plan
         first = plan[plan.input]
@@ -318,96 +484,151 @@ class Engine:
             x = check_batch("x", x.cpu(), first.shape)
         x = torch.as_tensor(x, dtype=torch.float64, device=self.device)
         n = len(x)
+        fixed_mode = self.mode == "fixed"
+        f32 = fixed_mode and _f32_products_exact(self.device)
         u = x.reshape(n, -1) / self._tensor(first.scale)
-        if self.mode == "fixed":  # to_state, saturated below with the rest
-            u = _round(u * float(1 << fixed.STATE_FRAC_BITS))
-        # per layer: membrane and kind (decoded to spikes on demand),
-        # membrane before saturation (counted on demand), trace
+        saturated = torch.zeros(n, dtype=torch.int64, device=self.device)
+        if fixed_mode:  # to_state; beyond 2**30 only "saturated" matters
+            u = _round_to_int(u.mul_(float(1 << fixed.STATE_FRAC_BITS))
+                              .clamp_(-INT_LIMIT, INT_LIMIT)).add_(self.top)
+            saturated += self._saturated(u)
+        # per layer: membrane and kind (decoded to spikes on demand), trace
         membranes = {first.name: (u, "bipolar")}
-        closed = {first.name: u}
         traces = {first.name: self._trace(u, False)}
-        for layer in plan.layers[1:]:
+        for i, layer in enumerate(plan.layers[1:]):
             op = plan.attention_of(layer.name)
             if op is not None:
-                self._attend(op, traces, membranes, closed)
-                continue
-            synapses, bias = self.layers[layer.name]
-            acc = torch.zeros((n, layer.size), dtype=torch.float64,
-                              device=self.device)
-            for syn, s in zip(synapses, layer.synapses):
-                acc += syn(traces[s.src])
-            v = self._close(acc, bias)
-            closed[layer.name] = v
-            if layer.kind == "readout":
-                if self.mode == "fixed":
-                    v = v.clamp(-fixed.STATE_MAX, fixed.STATE_MAX) * \
-                        2.0 ** -fixed.STATE_FRAC_BITS
-                logits = (v * self._tensor(layer.scale)).reshape(
-                    (n,) + layer.shape)
-                return EngineResult(logits, membranes, closed, self)
-            kind = "relu" if layer.kind == "relu" else "bipolar"
-            membranes[layer.name] = (v, kind)
-            traces[layer.name] = self._trace(v, kind == "relu")
+                saturated += self._attend(op, traces, membranes)
+            else:
+                a = self.layers[layer.name]
+                acc = None
+                for syn, s in zip(a["synapses"], layer.synapses):
+                    y = (syn["f32"] if f32 and syn["f32"] is not None
+                         else syn["f64"])(traces[s.src])
+                    if acc is None:
+                        acc = y if (f32 and a["sum_f32"]) or \
+                            y.dtype == torch.float64 else y.double()
+                    else:
+                        acc += y
+                v = self._close(acc, a["bias"], layer.name)
+                saturated += self._saturated(v, layer.name)
+                if layer.kind == "readout":
+                    return EngineResult(
+                        self._logits(v, layer), saturated,
+                        membranes if record else None, self)
+                kind = "relu" if layer.kind == "relu" else "bipolar"
+                membranes[layer.name] = (v, kind)
+                traces[layer.name] = self._trace(v, kind == "relu", record)
+            for src in [k for k in traces if self.last_read.get(k) == i]:
+                del traces[src]
+            if not record:
+                membranes.clear()
         raise AssertionError("no readout layer")
 
-    def _attend(self, op, traces, membranes, closed) -> None:
+    def _logits(self, v: torch.Tensor, layer) -> torch.Tensor:
+        """The readout's membrane (fixed: its table row, saturated here)
+        in the model's units, (batch, *out_shape)."""
+        n = v.shape[0]
+        if self.mode == "fixed":
+            v = (v - self.top).clamp_(
+                -fixed.STATE_MAX, fixed.STATE_MAX).double() * \
+                2.0 ** -fixed.STATE_FRAC_BITS
+        return (v * self._tensor(layer.scale)).reshape((n,) + layer.shape)
+
+    def _attend(self, op, traces, membranes) -> torch.Tensor:
+        """Run one attention; return its saturation counts."""
         a = self.layers[op.out]
         plan, name = self.plan, op.out
-        xs, ys, vs = (traces[k].view((-1,) + plan[k].shape)
+        # fixed: a logit sums products of two 13-bit traces, beyond
+        # float32's exact range
+        xs, ys, vs = (traces[k].double().view((-1,) + plan[k].shape)
                       for k in (op.x, op.y, op.v))
         n = xs.shape[0]
-        v = self._close(a["w_qk"] * (xs @ ys), a["bias"])
+        v = self._close(a["w_qk"] * (xs @ ys), a["bias"], op.logits)
+        saturated = self._saturated(v, op.logits)
         membranes[op.logits] = (v, "bipolar")
-        closed[op.logits] = v
         # WOSS: decoded logits, shift by the largest positive unmasked one
-        z = self._trace(v, False) * a["unit"]
+        z = self._trace(v, False).double() * a["unit"]
         if self.mode == "fixed":
             z = _round(z)
         z.masked_fill_(a["mask"], 0.0)
         d = z - z.amax(-1, keepdim=True).clamp_(min=0.0)
         d.masked_fill_(a["mask"], -math.inf)  # masked entries never fire
         membranes[op.softmax] = (d, "woss")
-        p = _lookup(self.gains, self.woss_steps(d))
+        if self.mode == "fixed":  # d: integers <= 0, or -inf (masked)
+            p = _lookup(self.woss_trace, d.clamp(self.woss_low, 0.0).sub_(
+                self.woss_low).int()).double()
+        else:
+            p = _lookup(self.gains, self.woss_steps(d))
         row_sum = p.sum(-1, keepdim=True)
-        out = self._close(a["w_av"] * (p @ vs), 0.0)
-        closed[name] = out.reshape(n, -1)
+        out = a["w_av"] * (p @ vs)
         if self.mode == "fixed":  # fixed.normalize: a row without spikes
             # has out = 0, and the exact quotient of integers below 2**53
             # rounds half away from zero as trunc((2 v 4096 +- r) / 2 r)
+            out = _round(out)
+            if self.reach[name] >= fixed.STATE_MAX:
+                saturated += (out.abs() > fixed.STATE_MAX).reshape(
+                    n, -1).sum(1)
             r = row_sum.clamp(min=1.0)
             out = out.clamp(-fixed.STATE_MAX, fixed.STATE_MAX)
             out = torch.copysign(r, out).add_(
-                out * float(2 << fixed.GAIN_FRAC_BITS)).div_(2 * r).trunc_()
+                out * float(2 << fixed.GAIN_FRAC_BITS)).div_(2 * r)
+            out = out.clamp_(-INT_LIMIT, INT_LIMIT).int().add_(self.top)
         else:
             out = out / torch.where(row_sum > 0, row_sum,
                                     torch.ones_like(row_sum))
         out = out.reshape(n, -1)
         membranes[name] = (out, "bipolar")
         traces[name] = self._trace(out, False)
+        return saturated
 
-    def _close(self, acc, bias) -> torch.Tensor:
+    def _close(self, acc, bias, name: str) -> torch.Tensor:
         """Membrane when the window closes (see fixed.close_window), before
         saturation: spikes do not need it, since every threshold lies far
-        below the 24-bit limit."""
+        below the 24-bit limit. Fixed: its table row (int32; a membrane
+        beyond 2**30 is clamped there, still saturated), rounded in place
+        (``acc`` is the caller's own); float32 accumulators come only from
+        products whose sums (and the rounding's half) are exact in
+        float32."""
         if self.mode == "float":
-            return acc + bias
-        return _round(acc).add_(bias)
+            return acc.add_(bias)
+        if self.reach[name] >= INT_LIMIT - 1:
+            acc = acc.clamp_(-INT_LIMIT, INT_LIMIT)
+        if name in self.integral:  # nothing to round: the cast is exact
+            return acc.int().add_(bias)
+        return _round_to_int(acc).add_(bias)
 
-    def _trace(self, v: torch.Tensor, unipolar: bool) -> torch.Tensor:
-        """``sign * G[step]`` (fixed) or ``sign * B**-step`` (float) of the
-        first spike of membrane ``v``; 0 where silent."""
+    def _saturated(self, v: torch.Tensor, name: ty.Optional[str] = None
+                   ) -> ty.Union[torch.Tensor, int]:
+        """Saturation events per sample of a fixed membrane (its table row)
+        outside 24 bits when its window closes, plus its saturated bias
+        (0 in float mode). Not counted where the layer's bound shows that
+        no membrane can leave 24 bits."""
+        if self.mode == "float":
+            return 0
+        if name is not None and self.reach[name] + 1 + \
+                self.bias_max[name] <= fixed.STATE_MAX:
+            return self.bias_saturated[name]
+        v = v.reshape(v.shape[0], -1)
+        out = torch.count_nonzero((v < self.top - fixed.STATE_MAX) |
+                                  (v > self.top + fixed.STATE_MAX), dim=1)
+        return out.add_(self.bias_saturated.get(name, 0))
+
+    def _trace(self, v: torch.Tensor, unipolar: bool,
+               keep: bool = True) -> torch.Tensor:
+        """``sign * G[step]`` (fixed: float32, from the membrane's table
+        row) or ``sign * B**-step`` (float) of the first spike of membrane
+        ``v``; 0 where silent. ``keep=False`` lets it overwrite ``v``
+        (one full-size temporary fewer)."""
         if self.mode == "fixed":
-            return _lookup(self.lut_trace[unipolar],
-                           self._lut_index(v)).double()
+            row = v.clamp(0, 2 * self.top) if keep else \
+                v.clamp_(0, 2 * self.top)
+            return _lookup(self.lut_trace[unipolar], row)
         sign = torch.sign(v)
         if unipolar:
             sign.clamp_(min=0.0)
-        return _lookup(self.gains, self.neuron_steps(v.abs())).mul_(sign)
-
-    def _lut_index(self, v: torch.Tensor) -> torch.Tensor:
-        """Fixed mode: the table row of integer membrane ``v`` (a magnitude
-        beyond theta_0 fires at step 0, like theta_0 itself)."""
-        return v.clamp(-self.top, self.top).add_(self.top).int()
+        magnitude = v.abs() if keep else v.abs_()
+        return _lookup(self.gains, self.neuron_steps(magnitude)).mul_(sign)
 
     def _decode(self, v: torch.Tensor, kind: str):
         """Fire steps (-1 = silent) and signs, (batch, size), from a stored
@@ -417,7 +638,8 @@ class Engine:
             step = self.woss_steps(v)
             sign = torch.ones_like(v)
         elif self.mode == "fixed":
-            step = _lookup(self.lut_steps, self._lut_index(v))
+            step = _lookup(self.lut_steps, v.clamp(0, 2 * self.top))
+            v = (v - self.top).double()
             sign = torch.sign(v)
         else:
             step = self.neuron_steps(v.abs())
@@ -427,13 +649,3 @@ class Engine:
             silent |= v <= 0
         return (step.masked_fill(silent, -1),
                 sign.masked_fill(silent, 0.0))
-
-    def _saturated(self, closed, n: int) -> torch.Tensor:
-        """Saturation events per sample: membranes (and the encoder's state)
-        outside 24 bits when their window closes, plus saturated biases."""
-        count = torch.zeros(n, dtype=torch.int64, device=self.device)
-        if self.mode == "fixed":
-            for name, v in closed.items():
-                count += (v.abs() > fixed.STATE_MAX).reshape(n, -1).sum(1) \
-                    + self.bias_saturated.get(name, 0)
-        return count

@@ -6,8 +6,10 @@ import torch
 from lava.magma.core.run_configs import Loihi2SimCfg
 
 from conftest import TAGS
+from lava_spiked import engine as engine_module
 from lava_spiked import fixed
-from lava_spiked.engine import Engine, _round, _Synapse
+from lava_spiked.engine import (Engine, _exact_in_f32, _round,
+                                _round_to_int, _Synapse)
 from lava_spiked.models import DigitsViT, digits_splits, load_default
 from lava_spiked.network import convert
 from lava_spiked.plan import Synapse
@@ -103,15 +105,28 @@ def test_fixed_fire_steps_equal_the_step_by_step_neuron_for_every_state():
     for kind in ("bipolar", "relu"):
         want_step, want_sign = fixed.first_spike(v, thresholds,
                                                  kind == "relu")
-        step, sign = eng._decode(torch.as_tensor(v[None], dtype=torch.float64),
-                                 kind)
+        row = torch.as_tensor(v + top)  # fixed membranes are table rows
+        step, sign = eng._decode(row[None], kind)
         np.testing.assert_array_equal(step[0].numpy(), want_step)
         np.testing.assert_array_equal(sign[0].numpy(), want_sign)
-        trace = eng._trace(torch.as_tensor(v, dtype=torch.float64),
-                           kind == "relu")
+        trace = eng._trace(row, kind == "relu")
         np.testing.assert_array_equal(
             trace.numpy(), np.where(want_step >= 0,
                                     want_sign * gains[want_step], 0))
+
+
+def test_fixed_softmax_traces_equal_its_fire_steps_for_every_input():
+    """Exhaustive over the integer WOSS inputs where the table matters (and
+    beyond): the trace table gives G at the fire step that the threshold
+    count finds, 0 where silent."""
+    net, _ = _small_net()
+    eng = Engine(net, "fixed")
+    d = np.arange(eng.woss_low - 5, 1, dtype=np.float64)
+    want = eng.gains[eng.woss_steps(torch.as_tensor(d))].numpy()
+    row = np.clip(d, eng.woss_low, 0) - eng.woss_low
+    np.testing.assert_array_equal(
+        eng.woss_trace[torch.as_tensor(row).long()].numpy(), want)
+    assert want[0] == 0 and want[-1] == 4096
 
 
 @pytest.mark.parametrize("mode", ["fixed", "float"])
@@ -183,3 +198,117 @@ def test_synapse_equals_the_integer_product(structure):
     assert (got.shape[1], _Synapse(syn, w, "cpu").rows is None) == (
         len(out), structure == "plain")
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_float32_products_are_exact_up_to_their_bound():
+    """At the largest row sum the float32 proof admits (mantissas at +-127,
+    traces at +-4096), the float32 product and its rounding equal the int64
+    product and fixed.round_shift; one more unit of row sum is refused."""
+    rng = np.random.default_rng(4)
+    exp = 8  # Dense unit 2**(e - 11) = 1/8: a rounding half is 4 units
+    unit = 2.0 ** (exp - fixed.GAIN_FRAC_BITS)
+    k = np.full((3, 33), fixed.WEIGHT_MANT_MAX)
+    k[:, -1] = 4095 - 32 * fixed.WEIGHT_MANT_MAX  # row sum |k| = 4095
+    k[1] *= -1
+    k[2, ::2] *= -1
+    w = 2 * k
+    bound = 4095 * 4096 * 2.0
+    assert _exact_in_f32(bound * unit, 2 * unit)
+    assert not _exact_in_f32((bound + 2 * 4096) * unit, 2 * unit)
+    r = 4
+    syn = Synapse("src", np.arange(r * 33).reshape(r, 33),
+                  w.astype(np.int32), np.arange(r * 3))
+    g = 4096
+    x = np.concatenate([np.full((1, r * 33), g), np.full((1, r * 33), -g),
+                        np.sign(rng.normal(size=(6, r * 33))) * g,
+                        rng.integers(-g, g + 1, (8, r * 33))])
+    x = np.concatenate([x, x[:, ::-1]])
+    want = syn.apply(x)  # int64 accumulator
+    assert np.abs(want).max() == 4095 * 4096 * 2
+    fast = _Synapse(syn, w * unit, "cpu", torch.float32)
+    got = fast(torch.as_tensor(x, dtype=torch.float32))
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.double().numpy(), want * unit)
+    # the engine's rounding of that accumulator, and of every tie near it
+    acc = np.concatenate([want.ravel(), 2 * np.arange(-4100, 4100) + 1,
+                          [bound - 4, -bound + 4, bound - 3]]).astype(
+        np.int64)
+    np.testing.assert_array_equal(
+        _round_to_int(torch.as_tensor(acc * unit, dtype=torch.float32))
+        .numpy(), fixed.round_shift(acc, fixed.GAIN_FRAC_BITS - exp))
+
+
+def _extreme_net():
+    """The small network with most mantissas at +-254 (|k| = 127): every
+    synapse still proves its float32 product exact."""
+    net, x = _small_net()
+    rng = np.random.default_rng(5)
+    for layer in net.plan.layers[1:]:
+        for s in layer.synapses:
+            extreme = rng.random(s.weight.shape) < 0.7
+            s.weight = np.where(
+                extreme, np.where(rng.random(s.weight.shape) < 0.5, -254,
+                                  254), s.weight).astype(np.int32)
+    return net, x
+
+
+def test_fixed_float32_path_equals_float64_path_and_golden(monkeypatch):
+    """On weights at the mantissa extremes, with and without saturation,
+    the float32 path (taken: asserted) gives the float64 path's bits and the
+    integer golden model's logits."""
+    net, x = _extreme_net()
+    rng = np.random.default_rng(6)
+    x = np.concatenate([x, rng.uniform(-3, 3, (4, 1, 8, 8)), x[:1] * 400])
+    fast = Engine(net, "fixed")
+    dense = [a for a in fast.layers.values() if "synapses" in a]
+    assert all(s["f32"] is not None for a in dense for s in a["synapses"])
+    assert any(a["sum_f32"] for a in dense)
+    got = fast(x)
+    for a in dense:  # float32 products summed in float64
+        a["sum_f32"] = False
+    mixed = fast(x)
+    monkeypatch.setattr(engine_module, "_f32_products_exact",
+                        lambda device: False)
+    want = Engine(net, "fixed")(x)
+    np.testing.assert_array_equal(got.logits.numpy(), want.logits.numpy())
+    np.testing.assert_array_equal(mixed.logits.numpy(), want.logits.numpy())
+    np.testing.assert_array_equal(got.saturated.numpy(),
+                                  want.saturated.numpy())
+    assert int(got.saturated[-1]) > 0
+    for name in want.steps:
+        np.testing.assert_array_equal(got.steps[name].numpy(),
+                                      want.steps[name].numpy(), name)
+    for i in range(4):
+        np.testing.assert_array_equal(got.logits[i].numpy(),
+                                      net.golden_fixed(x[i]))
+
+
+def test_float32_products_only_in_ieee_precision():
+    """TF32 or bfloat16 matrix products (a backend setting) would break the
+    exactness proof: the engine then runs every product in float64."""
+    cpu = torch.device("cpu")
+    assert engine_module._f32_products_exact(cpu)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    try:
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        assert not engine_module._f32_products_exact(cpu)
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+
+
+@pytest.mark.parametrize("mode", ["fixed", "float"])
+def test_unrecorded_run_keeps_logits_and_counts(mode):
+    """record=False gives the same logits and saturation counts and no
+    spikes; a fused weight is trimmed to the channels its layer reads."""
+    net, x = _small_net()
+    x = np.concatenate([x, x[:1] * 400])
+    eng = Engine(net, mode)
+    full, bare = eng(x), eng(x, record=False)
+    np.testing.assert_array_equal(bare.logits.numpy(), full.logits.numpy())
+    np.testing.assert_array_equal(bare.saturated.numpy(),
+                                  full.saturated.numpy())
+    with pytest.raises(ValueError, match="record=True"):
+        bare.steps
+    op = net.plan.attention[0]
+    syn = eng.layers[op.x]["synapses"][0]["f64"]
+    assert syn.w.shape[1] < net.plan[op.x].synapses[0].weight.shape[0]
