@@ -69,8 +69,9 @@ def groups(graph: Graph, granularity: str = "channel"
         order = np.lexsort((idx, label))
         idx, label = idx[order], label[order]
         same = label[1:] == label[:-1]
-        edges.append((offset[name] + idx[:-1][same],
-                      offset[name] + idx[1:][same]))
+        # int32 node ids (neurons < 2**31): half the memory of int64
+        edges.append(((offset[name] + idx[:-1][same]).astype(np.int32),
+                      (offset[name] + idx[1:][same]).astype(np.int32)))
 
     def along(name: str, axis: int) -> None:
         idx = np.arange(sizes[name]).reshape(shapes[name])
@@ -94,9 +95,10 @@ def groups(graph: Graph, granularity: str = "channel"
     if granularity == "tensor":
         for name, size in sizes.items():
             link(name, np.arange(size), np.zeros(size, np.int64))
-    a = np.concatenate([e[0] for e in edges] + [np.zeros(0, np.int64)])
-    b = np.concatenate([e[1] for e in edges] + [np.zeros(0, np.int64)])
-    adj = scipy.sparse.coo_matrix((np.ones(len(a)), (a, b)),
+    a = np.concatenate([e[0] for e in edges] + [np.zeros(0, np.int32)])
+    b = np.concatenate([e[1] for e in edges] + [np.zeros(0, np.int32)])
+    del edges
+    adj = scipy.sparse.coo_matrix((np.ones(len(a), np.int8), (a, b)),
                                   shape=(total, total))
     n, labels = scipy.sparse.csgraph.connected_components(adj,
                                                           directed=False)
@@ -143,25 +145,27 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
     labels, n_groups = groups(graph, granularity)
     shape = graph[graph.input].shape
     stats: ty.Dict[str, ty.List[np.ndarray]] = {}
+
+    def update(name: str, v: torch.Tensor) -> None:
+        """Reduce one population's values as soon as they exist."""
+        v = v.abs()
+        if not torch.isfinite(v).all():
+            raise ValueError(
+                f"{name}: activations are NaN or infinite on the "
+                "calibration data; the model overflows or divides by "
+                "zero there")
+        v = v.numpy()
+        if statistic == "max":
+            v = v.max(0, keepdims=True)
+            if name in stats:
+                v = np.maximum(v, stats[name][0])
+            stats[name] = [v]
+        else:
+            stats.setdefault(name, []).append(v.astype(np.float32))
+
     for x in tqdm(batches(data, shape, batch_size, "calibration_data"),
                   desc="calibrating", disable=not progress, leave=False):
-        record: ty.Dict[str, ty.List[torch.Tensor]] = {}
-        evaluate(graph, x, record)
-        for name, (v,) in record.items():
-            v = v.abs()
-            if not torch.isfinite(v).all():
-                raise ValueError(
-                    f"{name}: activations are NaN or infinite on the "
-                    "calibration data; the model overflows or divides by "
-                    "zero there")
-            v = v.numpy()
-            if statistic == "max":
-                v = v.max(0, keepdims=True)
-                if name in stats:
-                    v = np.maximum(v, stats[name][0])
-                stats[name] = [v]
-            else:
-                stats.setdefault(name, []).append(v.astype(np.float32))
+        evaluate(graph, x, update)
     per_neuron = {
         name: (v[0][0] if statistic == "max" else
                np.percentile(np.concatenate(v), percentile, axis=0))

@@ -542,11 +542,11 @@ class _Capture:
                              _fill(a, 0.0, torch.float64))
                 parts.append((t, out, scale))
         if isinstance(bias, (list, tuple)):
-            return [Affine([dataclasses.replace(t, out=o[i], scale=s[i])
-                            for t, o, s in parts], b)
+            return [Affine(_live([dataclasses.replace(t, out=o[i], scale=s[i])
+                                  for t, o, s in parts]), b)
                     for i, b in enumerate(bias)]
-        return Affine([dataclasses.replace(t, out=o, scale=s)
-                       for t, o, s in parts], bias)
+        return Affine(_live([dataclasses.replace(t, out=o, scale=s)
+                             for t, o, s in parts]), bias)
 
     def elementwise(self, node, name, args):
         a, b = (args + (1,))[:2] if name == "neg" else args[:2]
@@ -809,6 +809,15 @@ def _direct(name: str, shape: ty.Tuple[int, ...]) -> Affine:
                   torch.zeros(shape, dtype=torch.float64))
 
 
+def _live(terms: ty.List[Term]) -> ty.List[Term]:
+    """The terms that feed some element: picking one item of a list (the
+    ``getitem`` after ``unbind``/``split``) leaves the other items' terms
+    with every ``out`` at -1, which would become empty synapses that still
+    store and multiply the whole weight."""
+    live = [t for t in terms if bool(((t.out >= 0) & (t.scale != 0)).any())]
+    return live or terms[:1]
+
+
 def _pop_shape(shape: ty.Tuple[int, ...], kind: str) -> ty.Tuple[int, ...]:
     """A population's shape: the value's at batch 1, without a leading
     batch axis; operands of products are (heads, rows, cols)."""
@@ -941,19 +950,25 @@ def _replace(args, kwargs, fn):
 
 
 def evaluate(graph: Graph, x: torch.Tensor,
-             record: ty.Optional[ty.Dict[str, ty.List[torch.Tensor]]] = None
+             record: ty.Optional[ty.Callable[[str, torch.Tensor], None]] = None
              ) -> torch.Tensor:
     """The captured network without quantisation, batched, in float64:
     the folded synapses, ReLU and exact softmax attention. It equals the
     model's output up to float rounding exactly when the capture is right.
 
-    With ``record``, appends each population's values (batch, size) (and
-    the logits of each attention, masked entries 0) under its name.
+    With ``record``, calls ``record(name, values)`` with each population's
+    values (batch, size) (and the logits of each attention, masked entries
+    0) as soon as they exist. Every value is dropped after its last reader,
+    so memory holds the live activations only (calibration reduces each one
+    in its callback).
     """
     n = len(x)
+    dead = _dead_after(graph)
     val = {graph.input: x.reshape(n, -1).double()}
+    if record is not None:
+        record(graph.input, val[graph.input])
     attention = {op.out: op for op in graph.attention}
-    for pop in graph.populations[1:]:
+    for i, pop in enumerate(graph.populations[1:], 1):
         op = attention.get(pop.name)
         if op is not None:
             xs, ys, vs = (val[p].reshape((n,) + graph[p].shape)
@@ -962,8 +977,7 @@ def evaluate(graph: Graph, x: torch.Tensor,
                 torch.from_numpy(op.bias)
             mask = torch.from_numpy(op.mask)
             if record is not None:
-                record.setdefault(op.logits, []).append(
-                    z.masked_fill(mask, 0.0).reshape(n, -1))
+                record(op.logits, z.masked_fill(mask, 0.0).reshape(n, -1))
             p = torch.softmax(z.masked_fill(mask, -math.inf), -1)
             val[pop.name] = torch.nan_to_num(p @ vs, nan=0.0).reshape(n, -1)
         else:
@@ -972,24 +986,51 @@ def evaluate(graph: Graph, x: torch.Tensor,
                 a = a + _apply(syn, val[syn.src])
             val[pop.name] = a.clamp(min=0.0) if pop.kind == "relu" else a
         if record is not None:
-            record.setdefault(pop.name, []).append(val[pop.name])
-    if record is not None:
-        record.setdefault(graph.input, []).append(val[graph.input])
+            record(pop.name, val[pop.name])
+        for name in dead.get(i, ()):
+            del val[name]
     out = graph[graph.output]
     return val[graph.output].reshape((n,) + out.shape)
+
+
+def _dead_after(graph: Graph) -> ty.Dict[int, ty.List[str]]:
+    """Population index -> the values no later population reads."""
+    last: ty.Dict[str, int] = {}
+    attention = {op.out: op for op in graph.attention}
+    for i, pop in enumerate(graph.populations[1:], 1):
+        op = attention.get(pop.name)
+        for src in (op.x, op.y, op.v) if op is not None else \
+                (syn.src for syn in pop.synapses):
+            last[src] = i
+    dead: ty.Dict[int, ty.List[str]] = {}
+    for name, i in last.items():
+        if name != graph.output:
+            dead.setdefault(i, []).append(name)
+    return dead
+
+
+def _is_arange(idx: np.ndarray) -> bool:
+    return bool(np.array_equal(idx.reshape(-1), np.arange(idx.size)))
 
 
 def _apply(syn: Synapse, x: torch.Tensor) -> torch.Tensor:
     """``syn`` applied to real source values ``x`` (batch, src size): the
     torch twin of :meth:`lava_spiked.plan.Synapse.apply`, so calibration
-    stays on torch tensors."""
-    rows = torch.as_tensor(syn.rows)
-    out = torch.as_tensor(syn.out)
+    stays on torch tensors. Identity index maps (a Linear reading a whole
+    population, a product taken whole) are views, not gathers."""
+    n, (r, k) = len(x), syn.rows.shape
     w = torch.as_tensor(syn.weight.T, dtype=x.dtype)
-    g = x.index_select(1, rows.clamp(min=0).reshape(-1)).reshape(
-        len(x), *rows.shape)
-    if (rows < 0).any():
-        g = g.masked_fill(rows < 0, 0.0)
-    y = (g @ w).reshape(len(x), -1)
+    if _is_arange(syn.rows):
+        g = x[:, :r * k].reshape(n, r, k)
+    else:
+        rows = torch.as_tensor(syn.rows)
+        g = x.index_select(1, rows.clamp(min=0).reshape(-1)).reshape(
+            n, r, k)
+        if (rows < 0).any():
+            g = g.masked_fill(rows < 0, 0.0)
+    y = (g @ w).reshape(n, -1)
+    if len(syn.out) == y.shape[1] and _is_arange(syn.out):
+        return y
+    out = torch.as_tensor(syn.out)
     y = y.index_select(1, out.clamp(min=0))
     return y.masked_fill(out < 0, 0.0) if (out < 0).any() else y

@@ -119,9 +119,9 @@ def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
     names = [p.name for p in net.graph.populations if p.kind != "readout"]
     names += [op.logits for op in net.graph.attention]
     n = result.logits.shape[0]
-    record: dict = {}
-    capture.evaluate(net.graph, torch.from_numpy(res["x"][:n]), record)
-    ann = {k: v[0].numpy() for k, v in record.items()}
+    ann: dict = {}
+    capture.evaluate(net.graph, torch.from_numpy(res["x"][:n]),
+                     lambda name, v: ann.__setitem__(name, v.numpy()))
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8))
     for ax, key in zip(np.atleast_1d(axes), names):
         snn = phase.decode(result.steps[key].cpu().numpy(),
