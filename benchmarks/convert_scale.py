@@ -237,6 +237,7 @@ def worker(name: str, cfg: dict, repeats: int, profile: bool) -> dict:
     from lava_spiked.capture import capture
     from lava_spiked.engine import Engine
     from lava_spiked.network import SpikingNetwork
+    from lava_spiked.plan import lower
 
     import faulthandler
     import signal
@@ -281,7 +282,7 @@ def worker(name: str, cfg: dict, repeats: int, profile: bool) -> dict:
     c2, t2 = time.process_time(), time.perf_counter()
     res["calibrate_peak_mb"] = peak_mb()
     log(name, "lower")
-    net = SpikingNetwork(graph, sigmas, 1.15, 40)
+    net = SpikingNetwork(lower(graph, sigmas, 1.15, 40), graph, sigmas)
     c3, t3 = time.process_time(), time.perf_counter()
     log(name, "converted")
     res.update(capture_cpu_s=c1 - c0, calibrate_cpu_s=c2 - c1,

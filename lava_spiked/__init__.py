@@ -21,7 +21,7 @@ import typing as ty
 
 __version__ = "0.1.0"
 
-_LAZY = {"convert": "lava_spiked.network", "SpikingNetwork":
+_LAZY = {"convert": "lava_spiked.conversion", "SpikingNetwork":
          "lava_spiked.network", "Engine": "lava_spiked.engine",
          "UnsupportedModelError": "lava_spiked.capture",
          "Plan": "lava_spiked.plan", "verify": "lava_spiked.verification"}

@@ -31,7 +31,7 @@ from lava_spiked import capture, phase  # noqa: E402
 from lava_spiked.energy import energy  # noqa: E402
 from lava_spiked.engine import Engine  # noqa: E402
 from lava_spiked.models import digits_splits, load_default  # noqa: E402
-from lava_spiked.network import convert  # noqa: E402
+from lava_spiked.conversion import convert  # noqa: E402
 from lava_spiked.validation import (check_base, check_count,  # noqa: E402
                                     check_steps, cli_type)
 

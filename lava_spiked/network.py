@@ -1,12 +1,11 @@
-"""Convert a PyTorch transformer and run it as a Lava network.
+"""A converted network: its Plan, and its Lava processes once run.
 
-``convert(model, calibration_data, B=1.15, T=40)`` captures the model,
-calibrates it and lowers it into a :class:`~lava_spiked.plan.Plan`; the
-returned :class:`SpikingNetwork` builds its Lava processes only when a Lava
-run is asked for, so converting a big model for the torch engine never pays
-for Lava::
+:func:`lava_spiked.convert` returns a :class:`SpikingNetwork`, and so does
+:func:`lava_spiked.export.load` (from a file, without torch). It builds its
+Lava processes only when a Lava run is asked for, so converting a big model
+for the torch engine never pays for Lava::
 
-    net = convert(model, calib_images)
+    net = lava_spiked.convert(model, calib_images)
     with net:                                  # always stops the processes
         logits = net.infer(test_images, Loihi2SimCfg(select_tag="fixed_pt"))
 
@@ -20,27 +19,32 @@ NormalizedPhaseNeuron wiring of :func:`lava_spiked.lava_build.wire_attention`.
 import typing as ty
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from lava_spiked import fixed, golden
-from lava_spiked.calibrate import calibrate
-from lava_spiked.capture import Graph, capture, evaluate
-from lava_spiked.plan import lower
-from lava_spiked.validation import check_base, check_batch, check_steps
+from lava_spiked.plan import Plan
+from lava_spiked.validation import check_batch
 
 
 class SpikingNetwork:
     """A converted model: its Plan, and its Lava processes once run.
 
-    Attributes
+    Parameters
     ----------
-    graph : Graph
-        The captured populations and attention operations.
-    sigmas : dict
-        Calibrated scale per population (and ``<attention>:logits``).
     plan : Plan
         What every backend runs.
+    graph : lava_spiked.capture.Graph, optional
+        The captured model it was lowered from (needed by :meth:`ann`;
+        absent when loaded from a file).
+    sigmas : dict, optional
+        Calibrated scale per population (and ``<attention>:logits``).
+    record : bool
+        Probe every layer's spikes in Lava.
+
+    Attributes
+    ----------
+    plan, graph, sigmas
+        As given.
     B, T, num_steps
         The code and the steps per sample.
     processes : dict
@@ -54,10 +58,10 @@ class SpikingNetwork:
         Var.get), so record small networks only.
     """
 
-    def __init__(self, graph: Graph, sigmas: ty.Dict[str, np.ndarray],
-                 B: float, T: int, record: bool = False) -> None:
-        self.graph, self.sigmas = graph, sigmas
-        self.plan = lower(graph, sigmas, B, T)
+    def __init__(self, plan: Plan, graph: ty.Any = None,
+                 sigmas: ty.Optional[ty.Dict[str, np.ndarray]] = None,
+                 record: bool = False) -> None:
+        self.plan, self.graph, self.sigmas = plan, graph, sigmas
         self.B, self.T = self.plan.B, self.plan.T
         self.num_steps = self.plan.num_steps
         self.record = record
@@ -77,6 +81,12 @@ class SpikingNetwork:
 
     def ann(self, samples: ty.Any) -> np.ndarray:
         """The captured network without quantisation (float64)."""
+        if self.graph is None:
+            raise ValueError("this network has no captured model (it was "
+                             "loaded from a file): no ANN to evaluate")
+        import torch
+
+        from lava_spiked.capture import evaluate
         x = check_batch("samples", samples, self.plan[self.plan.input].shape)
         return evaluate(self.graph, torch.from_numpy(x)).numpy()
 
@@ -159,65 +169,3 @@ class SpikingNetwork:
             self.stop()
         except Exception:  # interpreter shutdown: nothing left to stop
             pass
-
-
-def convert(model: torch.nn.Module, calibration_data: ty.Any,
-            B: float = 1.15, T: int = 40, statistic: str = "max",
-            percentile: float = 99.9, granularity: str = "channel",
-            output: ty.Union[int, str] = 0,
-            input_name: ty.Optional[str] = None, progress: bool = True,
-            record: bool = False) -> SpikingNetwork:
-    """Convert a PyTorch transformer into a phase-coded spiking network.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Built from supported operations (see :mod:`lava_spiked.capture`);
-        not changed.
-    calibration_data : array_like, torch.Tensor or iterable of batches
-        (n, *sample_shape) inputs for calibration, separate from the data
-        you evaluate on.
-    B, T : float, int
-        Base and window length of the phase code.
-    statistic, percentile, granularity
-        See :func:`lava_spiked.calibrate.calibrate`.
-    output : int or str
-        Which tensor of the model's output to convert: an index into its
-        flattened tuples, dicts, dataclasses or Hugging Face outputs, or a
-        key path such as ``"logits"``; default the first.
-    input_name : str, optional
-        The ``forward`` keyword that takes the data (e.g.
-        ``"inputs_embeds"``); default the first positional parameter.
-    record : bool
-        Probe every layer's spikes in Lava (``SpikingNetwork.recorded``).
-
-    Raises
-    ------
-    UnsupportedModelError
-        Listing every unsupported operation.
-    ValueError
-        On invalid B, T or calibration data.
-    """
-    check_base(B), check_steps(T)
-    first = next(iter(_first_batch(calibration_data)))
-    graph = capture(model, tuple(first.shape[1:]), output, input_name)
-    sigmas = calibrate(graph, calibration_data, statistic, percentile,
-                       granularity, progress=progress)
-    return SpikingNetwork(graph, sigmas, B, T, record)
-
-
-def _first_batch(data: ty.Any) -> ty.Iterator[np.ndarray]:
-    if isinstance(data, (np.ndarray, torch.Tensor)) or not hasattr(
-            data, "__iter__"):
-        arr = np.asarray(data.detach().cpu() if torch.is_tensor(data)
-                         else data)
-        if arr.ndim < 2 or arr.shape[0] == 0:
-            raise ValueError(f"calibration_data must be (n, *sample_shape) "
-                             f"with n > 0, got shape {arr.shape}")
-        yield arr
-        return
-    for batch in data:
-        yield np.asarray(batch[0] if isinstance(batch, (list, tuple))
-                         else batch)
-        return
-    raise ValueError("calibration_data is empty")

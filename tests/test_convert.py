@@ -19,7 +19,7 @@ from lava_spiked.capture import UnsupportedModelError, capture, evaluate
 from lava_spiked.engine import Engine
 from lava_spiked.models import (DigitsViT, TokenBatchNorm, digits_splits,
                                 load_default)
-from lava_spiked.network import convert
+from lava_spiked.conversion import convert
 
 
 def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -8,7 +8,7 @@ from lava_spiked import evaluate
 from lava_spiked.__main__ import main as lava_main
 from lava_spiked.energy import E_AC, E_MAC, energy
 from lava_spiked.engine import Engine
-from lava_spiked.network import convert
+from lava_spiked.conversion import convert
 
 
 def test_energy_counts_by_hand():

@@ -11,7 +11,7 @@ from lava_spiked import fixed
 from lava_spiked.engine import (Engine, _exact_in_f32, _round,
                                 _round_to_int, _Synapse)
 from lava_spiked.models import DigitsViT, digits_splits, load_default
-from lava_spiked.network import convert
+from lava_spiked.conversion import convert
 from lava_spiked.plan import Synapse
 
 MODES = {"fixed_pt": "fixed", "floating_pt": "float"}

@@ -1,0 +1,78 @@
+"""``convert``: a PyTorch transformer into a :class:`SpikingNetwork`.
+
+Capture (:mod:`lava_spiked.capture`), calibration
+(:mod:`lava_spiked.calibrate`) and lowering (:func:`lava_spiked.plan.lower`)
+in one call; the network runs in Lava, on the engine, or goes to a file.
+"""
+import typing as ty
+
+import numpy as np
+import torch
+
+from lava_spiked.calibrate import calibrate
+from lava_spiked.capture import capture
+from lava_spiked.network import SpikingNetwork
+from lava_spiked.plan import lower
+from lava_spiked.validation import check_base, check_steps
+
+
+def convert(model: torch.nn.Module, calibration_data: ty.Any,
+            B: float = 1.15, T: int = 40, statistic: str = "max",
+            percentile: float = 99.9, granularity: str = "channel",
+            output: ty.Union[int, str] = 0,
+            input_name: ty.Optional[str] = None, progress: bool = True,
+            record: bool = False) -> SpikingNetwork:
+    """Convert a PyTorch transformer into a phase-coded spiking network.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Built from supported operations (see :mod:`lava_spiked.capture`);
+        not changed.
+    calibration_data : array_like, torch.Tensor or iterable of batches
+        (n, *sample_shape) inputs for calibration, separate from the data
+        you evaluate on.
+    B, T : float, int
+        Base and window length of the phase code.
+    statistic, percentile, granularity
+        See :func:`lava_spiked.calibrate.calibrate`.
+    output : int or str
+        Which tensor of the model's output to convert: an index into its
+        flattened tuples, dicts, dataclasses or Hugging Face outputs, or a
+        key path such as ``"logits"``; default the first.
+    input_name : str, optional
+        The ``forward`` keyword that takes the data (e.g.
+        ``"inputs_embeds"``); default the first positional parameter.
+    record : bool
+        Probe every layer's spikes in Lava (``SpikingNetwork.recorded``).
+
+    Raises
+    ------
+    UnsupportedModelError
+        Listing every unsupported operation.
+    ValueError
+        On invalid B, T or calibration data.
+    """
+    check_base(B), check_steps(T)
+    first = next(iter(_first_batch(calibration_data)))
+    graph = capture(model, tuple(first.shape[1:]), output, input_name)
+    sigmas = calibrate(graph, calibration_data, statistic, percentile,
+                       granularity, progress=progress)
+    return SpikingNetwork(lower(graph, sigmas, B, T), graph, sigmas, record)
+
+
+def _first_batch(data: ty.Any) -> ty.Iterator[np.ndarray]:
+    if isinstance(data, (np.ndarray, torch.Tensor)) or not hasattr(
+            data, "__iter__"):
+        arr = np.asarray(data.detach().cpu() if torch.is_tensor(data)
+                         else data)
+        if arr.ndim < 2 or arr.shape[0] == 0:
+            raise ValueError(f"calibration_data must be (n, *sample_shape) "
+                             f"with n > 0, got shape {arr.shape}")
+        yield arr
+        return
+    for batch in data:
+        yield np.asarray(batch[0] if isinstance(batch, (list, tuple))
+                         else batch)
+        return
+    raise ValueError("calibration_data is empty")

@@ -1,0 +1,218 @@
+"""Save a Plan to a versioned HDF5 file and load it back, without torch.
+
+``save(plan, path)`` writes every number the network needs: per layer its
+shape, kind, scales, bias, window and weight exponent, per synapse the
+token-shared weight mantissas (stored once, with the two index maps that
+say which neurons they connect), per attention its trace-product mantissas,
+logit scale, bias, mask and schedule. ``load(path)`` returns a
+:class:`~lava_spiked.network.SpikingNetwork` that runs in Lava (and on the
+engine) exactly as the network that was saved; it imports neither torch nor
+lava-dl. The schema is documented in ``docs/export.md``.
+
+The layout follows lava-dl netx where it can (one group per layer in
+topological order, with ``type``-like ``kind``, ``shape``, ``weight``,
+``bias``) and carries its own format name and version, because netx has no
+node for graded phase spikes, spike x spike products or the WOSS softmax and
+silently skips types it does not know.
+"""
+import pathlib
+import typing as ty
+
+import h5py
+import numpy as np
+
+from lava_spiked.network import SpikingNetwork
+from lava_spiked.plan import (KINDS, Attention, Layer, Plan, Synapse,
+                              Window)
+from lava_spiked.validation import check_base, check_steps
+
+FORMAT = "lava-spiked plan"
+VERSION = 1
+
+
+class ExportError(ValueError):
+    """A file that is not a readable lava-spiked Plan of this version."""
+
+
+def save(plan: Plan, path: ty.Union[str, pathlib.Path]) -> None:
+    """Write ``plan`` (or a network's ``.plan``) to the HDF5 file ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the Plan uses a runtime input (reserved; not exportable yet).
+    """
+    plan = getattr(plan, "plan", plan)
+    if plan.runtime_inputs:
+        raise ValueError("Plans with runtime inputs cannot be exported yet")
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format=FORMAT, version=VERSION, B=plan.B, T=plan.T,
+                       num_steps=plan.num_steps, input=plan.input,
+                       output=plan.output, ann_macs=plan.ann_macs)
+        layers = f.create_group("layers")
+        for i, layer in enumerate(plan.layers):
+            g = layers.create_group(f"{i:04d}")
+            g.attrs.update(name=layer.name, kind=layer.kind,
+                           weight_exp=layer.weight_exp,
+                           window_start=layer.window.start,
+                           window_fire=layer.window.fire)
+            g["shape"] = np.asarray(layer.shape, np.int64)
+            g["scale"] = np.asarray(layer.scale, np.float64)
+            g["bias"] = np.asarray(layer.bias, np.float64)
+            synapses = g.create_group("synapses")
+            for j, syn in enumerate(layer.synapses):
+                s = synapses.create_group(f"{j:04d}")
+                s.attrs["src"] = syn.src
+                s["rows"] = np.asarray(syn.rows, np.int64)
+                s["weight"] = np.asarray(syn.weight, np.int32)
+                s["out"] = np.asarray(syn.out, np.int64)
+        attention = f.create_group("attention")
+        for k, op in enumerate(plan.attention):
+            a = attention.create_group(f"{k:04d}")
+            a.attrs.update(x=op.x, y=op.y, v=op.v, out=op.out,
+                           qk_exp=op.qk_exp, av_exp=op.av_exp,
+                           logit_start=op.logit_start)
+            a["qk"] = np.asarray(op.qk, np.int32)
+            a["av"] = np.asarray(op.av, np.int32)
+            a["logit_scale"] = np.asarray(op.logit_scale, np.float64)
+            a["logit_bias"] = np.asarray(op.logit_bias, np.float64)
+            a["mask"] = np.asarray(op.mask, bool)
+
+
+def load(path: ty.Union[str, pathlib.Path],
+         record: bool = False) -> SpikingNetwork:
+    """Read a file written by :func:`save` into a runnable network.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    record : bool
+        Probe every layer's spikes when run in Lava.
+
+    Raises
+    ------
+    ExportError
+        Naming the key (or the reason) when the file is not a complete,
+        consistent lava-spiked Plan of this version. Nothing is built then.
+    """
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ExportError(f"{path}: not a readable HDF5 file ({err})") \
+            from None
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise ExportError(f"{path}: not a lava-spiked Plan (attribute "
+                              f"'format' is {f.attrs.get('format')!r})")
+        if f.attrs.get("version") != VERSION:
+            raise ExportError(f"{path}: format version "
+                              f"{f.attrs.get('version')!r}; this lava-spiked "
+                              f"reads version {VERSION}")
+        try:
+            plan = _read(f)
+        except KeyError as err:
+            raise ExportError(f"{path}: missing {err.args[0]}") from None
+        except (TypeError, ValueError, OSError) as err:
+            raise ExportError(f"{path}: {err}") from None
+    return SpikingNetwork(plan, record=record)
+
+
+def _attr(group, key: str, kind: type):
+    if key not in group.attrs:
+        raise KeyError(f"attribute {group.name}:{key}")
+    value = group.attrs[key]
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(f"attribute {group.name}:{key} must be a "
+                            "string")
+        return value
+    if kind is int:
+        if not np.issubdtype(np.asarray(value).dtype, np.integer):
+            raise TypeError(f"attribute {group.name}:{key} must be an "
+                            "integer")
+        return int(value)
+    return float(value)
+
+
+def _array(group, key: str, kind: str, ndim: int,
+           size: ty.Optional[int] = None) -> np.ndarray:
+    """Dataset ``key``: numpy kind 'i' (integer), 'f' or 'b', ``ndim``
+    axes, and ``size`` elements where given."""
+    if key not in group:
+        raise KeyError(f"dataset {group.name}/{key}")
+    value = group[key][()]
+    where = f"dataset {group.name}/{key}"
+    if np.asarray(value).dtype.kind != kind:
+        raise TypeError(f"{where} has dtype {np.asarray(value).dtype}, "
+                        f"expected kind {kind!r}")
+    if np.ndim(value) != ndim or (size is not None and np.size(value)
+                                  != size):
+        raise ValueError(f"{where} has shape {np.shape(value)}, expected "
+                         f"{ndim} axes" + (f" and {size} elements"
+                                           if size is not None else ""))
+    return np.asarray(value)
+
+
+def _read(f) -> Plan:
+    layers: ty.List[Layer] = []
+    for key in sorted(f["layers"], key=int):
+        g = f["layers"][key]
+        shape = tuple(int(n) for n in _array(g, "shape", "i", 1))
+        size = int(np.prod(shape))
+        kind = _attr(g, "kind", str)
+        if kind not in KINDS:
+            raise ValueError(f"{g.name}: unknown kind {kind!r}")
+        synapses = []
+        for skey in sorted(g["synapses"], key=int):
+            s = g["synapses"][skey]
+            rows = _array(s, "rows", "i", 2)
+            weight = _array(s, "weight", "i", 2)
+            out = _array(s, "out", "i", 1, size)
+            src = _attr(s, "src", str)
+            if rows.shape[1] != weight.shape[1]:
+                raise ValueError(f"{s.name}: rows has {rows.shape[1]} inputs "
+                                 f"per row, weight {weight.shape[1]}")
+            sources = {layer.name: layer.size for layer in layers}
+            if src not in sources:
+                raise ValueError(f"{s.name}: source {src!r} is not an "
+                                 "earlier layer")
+            if rows.size and not -1 <= rows.min() <= rows.max() < \
+                    sources[src]:
+                raise ValueError(f"{s.name}/rows: indices outside the "
+                                 f"{sources[src]} neurons of {src!r}")
+            if out.size and not -1 <= out.min() <= out.max() < \
+                    len(rows) * len(weight):
+                raise ValueError(f"{s.name}/out: indices outside the "
+                                 f"{len(rows)} x {len(weight)} products")
+            synapses.append(Synapse(src, rows, weight, out))
+        layers.append(Layer(
+            _attr(g, "name", str), shape, kind,
+            _array(g, "scale", "f", 1, size), _array(g, "bias", "f", 1, size),
+            synapses, _attr(g, "weight_exp", int),
+            Window(_attr(g, "window_start", int),
+                   _attr(g, "window_fire", int))))
+    attention = []
+    names = {layer.name: layer for layer in layers}
+    for key in sorted(f["attention"], key=int):
+        a = f["attention"][key]
+        qk = _array(a, "qk", "i", 3)
+        for role in ("x", "y", "v", "out"):
+            if _attr(a, role, str) not in names:
+                raise ValueError(f"{a.name}: attribute {role} names no "
+                                 "layer")
+        if np.size(a["av"]) != names[_attr(a, "out", str)].size:
+            raise ValueError(f"{a.name}/av does not match its output layer")
+        attention.append(Attention(
+            _attr(a, "x", str), _attr(a, "y", str), _attr(a, "v", str),
+            _attr(a, "out", str), qk, _attr(a, "qk_exp", int),
+            _array(a, "av", "i", 3), _attr(a, "av_exp", int),
+            _array(a, "logit_scale", "f", 3, qk.size),
+            _array(a, "logit_bias", "f", 3, qk.size),
+            _array(a, "mask", "b", 3, qk.size), _attr(a, "logit_start", int)))
+    for key in ("input", "output"):
+        if _attr(f, key, str) not in names:
+            raise ValueError(f"attribute {key} names no layer")
+    return Plan(check_base(_attr(f, "B", float)),
+                check_steps(_attr(f, "T", int)), layers, attention,
+                _attr(f, "input", str), _attr(f, "output", str),
+                _attr(f, "num_steps", int), _attr(f, "ann_macs", float))

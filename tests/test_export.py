@@ -1,0 +1,176 @@
+"""Export: a Plan through an HDF5 file and back, bit for bit, without torch;
+bad files refused with the key named."""
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lava_spiked import convert, export
+from lava_spiked.engine import Engine
+from lava_spiked.models import digits_splits, load_default
+
+
+def _assert_same_plan(a, b):
+    """Every field of two Plans equal, arrays element for element and with
+    the same dtype kind."""
+    def same(x, y, where):
+        if dataclasses.is_dataclass(x):
+            for field in dataclasses.fields(x):
+                same(getattr(x, field.name), getattr(y, field.name),
+                     f"{where}.{field.name}")
+        elif isinstance(x, list):
+            assert len(x) == len(y), where
+            for i, (p, q) in enumerate(zip(x, y)):
+                same(p, q, f"{where}[{i}]")
+        elif isinstance(x, np.ndarray):
+            assert x.dtype.kind == np.asarray(y).dtype.kind, where
+            np.testing.assert_array_equal(x, y, err_msg=where)
+        else:
+            assert x == y, where
+    same(a, b, "plan")
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    splits = digits_splits()
+    return convert(load_default(), splits["calibration"][0],
+                   progress=False), splits["test"][0][:8]
+
+
+@pytest.fixture(scope="module")
+def encoder_net():
+    """Another shape: nn.TransformerEncoderLayer (its MHA) with BatchNorm
+    in place of LayerNorm, ReLU, mean pooling."""
+    class Norm(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(c)
+
+        def forward(self, x):
+            return self.bn(x.transpose(1, 2)).transpose(1, 2)
+
+    torch.manual_seed(3)
+    layer = nn.TransformerEncoderLayer(12, 3, 24, dropout=0.0,
+                                       batch_first=True)
+    layer.norm1, layer.norm2 = Norm(12), Norm(12)
+    model = nn.Sequential(layer, nn.Flatten(), nn.Linear(5 * 12, 4))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 5, 12))
+    data = torch.randn(24, 5, 12)
+    return convert(model.eval(), data[:16], T=16, B=1.2,
+                   progress=False), data[16:].numpy()
+
+
+def test_round_trip_is_exact(bundled, encoder_net, tmp_path):
+    for i, (net, x) in enumerate((bundled, encoder_net)):
+        path = tmp_path / f"net{i}.h5"
+        export.save(net, path)
+        loaded = export.load(path)
+        _assert_same_plan(net.plan, loaded.plan)
+        for mode in ("fixed", "float"):
+            np.testing.assert_array_equal(Engine(loaded, mode)(x).logits,
+                                          Engine(net, mode)(x).logits)
+        np.testing.assert_array_equal(loaded.golden_fixed(x[0]),
+                                      net.golden_fixed(x[0]))
+        # written again: the same content, key by key
+        export.save(loaded, tmp_path / "again.h5")
+        _assert_same_plan(export.load(tmp_path / "again.h5").plan,
+                          net.plan)
+        with pytest.raises(ValueError, match="no captured model"):
+            loaded.ann(x)
+
+
+def test_token_shared_weights_are_stored_once(bundled, tmp_path):
+    net, _ = bundled
+    export.save(net, tmp_path / "net.h5")
+    with h5py.File(tmp_path / "net.h5") as f:
+        g = next(f["layers"][k] for k in f["layers"]
+                 if f["layers"][k].attrs["name"] == "blocks.0.act")
+        # the model's own (C, K) weight, once, not once per token
+        fc1 = tuple(load_default().blocks[0].fc1.weight.shape)
+        assert g["synapses/0000/weight"].shape == fc1
+        assert g["synapses/0000/rows"].shape == (17, fc1[1])  # tokens x K
+
+
+@pytest.mark.slow
+def test_loaded_file_runs_in_lava_without_torch(bundled, tmp_path):
+    """A fresh interpreter where importing torch fails loads the file and
+    runs it in Lava under fixed_pt, bit for bit with the original."""
+    net, x = bundled
+    export.save(net, tmp_path / "net.h5")
+    np.save(tmp_path / "x.npy", x[:2])
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["torch"] = None   # any import of torch raises
+        import numpy as np
+        from lava.magma.core.run_configs import Loihi2SimCfg
+        from lava_spiked import export
+        net = export.load({str(tmp_path / "net.h5")!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
+        with net:
+            out = net.infer(x, Loihi2SimCfg(select_tag="fixed_pt"),
+                            progress=False)
+        bad = [m for m in sys.modules if m.startswith(("lava.lib", "cv2"))]
+        print(json.dumps(dict(out=out.tolist(), bad=bad)))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    res = json.loads(done.stdout.strip().splitlines()[-1])
+    assert res["bad"] == []  # neither lava-dl nor OpenCV
+    for got, sample in zip(res["out"], x[:2]):
+        np.testing.assert_array_equal(got, net.golden_fixed(sample))
+
+
+def _broken(path, edit):
+    with h5py.File(path, "a") as f:
+        edit(f)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: f.attrs.__setitem__("version", 99), "format version 99"),
+    (lambda f: f.attrs.__setitem__("format", "netx"), "not a lava-spiked"),
+    (lambda f: f.attrs.__delitem__("B"), "missing attribute /:B"),
+    (lambda f: f.__delitem__("layers/0001/scale"),
+     "missing dataset /layers/0001/scale"),
+    (lambda f: (f.__delitem__("layers/0002/synapses/0000/weight"),
+                f.create_dataset("layers/0002/synapses/0000/weight",
+                                 data=np.ones((2, 8)))),
+     "weight has dtype float64"),
+    (lambda f: (f.__delitem__("layers/0001/bias"),
+                f.create_dataset("layers/0001/bias", data=np.ones(3))),
+     "bias has shape \\(3,\\)"),
+    (lambda f: f["layers/0002/synapses/0000"].attrs.__setitem__("src",
+                                                                "nowhere"),
+     "source 'nowhere' is not an earlier layer"),
+    (lambda f: f.attrs.__setitem__("T", 0), "T must be an integer"),
+])
+def test_bad_files_name_the_problem(bundled, tmp_path, edit, match):
+    net, _ = bundled
+    path = tmp_path / "net.h5"
+    export.save(net, path)
+    _broken(path, edit)
+    with pytest.raises(export.ExportError, match=match):
+        export.load(path)
+
+
+def test_truncated_or_foreign_file(bundled, tmp_path):
+    net, _ = bundled
+    path = tmp_path / "net.h5"
+    export.save(net, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(export.ExportError, match="not a readable HDF5"):
+        export.load(path)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(export.ExportError, match="not a readable HDF5"):
+        export.load(tmp_path / "notes.txt")
