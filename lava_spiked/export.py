@@ -14,7 +14,13 @@ topological order, with ``type``-like ``kind``, ``shape``, ``weight``,
 ``bias``) and carries its own format name and version, because netx has no
 node for graded phase spikes, spike x spike products or the WOSS softmax and
 silently skips types it does not know.
+
+``resources(plan)`` counts what the network asks of a chip, and
+``python -m lava_spiked.export`` saves the bundled model or reports on a
+file.
 """
+import argparse
+import dataclasses
 import pathlib
 import typing as ty
 
@@ -216,3 +222,132 @@ def _read(f) -> Plan:
                 check_steps(_attr(f, "T", int)), layers, attention,
                 _attr(f, "input", str), _attr(f, "output", str),
                 _attr(f, "num_steps", int), _attr(f, "ann_macs", float))
+
+
+# Public Loihi 2 figures per chip (Intel, "Taking Neuromorphic Computing
+# to the Next Level with Loihi 2", technology brief, 2021): 128 neuro-cores,
+# up to 1 M neurons and 120 M synapses. Per-core budgets below are these
+# totals divided by 128, an even spread the real mapping will not reach.
+LOIHI2_CORES_PER_CHIP = 128
+LOIHI2_NEURONS_PER_CHIP = 1_000_000
+LOIHI2_SYNAPSES_PER_CHIP = 120_000_000
+
+
+@dataclasses.dataclass
+class Resources:
+    """What a Plan asks of neuromorphic hardware (see :func:`resources`).
+
+    Attributes
+    ----------
+    neurons : int
+        Spiking and readout neurons, plus two per attention logit (the
+        logit neuron and its WOSS softmax neuron).
+    synapses : int
+        Nonzero weights as the chip must store them: a token-shared weight
+        once per token (the block-diagonal matrix Lava builds).
+    product_inputs : int
+        Trace inputs of the spike x spike products: each logit reads K
+        traces of x and of y, each attention output M of p and of v.
+    max_spikes : int
+        Spikes per sample at most: each neuron fires at most once (the
+        encoder included, the readout excluded: it reports its membrane).
+    steps : int
+        Steps per sample (latency).
+    cores, chips : float
+        Estimates from the public per-chip figures (the larger of the
+        neuron and synapse budgets).
+    """
+
+    neurons: int
+    synapses: int
+    product_inputs: int
+    max_spikes: int
+    steps: int
+    cores: float
+    chips: float
+
+    def to_markdown(self) -> str:
+        return "\n".join([
+            "| resource | count |", "|---|---|",
+            f"| neurons | {self.neurons:,} |",
+            f"| synapses (stored per token) | {self.synapses:,} |",
+            f"| spike x spike product inputs | {self.product_inputs:,} |",
+            f"| spikes per sample (at most) | {self.max_spikes:,} |",
+            f"| steps per sample | {self.steps:,} |",
+            f"| neuro-cores (estimate) | {self.cores:,.1f} |",
+            f"| Loihi 2 chips (estimate) | {self.chips:,.3f} |", "",
+            f"Estimates from the public Loihi 2 figures of "
+            f"{LOIHI2_CORES_PER_CHIP} neuro-cores, "
+            f"{LOIHI2_NEURONS_PER_CHIP:,} neurons and "
+            f"{LOIHI2_SYNAPSES_PER_CHIP:,} synapses per chip, spread evenly "
+            "over the cores; a real mapping needs more."])
+
+    __str__ = to_markdown
+
+
+def resources(plan: ty.Any) -> Resources:
+    """Count the neurons, stored synapses, spikes and steps of a Plan (or
+    of a network's ``.plan``) and estimate the Loihi 2 cores and chips."""
+    plan = getattr(plan, "plan", plan)
+    neurons = sum(layer.size for layer in plan.layers)
+    synapses = 0
+    for layer in plan.layers:
+        for syn in layer.synapses:
+            # each destination neuron reads the nonzero weights of its
+            # channel at the valid input positions of its row
+            c = syn.weight.shape[0]
+            o = syn.out[syn.out >= 0]
+            row, ch = np.divmod(o, c)
+            valid = (syn.rows >= 0)[row] & (syn.weight != 0)[ch]
+            synapses += int(valid.sum())
+    product_inputs = 0
+    for op in plan.attention:
+        neurons += 2 * op.qk.size
+        k = plan[op.x].shape[-1]
+        m = plan[op.v].shape[-2]
+        product_inputs += 2 * k * op.qk.size + 2 * m * op.av.size
+    spikes = neurons - plan[plan.output].size
+    chips = max(neurons / LOIHI2_NEURONS_PER_CHIP,
+                synapses / LOIHI2_SYNAPSES_PER_CHIP)
+    return Resources(neurons, synapses, product_inputs, spikes,
+                     plan.num_steps, chips * LOIHI2_CORES_PER_CHIP, chips)
+
+
+def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
+    """``python -m lava_spiked.export``: convert the bundled model and save
+    it, or report on a saved file."""
+    from lava_spiked.validation import cli_type
+    parser = argparse.ArgumentParser(
+        prog="python -m lava_spiked.export",
+        description="Convert the bundled model (calibrated on its own "
+        "calibration split) and save its Plan, or print the resources of a "
+        "saved file. Hugging Face checkpoints follow once LayerNorm and "
+        "GELU convert.")
+    parser.add_argument("model", nargs="?", choices=["bundled"],
+                        help="the model to convert")
+    parser.add_argument("out", nargs="?", help="the HDF5 file to write")
+    parser.add_argument("--T", type=cli_type(check_steps, int), default=40)
+    parser.add_argument("--B", type=cli_type(check_base, float),
+                        default=1.15)
+    parser.add_argument("--report", metavar="FILE",
+                        help="print the resources of a saved file")
+    args = parser.parse_args(argv)
+    if args.report:
+        try:
+            print(resources(load(args.report).plan))
+        except ExportError as err:
+            parser.error(str(err))
+        return
+    if not (args.model and args.out):
+        parser.error("give MODEL and OUT, or --report FILE")
+    from lava_spiked.conversion import convert
+    from lava_spiked.models import digits_splits, load_default
+    net = convert(load_default(), digits_splits()["calibration"][0],
+                  B=args.B, T=args.T)
+    save(net, args.out)
+    print(f"wrote {args.out} (T = {args.T}, B = {args.B})")
+    print(resources(net.plan))
+
+
+if __name__ == "__main__":
+    main()

@@ -174,3 +174,31 @@ def test_truncated_or_foreign_file(bundled, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(export.ExportError, match="not a readable HDF5"):
         export.load(tmp_path / "notes.txt")
+
+
+def test_resources_count_what_lava_stores(bundled):
+    from lava_spiked.lava_build import sparse_weights
+    net, _ = bundled
+    plan = net.plan
+    report = export.resources(net)
+    stored = sum(sparse_weights(syn, layer.size, plan[syn.src].size).nnz
+                 for layer in plan.layers for syn in layer.synapses)
+    assert report.synapses == stored
+    op, = plan.attention
+    assert report.neurons == sum(ly.size for ly in plan.layers) + \
+        2 * op.qk.size
+    assert report.max_spikes == report.neurons - 10  # the readout reports
+    assert report.steps == plan.num_steps == 369
+    assert report.chips == pytest.approx(report.neurons / 1e6)
+    assert "| Loihi 2 chips (estimate) |" in str(report)
+
+
+def test_export_cli(tmp_path, capsys):
+    out = tmp_path / "digits.h5"
+    export.main(["bundled", str(out), "--T", "24"])
+    assert export.load(out).plan.T == 24
+    export.main(["--report", str(out)])
+    assert "| steps per sample |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        export.main(["--report", str(tmp_path / "missing.h5")])
+    assert "not a readable HDF5 file" in capsys.readouterr().err
