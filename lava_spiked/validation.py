@@ -34,7 +34,8 @@ def check_steps(T: int) -> int:
     """Return ``T`` if it is a valid window length: an integer in
     [2, MAX_STEPS]."""
     if isinstance(T, (bool, np.bool_)) or not isinstance(T, (int, np.integer)):
-        raise ValueError(f"T must be an integer >= 2, got {T!r}")
+        raise ValueError(f"T must be an integer in [2, {MAX_STEPS}], "
+                         f"got {T!r}")
     if not 2 <= T <= MAX_STEPS:
         raise ValueError(f"T must be an integer in [2, {MAX_STEPS}], got {T}")
     return int(T)

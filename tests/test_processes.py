@@ -249,7 +249,7 @@ def test_failed_run_leaves_no_process(rng, monkeypatch):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(B=1.0), "B must be in"),
     (dict(B=2.01), "B must be in"),
-    (dict(T=1), "T must be an integer >= 2"),
+    (dict(T=1), "T must be an integer in \\[2, 1024\\]"),
     (dict(start=-1), "start must be"),
     (dict(period=5), "period must be"),
     (dict(scale=np.ones(3)), "scale has shape"),
