@@ -40,17 +40,31 @@ class ExportError(ValueError):
     """A file that is not a readable lava-spiked Plan of this version."""
 
 
-def save(plan: Plan, path: ty.Union[str, pathlib.Path]) -> None:
+def save(plan: Plan, path: ty.Union[str, pathlib.Path],
+         strict: bool = False) -> None:
     """Write ``plan`` (or a network's ``.plan``) to the HDF5 file ``path``.
+
+    Parameters
+    ----------
+    strict : bool
+        Refuse a Plan that does not fit the Loihi 2 conventions
+        (:func:`lava_spiked.loihi2.check`; today's Plans never do).
 
     Raises
     ------
     ValueError
-        If the Plan uses a runtime input (reserved; not exportable yet).
+        If the Plan uses a runtime input (reserved; not exportable yet), or
+        with ``strict`` if it has Loihi 2 violations (listed).
     """
     plan = getattr(plan, "plan", plan)
     if plan.runtime_inputs:
         raise ValueError("Plans with runtime inputs cannot be exported yet")
+    if strict:
+        from lava_spiked import loihi2
+        found = loihi2.check(plan)
+        if found:
+            raise ValueError("the Plan does not fit Loihi 2 (strict=True):\n"
+                             + "\n".join(str(v) for v in found))
     with h5py.File(path, "w") as f:
         f.attrs.update(format=FORMAT, version=VERSION, B=plan.B, T=plan.T,
                        num_steps=plan.num_steps, input=plan.input,
@@ -330,13 +344,17 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
     parser.add_argument("--B", type=cli_type(check_base, float),
                         default=1.15)
     parser.add_argument("--report", metavar="FILE",
-                        help="print the resources of a saved file")
+                        help="print the resources of a saved file and what "
+                        "in it does not fit Loihi 2")
     args = parser.parse_args(argv)
     if args.report:
+        from lava_spiked import loihi2
         try:
-            print(resources(load(args.report).plan))
+            plan = load(args.report).plan
         except ExportError as err:
             parser.error(str(err))
+        print(resources(plan), "", "Loihi 2 conventions:", loihi2.report(plan),
+              sep="\n")
         return
     if not (args.model and args.out):
         parser.error("give MODEL and OUT, or --report FILE")

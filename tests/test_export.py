@@ -202,3 +202,27 @@ def test_export_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export.main(["--report", str(tmp_path / "missing.h5")])
     assert "not a readable HDF5 file" in capsys.readouterr().err
+
+
+def test_loihi2_check_names_what_does_not_fit(bundled, tmp_path):
+    from lava_spiked import loihi2
+    net, _ = bundled
+    found = loihi2.check(net)
+    text = loihi2.report(net)
+    # the 13-bit step-0 gain, the PhaseNeuron's window accumulator, the
+    # neuron-side exponents (7..12), the long residual delay, the int32
+    # product currents
+    assert any(v.where == "gain table" and v.value == 4096 for v in found)
+    assert any("window accumulator" in v.quantity for v in found)
+    exps = {v.value for v in found if "exponent" in v.quantity}
+    assert exps and min(exps) >= 8 and max(exps) == 12
+    assert all(not v.certain for v in found if "exponent" in v.quantity)
+    delays = [v for v in found if v.quantity == "SpikeDelay steps"]
+    plan = net.plan
+    want = max(layer.window.start - plan[s.src].window.fire - 1
+               for layer in plan.layers for s in layer.synapses)
+    assert max(v.value for v in delays) == want > 62
+    assert "spike x spike product current" in text
+    with pytest.raises(ValueError, match="does not fit Loihi 2"):
+        export.save(net, tmp_path / "strict.h5", strict=True)
+    assert not (tmp_path / "strict.h5").exists()
