@@ -130,7 +130,11 @@ class _LavaNetwork:
         self.plan, self.tag = plan, tag
         self.processes: ty.Dict[str, ty.Any] = {}
         self.probes: ty.Dict[str, ty.Tuple[ty.Any, int]] = {}
-        self._counted = {"sat_count": 0, "stray_count": 0}
+        self._counted = {"sat_count": 0, "stray_count": 0, "clip_count": 0}
+        self._clip_seen: ty.Dict[str, int] = {}
+        #: population -> clipped neurons since the previous check_counts
+        #: (see :meth:`check_counts`)
+        self.clipped: ty.Dict[str, int] = {}
         self._build()
         if record:
             self._add_probes()
@@ -240,11 +244,24 @@ class _LavaNetwork:
 
     def check_counts(self) -> int:
         """Raise on stray input, warn on saturation since the last check
-        (the counters are cumulative); return the saturation events."""
-        totals = count_events(self.processes.values())
+        (the counters are cumulative); return the saturation events.
+
+        Also sets :attr:`clipped`: population name (the encoder, every
+        spiking layer, every ``<attention>:logits``; not the readout) ->
+        neurons clipped since the last check (their ``clip_count`` Vars,
+        see :mod:`lava_spiked.golden`). It does not warn on clipping:
+        :meth:`lava_spiked.network.SpikingNetwork.infer` does, once per
+        call."""
+        counts = count_events(self.processes, per_process=True)
+        totals = {var: sum(c.values()) for var, c in counts.items()}
         sat = totals["sat_count"] - self._counted["sat_count"]
         stray = totals["stray_count"] - self._counted["stray_count"]
         self._counted = totals
+        clips = {name: n for name, n in counts["clip_count"].items()
+                 if name != self.plan.output}  # the readout never clips
+        self.clipped = {name: n - self._clip_seen.get(name, 0)
+                        for name, n in clips.items()}
+        self._clip_seen = clips
         if stray:
             raise RuntimeError(f"{stray} spikes arrived outside their "
                                "window: the schedule is wrong (a bug)")
@@ -258,10 +275,22 @@ class _LavaNetwork:
         self.runner.stop()
 
 
-def count_events(processes: ty.Iterable[ty.Any]) -> ty.Dict[str, int]:
-    """Saturation and stray-input events summed over ``processes`` (those
-    that count them; the counters are cumulative over runs)."""
-    totals = {"sat_count": 0, "stray_count": 0}
+def count_events(processes: ty.Iterable[ty.Any],
+                 per_process: bool = False) -> ty.Dict[str, ty.Any]:
+    """Saturation, stray-input and clipping events summed over
+    ``processes`` (those that count them; the counters are cumulative over
+    runs): ``sat_count``, ``stray_count`` and ``clip_count`` -> total.
+
+    With ``per_process=True``, ``processes`` is a mapping name -> process
+    and each counter maps to a dict name -> count instead (the processes
+    that have the counter).
+    """
+    names = ["sat_count", "stray_count", "clip_count"]
+    if per_process:
+        return {var: {name: int(getattr(proc, var).get()[0])
+                      for name, proc in processes.items()
+                      if hasattr(proc, var)} for var in names}
+    totals = dict.fromkeys(names, 0)
     for proc in processes:
         for var in totals:
             if hasattr(proc, var):

@@ -69,6 +69,8 @@ class SpikingNetwork:
         self.recorded: ty.List[ty.Dict[str, ty.Tuple[np.ndarray,
                                                      np.ndarray]]] = []
         self._lava: ty.Any = None  # lava_build._LavaNetwork once run
+        #: population -> neurons clipped in the last :meth:`infer` call
+        self.clipped: ty.Dict[str, int] = {}
 
     # ------------------------------------------------------------- golden
     def golden_float(self, sample: ty.Any) -> np.ndarray:
@@ -119,6 +121,15 @@ class SpikingNetwork:
         run_cfg : lava RunConfig
             E.g. ``Loihi2SimCfg(select_tag="fixed_pt")``. Another tag than
             the running network's stops it and builds it anew.
+
+        After the call, ``self.clipped`` holds population name (the input,
+        every spiking layer and every ``<attention>:logits``; not the
+        readout) -> neurons clipped over this call's samples (a value beyond
+        its population's scale, which decodes to the scale: see
+        :mod:`lava_spiked.golden`), as the engine's
+        ``EngineResult.clipped`` summed over the batch. The call warns once
+        (RuntimeWarning) naming the populations whose clipped fraction
+        exceeds :data:`lava_spiked.golden.CLIP_WARN_FRACTION`.
         """
         x = check_batch("samples", samples, self.plan[self.plan.input].shape)
         tag = getattr(run_cfg, "select_tag", None)
@@ -136,6 +147,9 @@ class SpikingNetwork:
             self.stop()
             raise
         lava.check_counts()
+        self.clipped = dict(lava.clipped)
+        golden.warn_clipped(self.clipped, golden.clip_sizes(self.plan),
+                            len(x))
         return np.array(logits)
 
     def stop(self) -> None:

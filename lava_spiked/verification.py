@@ -11,7 +11,10 @@ reports per layer in one table:
   code costs at that layer;
 - how many exact activations lie beyond the calibrated range ``|a| > sigma``
   (the code clips them to ``sigma``): many means the calibration data does
-  not cover yours;
+  not cover yours; and how many of the spiking network's own membranes do
+  (the engine's ``EngineResult.clipped``, the count of the Lava models'
+  ``clip_count``; see :mod:`lava_spiked.golden`), which must equal Lava's
+  under ``fixed_pt``;
 
 plus, for the readout, the logits' agreement (Lava vs engine, SNN vs ANN,
 arg-max) and the saturation events of the integer state.
@@ -47,6 +50,11 @@ class LayerCheck:
         the exact values are all 0).
     clipped : float
         Fraction of exact activations with ``|a| > sigma``.
+    snn_clipped : float
+        Fraction of the spiking network's membranes beyond sigma (the
+        engine's counted clipping).
+    lava_clipped : float
+        The same, counted by the Lava models' ``clip_count``.
     """
 
     name: str
@@ -55,6 +63,8 @@ class LayerCheck:
     lava_equal: float
     error: float
     clipped: float
+    snn_clipped: float = 0.0
+    lava_clipped: float = 0.0
 
 
 @dataclasses.dataclass
@@ -95,9 +105,11 @@ class Verification:
         lines = [f"Verification on {self.samples} samples, Lava `{self.tag}`"
                  " vs engine vs exact model", "",
                  "| layer | kind | neurons | Lava = engine | SNN vs exact "
-                 "(rel. error) | clipped |", "|---|---|---|---|---|---|"]
+                 "(rel. error) | clipped | SNN clipped (engine / Lava) |",
+                 "|---|---|---|---|---|---|---|"]
         lines += [f"| {c.name} | {c.kind} | {c.neurons} | "
-                  f"{c.lava_equal:.2%} | {c.error:.3g} | {c.clipped:.2%} |"
+                  f"{c.lava_equal:.2%} | {c.error:.3g} | {c.clipped:.2%} | "
+                  f"{c.snn_clipped:.2%} / {c.lava_clipped:.2%} |"
                   for c in self.layers]
         lines += ["", f"Logits: max |Lava - engine| {self.lava_vs_engine:.3g},"
                   f" SNN vs exact rel. error {self.snn_vs_ann:.3g}, arg-max "
@@ -142,13 +154,15 @@ def verify(net: ty.Any, samples: ty.Any, k: int = 3,
                 select_tag=tag)))
             probes.append(lava.read_probes())
         lava.check_counts()
+        lava_clipped = dict(lava.clipped)
     finally:
         lava.stop()
     out = plan[plan.output]
     lava_logits = np.array(states) * 2.0 ** -fixed.STATE_FRAC_BITS * \
         out.scale.reshape(
         out.shape)
-    result = Engine(plan, TAGS[tag])(x)
+    # the table reports clipping: no warning on top
+    result = Engine(plan, TAGS[tag])(x, warn=False)
     exact: ty.Dict[str, np.ndarray] = {}
     ann = evaluate(net.graph, torch.from_numpy(x),
                    lambda name, v: exact.__setitem__(name, v.numpy())).numpy()
@@ -173,7 +187,9 @@ def verify(net: ty.Any, samples: ty.Any, k: int = 3,
             steps.shape[1], float(np.mean(same)),
             float(np.linalg.norm(decoded - a) / norm) if norm else 0.0,
             # beyond float rounding: max calibration puts a neuron at sigma
-            float(np.mean(np.abs(a) > sigma * (1 + 1e-9)))))
+            float(np.mean(np.abs(a) > sigma * (1 + 1e-9))),
+            float(result.clipped[name].sum()) / a.size,
+            lava_clipped.get(name, 0) / a.size))
     norm = np.linalg.norm(ann)
     return Verification(
         tag, len(x), checks, float(np.abs(lava_logits - logits).max()),

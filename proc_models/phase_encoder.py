@@ -18,7 +18,8 @@ from lava_spiked.processes.phase_encoder import PhaseEncoder
 class AbstractPhaseEncoderModel(PyLoihiProcessModel):
     """Window timing shared by the float and fixed encoders."""
 
-    s_out = data = scale = sat_count = invalid_count = None
+    s_out = data = scale = sat_count = clip_count = invalid_count = None
+    one = 1.0  # one sigma in model units
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
@@ -45,6 +46,8 @@ class AbstractPhaseEncoderModel(PyLoihiProcessModel):
             bad = ~np.isfinite(u)
             self.invalid_count[0] += np.count_nonzero(bad)
             self.u = self.load(np.where(bad, 0.0, u))
+            # clipped: beyond one sigma, the code's largest value
+            self.clip_count[0] += np.count_nonzero(np.abs(self.u) > self.one)
             self.done = np.zeros(self.u.shape, dtype=bool)
         s = self.fire(m) * ~self.done
         self.done |= s != 0
@@ -69,6 +72,7 @@ class PyPhaseEncoderModelFloat(AbstractPhaseEncoderModel):
     data: np.ndarray = LavaPyType(np.ndarray, float)
     scale: np.ndarray = LavaPyType(np.ndarray, float)
     sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    clip_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     invalid_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params):
@@ -95,11 +99,13 @@ class PyPhaseEncoderModelFixed(AbstractPhaseEncoderModel):
     data: np.ndarray = LavaPyType(np.ndarray, float)
     scale: np.ndarray = LavaPyType(np.ndarray, float)
     sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    clip_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     invalid_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
         self.thresholds = fixed.threshold_table(self.B, self.T)
+        self.one = 1 << fixed.STATE_FRAC_BITS  # one sigma in state units
 
     def load(self, u):
         state, n_sat = fixed.to_state(u)

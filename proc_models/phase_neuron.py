@@ -25,6 +25,7 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
     bias: np.ndarray = LavaPyType(np.ndarray, float)
     scale: np.ndarray = LavaPyType(np.ndarray, float)
     sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    clip_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
     stray_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params):
@@ -52,6 +53,8 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
             self.stray_count[0] += np.count_nonzero(a_in)
         if r == self.T:
             self.close_window(self.bias / self.scale)
+            if not self.readout:
+                self.clip_count[0] += self.clipped()
         if r is None or not self.T <= r < 2 * self.T:
             self.s_out.send(self.silent)
         elif self.readout:
@@ -78,6 +81,12 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
         """The membrane in state units (readout)."""
         raise NotImplementedError
 
+    def clipped(self) -> int:
+        """Neurons whose closed membrane lies beyond the code's range,
+        one sigma (see PhaseNeuron's docstring)."""
+        beyond = self.v if self.unipolar else np.abs(self.v)
+        return int(np.count_nonzero(beyond > self.one))
+
 
 class FloatArithmetic(AbstractPhaseNeuronModel):
     """Floating-point arithmetic of the phase neuron."""
@@ -93,6 +102,7 @@ class FloatArithmetic(AbstractPhaseNeuronModel):
         self.gains = self.B ** -steps * 2.0 ** (self.weight_exp -
                                                fixed.STATE_FRAC_BITS)
         self.levels = threshold_factor(self.B) * self.B ** -steps
+        self.one = 1.0  # one sigma
 
     def accumulate(self, a_in, r):
         self.acc += a_in * self.gains[r]
@@ -128,6 +138,7 @@ class FixedArithmetic(AbstractPhaseNeuronModel):
         super().__init__(proc_params)
         self.gains = fixed.gain_table(self.B, self.T)
         self.thresholds = fixed.threshold_table(self.B, self.T)
+        self.one = 1 << fixed.STATE_FRAC_BITS  # one sigma in state units
 
     def accumulate(self, a_in, r):
         self.acc[:], n_sat = fixed.accumulate(self.acc, a_in,

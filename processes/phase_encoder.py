@@ -34,6 +34,13 @@ class PhaseEncoder(AbstractProcess):
     spike and are counted in ``invalid_count``: a model that raised would
     leave Lava's runtime waiting forever.
 
+    Clipping: every ``|u| >= c_B`` fires at step 0 and stands for
+    ``scale``, so an element is **clipped** in a sample when ``|u| > 1``
+    (``floating_pt``), or when its state ``to_state(u)`` exceeds one sigma,
+    ``|state| > 2**16`` (``fixed_pt``). The cumulative ``clip_count``
+    counts them, one per element and sample, when the window opens (NaN or
+    inf elements are not counted).
+
     Parameters
     ----------
     data : array_like
@@ -79,6 +86,7 @@ class PhaseEncoder(AbstractProcess):
         self.data = Var(shape=shape, init=data)
         self.scale = Var(shape=shape, init=scale)
         self.sat_count = Var(shape=(1,), init=0)
+        self.clip_count = Var(shape=(1,), init=0)
         self.invalid_count = Var(shape=(1,), init=0)
 
     @property

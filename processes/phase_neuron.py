@@ -48,6 +48,19 @@ class PhaseNeuron(AbstractProcess):
     integer state under ``fixed_pt``), so ``A = s_out * scale / 2**16``; it
     sends 0 at every other step.
 
+    Clipping: the code's largest value is ``scale`` (every ``|v| >=
+    c_B`` fires at step 0 and decodes to ``scale``), so a neuron is
+    **clipped** in a sample when its membrane at the close of the input
+    window (after the row-sum division of :class:`NormalizedPhaseNeuron`)
+    lies strictly beyond it: ``|v| > 1`` under ``floating_pt`` and
+    ``|v| > 2**16`` (one sigma in state units) under ``fixed_pt``; a
+    unipolar neuron clips only above, ``v > 1`` (``v > 2**16``). The
+    cumulative ``clip_count`` counts them, one per clipped neuron and
+    sample. Readout neurons report their membrane and never clip (their
+    ``clip_count`` stays 0). Attention logits are PhaseNeurons, so they
+    count; the WOSS softmax has no ``clip_count`` (its shifted logits are
+    at most 0 and never clip).
+
     Synapses are Lava ``Dense`` processes (one step of latency) whose weights
     are the 8-bit mantissas of :func:`lava_spiked.fixed.quantize_weights`,
     with the presynaptic scale folded in; this neuron applies their shared
@@ -117,6 +130,7 @@ class PhaseNeuron(AbstractProcess):
         self.bias = Var(shape=shape, init=bias)
         self.scale = Var(shape=shape, init=scale)
         self.sat_count = Var(shape=(1,), init=0)
+        self.clip_count = Var(shape=(1,), init=0)
         self.stray_count = Var(shape=(1,), init=0)
 
     @property
