@@ -11,6 +11,8 @@ neurons of a group. With ``granularity='channel'`` (the default) that is as
 fine as the constraints allow (per channel; per head and query row for the
 logits); ``'tensor'`` gives one sigma per population.
 """
+import dataclasses
+import math
 import typing as ty
 
 import numpy as np
@@ -104,6 +106,50 @@ def groups(graph: Graph, granularity: str = "channel"
                                                           directed=False)
     return {name: labels[offset[name]:offset[name] + size]
             for name, size in sizes.items()}, n
+
+
+def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
+                 progress: bool = True) -> Graph:
+    """The graph with masks written as large negative constants made masks.
+
+    Models mask attention in many ways: a boolean mask or ``-inf`` (already
+    masks when captured), or an additive constant such as ``-1e4``,
+    ``-1e9`` or ``torch.finfo(dtype).min`` (Hugging Face's extended mask).
+    An entry of a logit bias is taken for a mask when the bias is negative
+    there and the entry's softmax probability, computed in float32 as the
+    model computes it, is exactly 0 on every calibration sample: masking it
+    changes nothing the model computes. Kept as a bias it would stretch the
+    logits' scale over it (sigma near 1e4 for a -1e4 mask) and put every
+    real logit in the code's dead zone. Masked entries never fire in the
+    WOSS softmax and take no part in the logits' calibration.
+    """
+    candidates = {op.logits: op for op in graph.attention
+                  if (op.bias < 0).any()}
+    if not candidates:
+        return graph
+    # entries with a nonzero probability in some sample
+    alive = {name: np.zeros(op.bias.shape, bool)
+             for name, op in candidates.items()}
+
+    def update(name: str, z: torch.Tensor) -> None:
+        op = candidates.get(name)
+        if op is None:
+            return
+        z = z.reshape((-1,) + op.bias.shape).float()
+        z = z.masked_fill(torch.from_numpy(op.mask), -math.inf)
+        alive[name] |= (torch.softmax(z, -1) > 0).any(0).numpy()
+
+    shape = graph[graph.input].shape
+    for x in tqdm(batches(data, shape, batch_size, "calibration_data"),
+                  desc="finding masks", disable=not progress, leave=False):
+        evaluate(graph, x, update)
+    attention = []
+    for op in graph.attention:
+        new = (op.bias < 0) & ~op.mask & ~alive[op.logits] \
+            if op.logits in alive else np.zeros(op.mask.shape, bool)
+        attention.append(dataclasses.replace(
+            op, mask=op.mask | new, bias=np.where(new, 0.0, op.bias)))
+    return dataclasses.replace(graph, attention=attention)
 
 
 def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",

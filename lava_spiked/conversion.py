@@ -9,7 +9,7 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked.calibrate import calibrate
+from lava_spiked.calibrate import absorb_masks, calibrate
 from lava_spiked.capture import capture
 from lava_spiked.network import SpikingNetwork
 from lava_spiked.plan import lower
@@ -56,6 +56,7 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     check_base(B), check_steps(T)
     first = next(iter(_first_batch(calibration_data)))
     graph = capture(model, tuple(first.shape[1:]), output, input_name)
+    graph = absorb_masks(graph, calibration_data, progress=progress)
     sigmas = calibrate(graph, calibration_data, statistic, percentile,
                        granularity, progress=progress)
     return SpikingNetwork(lower(graph, sigmas, B, T), graph, sigmas, record)

@@ -538,3 +538,64 @@ def test_single_linear_and_relu_ending_models_in_lava(tag):
         assert len(names) == len(set(names))
         got = _assert_lava_equals_golden(net, data[10:], tag)
         assert np.abs(got).max() > 0
+
+
+class MaskedAttention(nn.Module):
+    """Single-head attention over 6 tokens with a constant mask (the last
+    two keys hidden) written in one of the ways models write it."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(8, 8) for _ in range(3))
+        self.out = nn.Linear(48, 3)
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        z = self.q(x) @ self.k(x).transpose(-1, -2) / 8 ** 0.5
+        z = z.masked_fill(self.mask, float("-inf")) \
+            if self.mask.dtype == torch.bool else z + self.mask
+        return self.out((torch.softmax(z, -1) @ self.v(x)).flatten(1))
+
+
+HIDDEN = torch.zeros(6, 6, dtype=torch.bool)
+HIDDEN[:, 4:] = True
+
+
+def _masked_net(mask):
+    torch.manual_seed(0)
+    model = MaskedAttention(mask).eval()
+    x = torch.randn(40, 6, 8)
+    return model, convert(model, x[:32], progress=False), x[32:].numpy()
+
+
+@pytest.mark.parametrize("mask", [
+    torch.where(HIDDEN, float("-inf"), 0.0),
+    torch.where(HIDDEN, torch.finfo(torch.float32).min, 0.0),
+    torch.where(HIDDEN, -1e4, 0.0), torch.where(HIDDEN, -1e9, 0.0)],
+    ids=["-inf", "finfo.min", "-1e4", "-1e9"])
+def test_every_way_of_writing_a_mask_is_a_mask(mask):
+    """Additive masks give the very network of the boolean mask: the same
+    masked entries, no bias, the logits' scale from the real logits."""
+    _, ref, x = _masked_net(HIDDEN)
+    model, net, _ = _masked_net(mask)
+    op, = net.plan.attention
+    np.testing.assert_array_equal(op.mask.reshape(6, 6), HIDDEN.numpy())
+    assert (op.logit_bias == 0).all() and op.logit_scale.max() < 5
+    np.testing.assert_array_equal(op.logit_scale,
+                                  ref.plan.attention[0].logit_scale)
+    np.testing.assert_array_equal(Engine(net, "fixed")(x, warn=False).logits,
+                                  Engine(ref, "fixed")(x, warn=False).logits)
+    with torch.no_grad():
+        np.testing.assert_allclose(net.ann(x), model(torch.from_numpy(x)),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_a_small_negative_bias_stays_a_bias():
+    bias = torch.where(HIDDEN, -3.0, 0.0)  # softmax weight e**-3: not 0
+    torch.manual_seed(0)
+    net = convert(MaskedAttention(bias).eval(), torch.randn(32, 6, 8),
+                  progress=False)
+    op, = net.plan.attention
+    assert not op.mask.any()
+    np.testing.assert_allclose((op.logit_bias * op.logit_scale).reshape(
+        6, 6), bias.numpy())
