@@ -599,3 +599,28 @@ def test_a_small_negative_bias_stays_a_bias():
     assert not op.mask.any()
     np.testing.assert_allclose((op.logit_bias * op.logit_scale).reshape(
         6, 6), bias.numpy())
+
+
+def test_integer_index_buffers_stay_integer():
+    """Position ids kept as an integer buffer index a parameter (by
+    subscript and by index_select): capture keeps them integer."""
+    class Positions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.randn(10, 8))
+            self.register_buffer("ids", torch.arange(5) * 2)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = x + self.pos[self.ids] + self.pos.index_select(0, self.ids)
+            return self.fc(torch.relu(x)).mean(1)
+
+    torch.manual_seed(0)
+    model = Positions().eval()
+    x = torch.randn(4, 5, 8, dtype=torch.float64)
+    graph = capture(model, (5, 8))
+    assert model.ids.dtype == torch.int64
+    with torch.no_grad():
+        want = model.double()(x).numpy()
+    np.testing.assert_allclose(evaluate(graph, x).numpy(), want, rtol=1e-9,
+                               atol=1e-12)
