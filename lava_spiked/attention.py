@@ -251,7 +251,8 @@ class SpikingSelfAttention:
             runner.run(lava_build.RunSteps(num_steps=self.num_steps),
                        lava_build.Loihi2SimCfg(select_tag=tag))
             traces = [sink.data.get() for sink in sinks]
-            saturated = lava_build.count_events(self.processes)["sat_count"]
+            saturated = sum(lava_build.count_events(dict(enumerate(
+                self.processes)))["sat_count"].values())
             row_sum = self.out.row_sum.get()
         finally:
             runner.stop()
@@ -282,7 +283,7 @@ class SpikingSelfAttention:
         with the quantised weights c of the TraceMatMuls.
         """
         B, T = self.B, self.T
-        logit, p_step, row_sum, out = attention_float(
+        logit, p_step, row_sum, out, _, _ = attention_float(
             q_hat / self.q_scale, np.swapaxes(k_hat / self.k_scale, 1, 2),
             v_hat / self.v_scale,
             fixed.dequantize_weights(self.qk_weights, self.qk_exp),
@@ -314,9 +315,21 @@ class SpikingSelfAttention:
                                output, res.row_sum, res.n_saturated)
 
 
+class FloatAttention(ty.NamedTuple):
+    """Result of :func:`attention_float`: the logit code, the softmax fire
+    steps, the row sums R, the output code, and the logit and output
+    membranes in units of their scales (what the two codes quantise)."""
+
+    logit: phase.PhaseCode
+    p_step: np.ndarray
+    row_sum: np.ndarray
+    out: phase.PhaseCode
+    logit_membrane: np.ndarray
+    out_membrane: np.ndarray
+
+
 def attention_float(x, y, v, qk, logit_bias, logit_scale, mask, av,
-                    out_scale, B, T) -> ty.Tuple[phase.PhaseCode, np.ndarray,
-                                                 np.ndarray, phase.PhaseCode]:
+                    out_scale, B, T) -> FloatAttention:
     """Closed form of one attention operation on spike values.
 
     ``x`` (h, N, K), ``y`` (h, K, M) and ``v`` (h, M, d) are decoded operand
@@ -326,8 +339,6 @@ def attention_float(x, y, v, qk, logit_bias, logit_scale, mask, av,
         logits = Q(qk * (x @ y) * logit_scale + logit_bias)
         p      = WOSS(logits),  R = sum(p)
         out    = Q(av * (p @ v) / R * out_scale)   (0 where R = 0)
-
-    Returns the logit code, the softmax fire steps, R and the output code.
     """
     z = qk * (x @ y) * logit_scale + logit_bias
     logit = phase.quantize(z, B, T, logit_scale)
@@ -337,12 +348,14 @@ def attention_float(x, y, v, qk, logit_bias, logit_scale, mask, av,
     r = row_sum[..., None]
     a = np.where(r > 0, a / np.where(r > 0, r, 1.0), 0.0)
     out = phase.quantize(a * out_scale, B, T, out_scale)
-    return logit, p_step, row_sum, out
+    return FloatAttention(logit, p_step, row_sum, out, z / logit_scale, a)
 
 
 class IntegerAttention(ty.NamedTuple):
-    """Result of :func:`attention_fixed`."""
+    """Result of :func:`attention_fixed`; ``logit_state`` is the logit
+    membrane when its window closes (24-bit state units)."""
 
+    logit_state: np.ndarray
     logit_step: np.ndarray
     logit_sign: np.ndarray
     p_step: np.ndarray
@@ -399,5 +412,5 @@ def attention_fixed(x_step, x_sign, y_step, y_sign, v_step, v_sign,
         sat += n
     v_out, n = fixed.close_window(acc, 0.0, av_exp - fixed.GAIN_FRAC_BITS)
     sat += n
-    return IntegerAttention(l_step, l_sign, p_step, row_sum,
+    return IntegerAttention(v_log, l_step, l_sign, p_step, row_sum,
                             fixed.normalize(v_out, row_sum), sat)

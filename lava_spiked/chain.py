@@ -184,5 +184,5 @@ class PhaseChain:
         signs = [spikes[n][1] for n in names]
         values = [phase.decode(st, sg, self.B, sigma)
                   for st, sg, sigma in zip(steps, signs, self.scales)]
-        output = state * self.scales[-1] * 2.0 ** -fixed.STATE_FRAC_BITS
+        output = self.plan.decode_readout(state)
         return ChainResult(steps, signs, values, output, state, saturated)

@@ -150,20 +150,15 @@ def golden_float(plan: Plan, sample: ty.Any) -> Golden:
                 (op.x, op.y, op.v), shapes))
             qk = fixed.dequantize_weights(op.qk, op.qk_exp)
             av = fixed.dequantize_weights(op.av, op.av_exp)
-            _, p_step, row_sum, out = attention_float(
+            res = attention_float(
                 xs, ys, vs, qk, op.logit_bias * op.logit_scale,
                 op.logit_scale, op.mask, av,
                 layer.scale.reshape(layer.shape), B, T)
-            # the logit and output membranes, normalised, for clipping
-            clipped[op.logits] = _clipped(qk * (xs @ ys) + op.logit_bias,
-                                          1.0)
-            p = np.where(p_step >= 0, float(B) ** -np.maximum(p_step, 0),
-                         0.0)
-            r = row_sum[..., None]
-            a = np.where(r > 0, av * (p @ vs) / np.where(r > 0, r, 1.0), 0.0)
-            clipped[layer.name] = _clipped(a, 1.0)
-            val[layer.name] = out.value.ravel() / layer.scale
-            spikes[layer.name] = (out.step.ravel(), out.sign.ravel())
+            clipped[op.logits] = _clipped(res.logit_membrane, 1.0)
+            clipped[layer.name] = _clipped(res.out_membrane, 1.0)
+            val[layer.name] = res.out.value.ravel() / layer.scale
+            spikes[layer.name] = (res.out.step.ravel(),
+                                  res.out.sign.ravel())
             continue
         a = layer.bias.copy()
         for syn in layer.synapses:
@@ -201,8 +196,7 @@ def golden_fixed(plan: Plan, sample: ty.Any) -> Golden:
                                   op.logit_bias, op.logit_scale, op.mask,
                                   op.av, op.av_exp, B, T, y_transposed=True)
             saturated += res.n_saturated
-            clipped[op.logits] = _clipped(
-                _logit_membrane(op, xs, xg, ys, yg, B, T, res), one)
+            clipped[op.logits] = _clipped(res.logit_state, one)
             clipped[layer.name] = _clipped(res.out_state, one)
             spikes[layer.name] = tuple(a.ravel() for a in fixed.first_spike(
                 res.out_state, thresholds, False))
@@ -220,35 +214,9 @@ def golden_fixed(plan: Plan, sample: ty.Any) -> Golden:
                                     unipolar=layer.kind == "relu")
         saturated += res.n_saturated
         if layer.kind == "readout":
-            return Golden((res.v * 2.0 ** -fixed.STATE_FRAC_BITS *
-                           layer.scale).reshape(layer.shape), res.v, spikes,
-                          saturated, clipped)
+            return Golden(plan.decode_readout(res.v.reshape(layer.shape)),
+                          res.v, spikes, saturated, clipped)
         clipped[layer.name] = _clipped(res.v, one, layer.kind == "relu")
         spikes[layer.name] = (res.step, res.sign)
     raise AssertionError("no readout layer")
 
-
-def _logit_membrane(op, x_step, x_sign, y_step, y_sign, B: float, T: int,
-                    res) -> np.ndarray:
-    """The integer logit membrane of :func:`attention_fixed` (which returns
-    only its spikes), integrated step by step again with the same
-    functions; its spikes are checked against the attention's."""
-    G = fixed.trace(B, T)
-
-    def latched(step, sign, upto):
-        return np.where((step >= 0) & (step <= upto),
-                        sign * G[np.maximum(step, 0)], 0)
-
-    def current(j: int) -> np.ndarray:
-        raw = fixed.product_current(
-            np.where(x_step == j, x_sign, 0), latched(y_step, y_sign, j),
-            latched(x_step, x_sign, j - 1), np.where(y_step == j, y_sign, 0),
-            y_transposed=True)
-        return (op.qk * raw).ravel()
-
-    layer = fixed.integrate_layer(current, int(np.size(op.qk)),
-                                  op.qk_exp - fixed.GAIN_FRAC_BITS,
-                                  op.logit_bias.ravel(), B, T)
-    if not np.array_equal(layer.step, res.logit_step.ravel()):
-        raise AssertionError("logit membrane differs from attention_fixed")
-    return layer.v

@@ -39,7 +39,8 @@ multiprocessing.set_start_method(None, force=True)  # Lava sets 'fork'
 
 try:
     from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
+    # re-exported: chain, attention and verification reach Lava only here
+    from lava.magma.core.run_configs import Loihi2SimCfg  # noqa: F401
     from lava.proc.io.sink import RingBuffer
     from lava.proc.sparse.process import Sparse
     from lava.utils.weightutils import SignMode
@@ -252,7 +253,7 @@ class _LavaNetwork:
         see :mod:`lava_spiked.golden`). It does not warn on clipping:
         :meth:`lava_spiked.network.SpikingNetwork.infer` does, once per
         call."""
-        counts = count_events(self.processes, per_process=True)
+        counts = count_events(self.processes)
         totals = {var: sum(c.values()) for var, c in counts.items()}
         sat = totals["sat_count"] - self._counted["sat_count"]
         stray = totals["stray_count"] - self._counted["stray_count"]
@@ -275,27 +276,15 @@ class _LavaNetwork:
         self.runner.stop()
 
 
-def count_events(processes: ty.Iterable[ty.Any],
-                 per_process: bool = False) -> ty.Dict[str, ty.Any]:
-    """Saturation, stray-input and clipping events summed over
-    ``processes`` (those that count them; the counters are cumulative over
-    runs): ``sat_count``, ``stray_count`` and ``clip_count`` -> total.
-
-    With ``per_process=True``, ``processes`` is a mapping name -> process
-    and each counter maps to a dict name -> count instead (the processes
-    that have the counter).
-    """
-    names = ["sat_count", "stray_count", "clip_count"]
-    if per_process:
-        return {var: {name: int(getattr(proc, var).get()[0])
-                      for name, proc in processes.items()
-                      if hasattr(proc, var)} for var in names}
-    totals = dict.fromkeys(names, 0)
-    for proc in processes:
-        for var in totals:
-            if hasattr(proc, var):
-                totals[var] += int(getattr(proc, var).get()[0])
-    return totals
+def count_events(processes: ty.Mapping[str, ty.Any]
+                 ) -> ty.Dict[str, ty.Dict[str, int]]:
+    """Saturation, stray-input and clipping events of ``processes`` (name
+    -> process): ``sat_count``, ``stray_count`` and ``clip_count`` -> name
+    -> count, for the processes that have the counter (cumulative over
+    runs)."""
+    return {var: {name: int(getattr(proc, var).get()[0])
+                  for name, proc in processes.items() if hasattr(proc, var)}
+            for var in ("sat_count", "stray_count", "clip_count")}
 
 
 class Runner:

@@ -21,7 +21,7 @@ import typing as ty
 import numpy as np
 from tqdm.auto import tqdm
 
-from lava_spiked import fixed, golden
+from lava_spiked import golden
 from lava_spiked.plan import Plan
 from lava_spiked.validation import check_batch
 
@@ -134,13 +134,12 @@ class SpikingNetwork:
         x = check_batch("samples", samples, self.plan[self.plan.input].shape)
         tag = getattr(run_cfg, "select_tag", None)
         lava = self.lava(tag)
-        out, logits = self.plan[self.plan.output], []
+        logits = []
         try:
             for sample in tqdm(x, desc=f"Lava {tag or ''}",
                                disable=not progress, leave=False):
-                state = lava.infer_one(sample, run_cfg)
-                logits.append(state * 2.0 ** -fixed.STATE_FRAC_BITS *
-                              out.scale.reshape(out.shape))
+                logits.append(self.plan.decode_readout(
+                    lava.infer_one(sample, run_cfg)))
                 if self.record:
                     self.recorded.append(lava.read_probes())
         except BaseException:  # an interrupt between runs, a failed read

@@ -212,6 +212,13 @@ class Plan:
         """The attention whose output layer is ``name``, or None."""
         return self._attention.get(name)
 
+    def decode_readout(self, state: ty.Any) -> np.ndarray:
+        """Logits from readout membranes in state units (``A / sigma *
+        2**16``, what the readout neuron reports), shaped ``(...,
+        *readout shape)``."""
+        out = self[self.output]
+        return np.asarray(state) * 2.0 ** -fixed.STATE_FRAC_BITS * \
+            out.scale.reshape(out.shape)
 
 def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
           T: int) -> Plan:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lava_spiked import fixed, phase
+from lava_spiked import phase
 from lava_spiked.capture import evaluate
 from lava_spiked.engine import Engine
 from lava_spiked.validation import check_batch, check_count
@@ -157,10 +157,7 @@ def verify(net: ty.Any, samples: ty.Any, k: int = 3,
         lava_clipped = dict(lava.clipped)
     finally:
         lava.stop()
-    out = plan[plan.output]
-    lava_logits = np.array(states) * 2.0 ** -fixed.STATE_FRAC_BITS * \
-        out.scale.reshape(
-        out.shape)
+    lava_logits = plan.decode_readout(np.array(states))
     # the table reports clipping: no warning on top
     result = Engine(plan, TAGS[tag])(x, warn=False)
     exact: ty.Dict[str, np.ndarray] = {}

@@ -120,3 +120,18 @@ def test_ordinary_data_does_not_warn(bundled):
     assert not _clip_warnings(caught)
     res = Engine(net, "fixed")(test[:2], warn=False)
     assert net.clipped == {k: int(v.sum()) for k, v in res.clipped.items()}
+
+
+def test_golden_models_count_attention_clipping_like_the_engine(bundled):
+    """Logit and attention-output membranes (which the attention golden
+    models return) clip per sample as the engine counts them, in range and
+    at 20x the calibration range."""
+    net, calib, test = bundled
+    x = np.concatenate([test[:4], calib[:2] * 20])
+    for mode, model in (("fixed", golden.golden_fixed),
+                        ("float", golden.golden_float)):
+        res = Engine(net, mode)(x, warn=False)
+        for i, sample in enumerate(x):
+            want = {k: int(v[i]) for k, v in res.clipped.items()}
+            assert model(net.plan, sample).clipped == want, (mode, i)
+        assert res.clipped["blocks.0.attn.attention:logits"].sum() > 0
