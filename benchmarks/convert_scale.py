@@ -230,7 +230,6 @@ def nbytes(obj, seen=None) -> int:
 
 
 def worker(name: str, cfg: dict, repeats: int, profile: bool) -> dict:
-    import numpy as np
     import torch
 
     from lava_spiked.calibrate import calibrate

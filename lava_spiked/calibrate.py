@@ -99,7 +99,7 @@ def groups(graph: Graph, granularity: str = "channel"
             link(name, np.arange(size), np.zeros(size, np.int64))
     a = np.concatenate([e[0] for e in edges] + [np.zeros(0, np.int32)])
     b = np.concatenate([e[1] for e in edges] + [np.zeros(0, np.int32)])
-    del edges
+    edges.clear()  # free the pairs before the matrix is built
     adj = scipy.sparse.coo_matrix((np.ones(len(a), np.int8), (a, b)),
                                   shape=(total, total))
     n, labels = scipy.sparse.csgraph.connected_components(adj,

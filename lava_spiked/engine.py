@@ -66,7 +66,7 @@ import torch
 from lava_spiked import fixed
 from lava_spiked.golden import clip_sizes, warn_clipped
 from lava_spiked.phase import threshold_factor
-from lava_spiked.plan import Plan, Synapse
+from lava_spiked.plan import Synapse
 from lava_spiked.validation import check_batch
 
 EXACT = 2.0 ** 53  # float64 integers are exact below this

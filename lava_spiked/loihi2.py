@@ -35,7 +35,6 @@ import typing as ty
 import numpy as np
 
 from lava_spiked import fixed
-from lava_spiked.plan import Plan
 
 STATE_BITS = 24
 MAX_DELAY = 62
