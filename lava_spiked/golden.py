@@ -60,7 +60,8 @@ from lava_spiked.plan import Plan
 #: fewer than 10 samples); the calibration split at 20x its range clips
 #: 51 % of the encoder. Small batches of small populations are noisy (one
 #: neuron of 8 in one sample is 12.5 %), so a call on one or two samples
-#: of a tiny model may warn on data that clips only normally.
+#: of a tiny model may warn on data that clips only normally. The figures
+#: come from ``benchmarks/clipping.py`` (``benchmarks/results/clipping.md``).
 CLIP_WARN_FRACTION = 0.1
 
 
