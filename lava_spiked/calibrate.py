@@ -10,6 +10,12 @@ statistic of |activation| over the calibration samples and over the
 neurons of a group. With ``granularity='channel'`` (the default) that is as
 fine as the constraints allow (per channel; per head and query row for the
 logits); ``'tensor'`` gives one sigma per population.
+
+Activation and LayerNorm populations have two scales: their spikes' sigma
+(constrained by what reads them) and ``<name>:pre``, their membrane's
+(constrained by the weights that feed them). A LayerNorm's membrane scale is
+one number per population, so that the membranes of one token, whose mean
+the stage removes, share their units.
 """
 import dataclasses
 import math
@@ -22,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lava_spiked.capture import Graph, evaluate
+from lava_spiked.plan import STAGED
 from lava_spiked.validation import check_batch
 
 GRANULARITIES = ("channel", "tensor")
@@ -52,13 +59,20 @@ def batches(data: ty.Any, sample_shape: ty.Tuple[int, ...],
 
 def groups(graph: Graph, granularity: str = "channel"
            ) -> ty.Tuple[ty.Dict[str, np.ndarray], int]:
-    """Sigma group of every neuron: population (and ``<attention>:logits``)
-    name -> (size,) group labels, and the number of groups."""
+    """Sigma group of every neuron: population (and ``<attention>:logits``,
+    ``<population>:pre``) name -> (size,) group labels, and the number of
+    groups."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got "
                          f"{granularity!r}")
     sizes = {p.name: p.size for p in graph.populations}
     shapes = {p.name: p.shape for p in graph.populations}
+    # the membrane of a staged population is fed in its own scale
+    membrane = {p.name: p.name + ":pre" if p.kind in STAGED else p.name
+                for p in graph.populations}
+    for p in graph.populations:
+        if p.kind in STAGED:
+            sizes[p.name + ":pre"], shapes[p.name + ":pre"] = p.size, p.shape
     for op in graph.attention:
         sizes[op.logits], shapes[op.logits] = op.coef.size, op.coef.shape
     offset, total = {}, 0
@@ -88,7 +102,10 @@ def groups(graph: Graph, granularity: str = "channel"
             ok = syn.rows >= 0
             link(syn.src, syn.rows[ok], k[ok])
             o = np.flatnonzero(syn.out >= 0)
-            link(pop.name, o, syn.out[o] % syn.weight.shape[0])
+            link(membrane[pop.name], o, syn.out[o] % syn.weight.shape[0])
+        if pop.kind == "layernorm":
+            link(pop.name + ":pre", np.arange(pop.size),
+                 np.zeros(pop.size, np.int64))
     for op in graph.attention:
         along(op.x, -1)
         along(op.y, -2)
@@ -177,7 +194,8 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
     Returns
     -------
     dict
-        Population (or ``<attention>:logits``) name -> sigma (size,).
+        Population (or ``<attention>:logits``, ``<population>:pre``) name
+        -> sigma (size,).
 
     Raises
     ------

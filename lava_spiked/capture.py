@@ -19,6 +19,8 @@ constants) and evaluates the ATen graph on *symbolic* values:
     the softmax of a Product, which becomes a WOSS population.
 
 A population is made where a value must be spikes: at ReLU (unipolar), at
+GELU, SiLU, tanh and sigmoid (an activation stage), at LayerNorm (a
+normalisation stage; its gamma and beta fold into what reads it), at
 both operands of a product, at the attention output and at the model output
 (readout); where a Linear or convolution reads a value that is not a single
 population scaled per channel (the paper's ``norm1_if``); and at a residual
@@ -40,7 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lava_spiked.plan import Synapse
+from lava_spiked.nonlinear import ACTIVATIONS
+from lava_spiked.plan import STAGED, Synapse
 
 
 class UnsupportedModelError(ValueError):
@@ -63,6 +66,11 @@ class Population:
         Its sources (empty for the input and attention outputs).
     bias : numpy.ndarray
         (size,) real-unit bias.
+    fn : str
+        Activation of an ``'activation'`` population
+        (:data:`lava_spiked.nonlinear.ACTIVATIONS`).
+    eps : float
+        LayerNorm's eps of a ``'layernorm'`` population.
     """
 
     name: str
@@ -70,6 +78,8 @@ class Population:
     kind: str
     synapses: ty.List[Synapse]
     bias: np.ndarray
+    fn: str = ""
+    eps: float = 0.0
 
     @property
     def size(self) -> int:
@@ -176,7 +186,12 @@ ELEMENTWISE = {"add", "sub", "rsub", "mul", "div", "neg"}
 LINEAR = {"linear", "conv1d", "conv2d"}
 REDUCTIONS = {"mean", "sum"}
 NORMS = {"batch_norm", "_native_batch_norm_legit_no_training"}
-SUPPORTED = MOVEMENT | ELEMENTWISE | LINEAR | REDUCTIONS | NORMS | {
+LAYER_NORMS = {"layer_norm", "native_layer_norm"}
+# ATen activation -> lava_spiked.nonlinear name (gelu by its approximate=)
+ACTIVATION_OPS = {"gelu": "gelu", "silu": "silu", "tanh": "tanh",
+                  "sigmoid": "sigmoid"}
+SUPPORTED = MOVEMENT | ELEMENTWISE | LINEAR | REDUCTIONS | NORMS | \
+    LAYER_NORMS | set(ACTIVATION_OPS) | {
     "relu", "matmul", "bmm", "softmax", "_softmax",
     "scaled_dot_product_attention", "masked_fill"}
 # identities: a value passes through them unchanged
@@ -389,7 +404,8 @@ def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...],
         raise UnsupportedModelError(
             "cannot convert these operations to phase-coded spikes: " +
             "; ".join(bad) + ". Supported: Linear, Conv (patch embedding), "
-            "eval-mode BatchNorm, ReLU, residual adds, reshapes, pooling, "
+            "eval-mode BatchNorm, LayerNorm (last axis), ReLU, GELU, SiLU, "
+            "tanh, sigmoid, residual adds, reshapes, pooling, "
             "concatenation with parameters, and attention written as "
             "softmax(q @ k^T * scale + bias) @ v or "
             "scaled_dot_product_attention.")
@@ -497,6 +513,10 @@ class _Capture:
             return self.materialize(args[0], self.unique(
                 _module_path(node), "relu" if _module_type(node) != "ReLU"
                 else ""), "relu", node)
+        if name in ACTIVATION_OPS:
+            return self.activation(node, name, args, kwargs)
+        if name in LAYER_NORMS:
+            return self.layer_norm(node, name, *args, **kwargs)
         if name in ("matmul", "bmm"):
             return self.matmul(node, *args[:2])
         if name in ("softmax", "_softmax"):
@@ -598,6 +618,39 @@ class _Capture:
         if op_name(node.target) == "batch_norm":
             return out
         return (out, None, None)
+
+    def activation(self, node, name, args, kwargs):
+        """A pointwise activation: a population with an activation stage."""
+        fn = ACTIVATION_OPS[name]
+        if name == "gelu":
+            approximate = kwargs.get("approximate", args[1] if len(args) > 1
+                                     else "none")
+            fn = "gelu_tanh" if approximate == "tanh" else "gelu"
+        role = "gelu" if fn == "gelu_tanh" else fn
+        # a module of its own (nn.GELU, Hugging Face's GELUActivation) names
+        # the population; a call inside a bigger module gets a suffix
+        own = role in _module_type(node).lower()
+        return self.materialize(args[0], self.unique(
+            _module_path(node), "" if own else role), "activation", fn=fn)
+
+    def layer_norm(self, node, name, x, shape, weight=None, bias=None,
+                   eps=1e-5, *rest, **kwargs):
+        """LayerNorm over the last axis: a population with a normalisation
+        stage, read as ``gamma * z + beta``."""
+        shape = list(shape)
+        if len(shape) != 1 or not isinstance(x, Affine) or \
+                x.shape[-1] != shape[0]:
+            raise UnsupportedModelError(
+                f"{node.name}: LayerNorm over {tuple(shape)}; only the "
+                "last axis (normalized_shape of one int) is supported")
+        own = "norm" in _module_type(node).lower()
+        z = self.materialize(x, self.unique(_module_path(node),
+                                            "" if own else "norm"),
+                             "layernorm", eps=float(eps))
+        gamma = weight if weight is not None else 1.0
+        beta = bias if bias is not None else 0.0
+        out = _scaled(z, gamma, beta)
+        return (out, None, None) if name == "native_layer_norm" else out
 
     def linear(self, node, name, x, weight, bias=None, *conv):
         """Linear or convolution: a new Term with the model's weight."""
@@ -702,8 +755,10 @@ class _Capture:
                 x, self.unique(name), "neuron")
         return self.materialized[key]
 
-    def materialize(self, x, name: str, kind: str, node=None) -> Affine:
-        """Make a population that carries ``x`` and return its value."""
+    def materialize(self, x, name: str, kind: str, node=None,
+                    **stage) -> Affine:
+        """Make a population that carries ``x`` and return its value
+        (``stage``: ``fn`` or ``eps`` of a staged kind)."""
         if not isinstance(x, Affine):
             raise UnsupportedModelError(
                 f"{name}: a {type(x).__name__} cannot feed a {kind} "
@@ -711,7 +766,8 @@ class _Capture:
         shape = _pop_shape(x.shape, kind)
         synapses = [_synapse(t, name) for t in x.terms]
         self.populations.append(Population(
-            name, shape, kind, synapses, x.bias.reshape(-1).numpy().copy()))
+            name, shape, kind, synapses, x.bias.reshape(-1).numpy().copy(),
+            **stage))
         return _direct(name, x.shape)
 
     # --------------------------------------------------------- attention
@@ -953,12 +1009,14 @@ def evaluate(graph: Graph, x: torch.Tensor,
              record: ty.Optional[ty.Callable[[str, torch.Tensor], None]] = None
              ) -> torch.Tensor:
     """The captured network without quantisation, batched, in float64:
-    the folded synapses, ReLU and exact softmax attention. It equals the
+    the folded synapses, ReLU, the activations and LayerNorm (unclipped)
+    and exact softmax attention. It equals the
     model's output up to float rounding exactly when the capture is right.
 
     With ``record``, calls ``record(name, values)`` with each population's
     values (batch, size) (and the logits of each attention, masked entries
-    0) as soon as they exist. Every value is dropped after its last reader,
+    0, and the membrane ``<name>:pre`` of each activation and LayerNorm
+    population) as soon as they exist. Every value is dropped after its last reader,
     so memory holds the live activations only (calibration reduces each one
     in its callback).
     """
@@ -984,13 +1042,30 @@ def evaluate(graph: Graph, x: torch.Tensor,
             a = torch.from_numpy(pop.bias).expand(n, -1)
             for syn in pop.synapses:
                 a = a + _apply(syn, val[syn.src])
-            val[pop.name] = a.clamp(min=0.0) if pop.kind == "relu" else a
+            if pop.kind in STAGED and record is not None:
+                record(pop.name + ":pre", a)
+            val[pop.name] = _activate(pop, a)
         if record is not None:
             record(pop.name, val[pop.name])
         for name in dead.get(i, ()):
             del val[name]
     out = graph[graph.output]
     return val[graph.output].reshape((n,) + out.shape)
+
+
+def _activate(pop: Population, a: torch.Tensor) -> torch.Tensor:
+    """What a population holds given its integrated input ``a`` (batch,
+    size), exactly (float64)."""
+    if pop.kind == "relu":
+        return a.clamp(min=0.0)
+    if pop.kind == "layernorm":
+        n = pop.shape[-1]
+        z = torch.nn.functional.layer_norm(a.reshape(-1, n), (n,),
+                                           eps=pop.eps)
+        return z.reshape(a.shape)
+    if pop.kind == "activation":
+        return torch.from_numpy(ACTIVATIONS[pop.fn][0](a.numpy()))
+    return a
 
 
 def _dead_after(graph: Graph) -> ty.Dict[int, ty.List[str]]:

@@ -64,7 +64,8 @@ import numpy as np
 import torch
 
 from lava_spiked import fixed
-from lava_spiked.golden import clip_sizes, warn_clipped
+from lava_spiked.golden import (clip_sizes, stage_fixed, stage_float,
+                                warn_clipped)
 from lava_spiked.phase import threshold_factor
 from lava_spiked.plan import Synapse
 from lava_spiked.validation import check_batch
@@ -547,7 +548,11 @@ class Engine:
                         self._logits(v, layer), saturated,
                         membranes if record else None, self, clipped)
                 kind = "relu" if layer.kind == "relu" else "bipolar"
-                clipped[layer.name] = self._clipped(v, kind == "relu")
+                if layer.stage is not None:
+                    v, clipped[layer.name], n_sat = self._stage(layer, v)
+                    saturated += n_sat
+                else:
+                    clipped[layer.name] = self._clipped(v, kind == "relu")
                 membranes[layer.name] = (v, kind)
                 traces[layer.name] = self._trace(v, kind == "relu", record)
             for src in [k for k in traces if self.last_read.get(k) == i]:
@@ -615,6 +620,32 @@ class Engine:
         membranes[name] = (out, "bipolar")
         traces[name] = self._trace(out, False)
         return saturated
+
+    def _stage(self, layer, v: torch.Tensor):
+        """The window-close stage of an activation or LayerNorm layer on
+        closed membranes ``v`` (fixed: table rows), by the golden model's
+        own numpy functions (one definition; these layers are a small
+        share of a call): the stage's output in the same form, its clipped
+        neurons and its saturation events per sample."""
+        n = v.shape[0]
+        if self.mode == "fixed":
+            m = (v.long() - self.top).clamp_(-fixed.STATE_MAX,
+                                             fixed.STATE_MAX).cpu().numpy()
+            y, n_sat = stage_fixed(layer, m)
+            one = 1 << fixed.STATE_FRAC_BITS
+        else:
+            m = v.cpu().numpy()
+            y, n_sat = stage_float(layer, m), np.zeros(n, np.int64)
+            one = 1.0
+        beyond = np.abs(y) > one
+        if layer.kind == "activation":
+            beyond |= np.abs(m) > one
+        clipped = torch.as_tensor(np.count_nonzero(beyond, axis=1),
+                                  device=self.device)
+        y = torch.as_tensor(y, device=self.device)
+        if self.mode == "fixed":
+            y = (y + self.top).int()
+        return y, clipped, torch.as_tensor(n_sat, device=self.device)
 
     def _close(self, acc, bias, name: str) -> torch.Tensor:
         """Membrane when the window closes (see fixed.close_window), before

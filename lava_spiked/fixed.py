@@ -57,6 +57,13 @@ ACC_MAX = (1 << (ACC_BITS - 1)) - 1
 GAIN_FRAC_BITS = 12
 WEIGHT_MANT_MAX = 127
 SPIKE_PAYLOAD_BITS = 2  # graded spike payload: the sign, -1 or +1
+# activation stage: knots every 2**KNOT_SHIFT state units over one sigma_pre
+# each way (see :func:`activation`)
+KNOT_SHIFT = 8
+KNOTS = (2 << STATE_FRAC_BITS >> KNOT_SHIFT) + 1
+# LayerNorm stage: sums of n squared 25-bit deviations stay below 2**62
+NORM_MAX_CHANNELS = 1 << 12
+MEAN_FRAC_BITS = 8
 
 
 def round_shift(x: ty.Any, n: int) -> np.ndarray:
@@ -258,18 +265,129 @@ def run_layer(in_steps: ty.Sequence[np.ndarray],
 
 def integrate_layer(current: ty.Callable[[int], np.ndarray], size: int,
                     weight_exp: int, bias_norm: ty.Any, B: float, T: int,
-                    unipolar: bool = False) -> IntegerLayer:
+                    unipolar: bool = False,
+                    stage: ty.Optional[ty.Callable] = None) -> IntegerLayer:
     """Integer golden model of one phase layer whose Dense current at input
-    step ``j`` is ``current(j)`` (int64, (size,)); see :func:`run_layer`."""
+    step ``j`` is ``current(j)`` (int64, (size,)); see :func:`run_layer`.
+    ``stage(v) -> (v, n_saturated)`` transforms the closed membrane before
+    it fires (:func:`activation`, :func:`layer_norm`); ``v`` in the result
+    is what fired."""
     gains, thresholds = gain_table(B, T), threshold_table(B, T)
     acc, n_sat = np.zeros(size, np.int64), 0
     for j in range(T):
         acc, n = accumulate(acc, current(j), int(gains[j]))
         n_sat += n
     v, n = close_window(acc, bias_norm, weight_exp)
-    step, sign = first_spike(v, thresholds, unipolar)
     n_sat += n
+    if stage is not None:
+        v, n = stage(v)
+        n_sat += n
+    step, sign = first_spike(v, thresholds, unipolar)
     return IntegerLayer(v, step, sign, n_sat)
+
+
+def activation(v: ty.Any, knots: np.ndarray,
+               row: ty.Any) -> ty.Tuple[np.ndarray, int]:
+    """Activation stage: ``f`` of closed membranes by integer knots.
+
+    ``v`` (state units of ``sigma_pre``, shape (..., size)) is clipped to
+    one ``sigma_pre``, ``[-2**16, 2**16]``; ``u = v + 2**16`` then lies
+    between knots ``i = u >> KNOT_SHIFT`` and ``i + 1`` at offset ``u mod
+    2**KNOT_SHIFT``, and the result (state units of ``sigma``) is
+    ``y_i + round_shift((y_{i+1} - y_i) * offset, KNOT_SHIFT)``, exact
+    integers throughout. ``knots`` and each neuron's ``row`` of it come
+    from :func:`lava_spiked.nonlinear.knot_table`; the error bound is
+    :func:`lava_spiked.nonlinear.activation_error_bound`.
+
+    Returns the values and the number of saturated elements (always 0: the
+    knots are saturated when they are made, and interpolation stays
+    between two of them).
+    """
+    one = 1 << STATE_FRAC_BITS
+    u = np.clip(np.asarray(v, dtype=np.int64), -one, one) + one
+    i = u >> KNOT_SHIFT
+    offset = u & ((1 << KNOT_SHIFT) - 1)
+    row = np.asarray(row, dtype=np.int64)
+    y0 = knots[row, i]
+    y1 = knots[row, np.minimum(i + 1, KNOTS - 1)]
+    return y0 + round_shift((y1 - y0) * offset, KNOT_SHIFT), 0
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    """Bits of positive int64 ``x`` (exact: the float estimate is
+    corrected both ways)."""
+    b = np.floor(np.log2(x.astype(np.float64))).astype(np.int64) + 1
+    b = b - ((x >> np.maximum(b - 1, 0)) == 0)
+    return b + ((x >> np.minimum(b, 62)) != 0)
+
+
+def isqrt(x: ty.Any) -> np.ndarray:
+    """``floor(sqrt(x))`` of int64 ``0 <= x < 2**52``, exact (the float64
+    root corrected by one comparison each way)."""
+    x = np.asarray(x, dtype=np.int64)
+    s = np.floor(np.sqrt(x.astype(np.float64))).astype(np.int64)
+    s = s - (s * s > x)
+    return s + ((s + 1) * (s + 1) <= x)
+
+
+def layer_norm(v: ty.Any, eps_state: int, gain: ty.Any,
+               gain_shift: int) -> ty.Tuple[np.ndarray, int]:
+    """LayerNorm stage: normalise closed membranes over their last axis.
+
+    A non-spike operation (design §12.11). For each token of ``n``
+    membranes ``v`` (int, state units of the one ``sigma_pre``):
+
+    1. exact integer sum ``S``; the deviations ``c = v - mu`` with the
+       mean ``mu = round(S / n)`` (half away from zero) for the variance,
+       and with ``MEAN_FRAC_BITS`` more bits of the mean for the
+       numerator, ``cf = v * 2**8 - round(S * 2**8 / n)`` (a whole unit of
+       mean error, times ``sqrt(n) / std``, would cost several output
+       units: the std of a token is often a few percent of its range);
+    2. ``D = sum(c**2) + n * eps_state`` (int64; ``eps_state`` is eps in
+       units of ``(sigma_pre * 2**-16)**2``), so that
+       ``z = c * sqrt(n) / sqrt(D)``;
+    3. inverse square root as a 24-bit mantissa: ``D`` is shifted by an
+       even ``k`` into ``[2**46, 2**48)`` (right shifts floor),
+       ``s = isqrt(D * 2**k)`` (24 bits), ``r = round(2**47 / s)``;
+    4. ``u = round(cf * r * 2**(k/2 - 32))``, which is ``z / sqrt(n)`` in
+       units of 2**-23 (``|z| <= sqrt(n)``);
+    5. ``out = round(u * gain * 2**-(gain_shift + 7))``: ``z / sigma`` in
+       state units, ``gain = round(sqrt(n) / sigma * 2**gain_shift)``
+       (:func:`lava_spiked.nonlinear.layer_norm_constants`), saturated.
+
+    Each rounding is relative 2**-23 or finer, so ``|out - exact| <= 1 +
+    |exact| * 2**-20`` (tested). A token with ``D = 0`` (all equal,
+    eps 0) gives 0.
+
+    Returns
+    -------
+    out : numpy.ndarray of int64
+    n_saturated : numpy.ndarray of int64
+        Saturated elements per token, shaped ``v.shape[:-1]`` (a batched
+        caller counts per sample).
+    """
+    v = np.asarray(v, dtype=np.int64)
+    n = v.shape[-1]
+    total = v.sum(-1, keepdims=True)
+
+    def mean(bits: int) -> np.ndarray:
+        num = np.abs(total) << bits
+        return np.sign(total) * ((2 * num + n) // (2 * n))
+
+    c = v - mean(0)
+    cf = (v << MEAN_FRAC_BITS) - mean(MEAN_FRAC_BITS)
+    d = np.maximum((c * c).sum(-1, keepdims=True) + n * int(eps_state), 1)
+    k = 48 - _bit_length(d)
+    k = k - (k & 1)  # even, rounding down: D * 2**k in [2**46, 2**48)
+    d = np.where(k >= 0, d << np.maximum(k, 0), d >> np.maximum(-k, 0))
+    s = isqrt(d)
+    r = ((1 << 48) // s + 1) >> 1  # round(2**47 / s), 24 bits
+    shift = 24 + MEAN_FRAC_BITS - k // 2  # 9..40
+    prod = cf * r  # < 2**57
+    u = np.sign(prod) * ((np.abs(prod) + (1 << (shift - 1))) >> shift)
+    out = round_shift(u * np.asarray(gain, dtype=np.int64), gain_shift + 7)
+    clipped = np.clip(out, -STATE_MAX, STATE_MAX)
+    return clipped, np.count_nonzero(clipped != out, axis=-1)
 
 
 def trace(B: float, T: int) -> np.ndarray:

@@ -22,6 +22,10 @@ normalised value lies strictly beyond that range, ``|A| / sigma > 1``:
 - ``floating_pt``: the normalised membrane (encoder: ``x / sigma``)
   ``|v| > 1.0``;
 - a unipolar (ReLU) neuron clips only above, ``v > 2**16`` (``v > 1``);
+- an activation neuron clips where its pre-activation membrane lies beyond
+  its own scale (the stage clips it there before applying ``f``) or its
+  output beyond sigma; a LayerNorm neuron where its normalised output lies
+  beyond sigma;
 - a NormalizedPhaseNeuron (attention output) is judged after its row-sum
   division; the attention logits are PhaseNeurons and count; the WOSS
   softmax (shifted logits <= 0) never clips; the readout reports its
@@ -41,9 +45,9 @@ import warnings
 
 import numpy as np
 
-from lava_spiked import fixed, phase
+from lava_spiked import fixed, nonlinear, phase
 from lava_spiked.attention import attention_fixed, attention_float
-from lava_spiked.plan import Plan
+from lava_spiked.plan import ActivationStage, Layer, Plan
 
 #: Clipped fraction (clipped neurons / (neurons x samples)) of a population
 #: in one call above which :meth:`lava_spiked.engine.Engine.__call__` and
@@ -133,6 +137,37 @@ def _clipped(v: np.ndarray, one: float, unipolar: bool = False) -> int:
     return int(np.count_nonzero((v if unipolar else np.abs(v)) > one))
 
 
+def stage_float(layer: Layer, v: np.ndarray) -> np.ndarray:
+    """The window-close stage of a staged layer under ``floating_pt``:
+    membranes ``v`` (..., size) in units of its membrane scale -> values in
+    units of sigma."""
+    st = layer.stage
+    if isinstance(st, ActivationStage):
+        return nonlinear.activation_float(v, st.fn, st.pre_scale, layer.scale)
+    n = layer.shape[-1]
+    y = nonlinear.layer_norm_float(
+        np.reshape(v, np.shape(v)[:-1] + (-1, n)),
+        st.eps / st.pre_scale ** 2, layer.scale.reshape(-1, n))
+    return y.reshape(np.shape(v))
+
+
+def stage_fixed(layer: Layer, v: np.ndarray
+                ) -> ty.Tuple[np.ndarray, np.ndarray]:
+    """The window-close stage of a staged layer under ``fixed_pt``: integer
+    membranes (..., size) -> state units of sigma, and the saturated
+    elements per leading index (...)."""
+    st = layer.stage
+    lead = np.shape(v)[:-1]
+    if isinstance(st, ActivationStage):
+        y, _ = fixed.activation(v, st.knots, st.row)
+        return y, np.zeros(lead, np.int64)
+    n = layer.shape[-1]
+    y, n_sat = fixed.layer_norm(
+        np.reshape(v, lead + (-1, n)), st.eps_state,
+        st.gain.reshape(-1, n), st.gain_shift)
+    return y.reshape(np.shape(v)), n_sat.sum(-1)
+
+
 def golden_float(plan: Plan, sample: ty.Any) -> Golden:
     """One sample under ``floating_pt``."""
     B, T = plan.B, plan.T
@@ -170,7 +205,14 @@ def golden_float(plan: Plan, sample: ty.Any) -> Golden:
             return Golden((a * layer.scale).reshape(layer.shape),
                           a * 2.0 ** fixed.STATE_FRAC_BITS, spikes, 0,
                           clipped)
-        clipped[layer.name] = _clipped(a, 1.0, layer.kind == "relu")
+        if layer.stage is not None:
+            y = stage_float(layer, a)
+            clipped[layer.name] = int(np.count_nonzero(
+                (np.abs(y) > 1.0) | ((np.abs(a) > 1.0) &
+                                     (layer.kind == "activation"))))
+            a = y
+        else:
+            clipped[layer.name] = _clipped(a, 1.0, layer.kind == "relu")
         code = phase.quantize(a, B, T, unipolar=layer.kind == "relu")
         val[layer.name] = code.value
         spikes[layer.name] = (code.step, code.sign)
@@ -210,14 +252,25 @@ def golden_fixed(plan: Plan, sample: ty.Any) -> Golden:
                 total += syn.apply((sign * (step == j))[None])[0]
             return total
 
-        res = fixed.integrate_layer(current, layer.size, layer.weight_exp,
-                                    layer.bias, B, T,
-                                    unipolar=layer.kind == "relu")
+        pre = []  # the membrane a stage saw
+
+        def stage(v, layer=layer):
+            pre.append(v)
+            y, n_sat = stage_fixed(layer, v)
+            return y, int(n_sat)
+
+        res = fixed.integrate_layer(
+            current, layer.size, layer.weight_exp, layer.bias, B, T,
+            unipolar=layer.kind == "relu",
+            stage=stage if layer.stage is not None else None)
         saturated += res.n_saturated
         if layer.kind == "readout":
             return Golden(plan.decode_readout(res.v.reshape(layer.shape)),
                           res.v, spikes, saturated, clipped)
         clipped[layer.name] = _clipped(res.v, one, layer.kind == "relu")
+        if layer.kind == "activation":
+            clipped[layer.name] = int(np.count_nonzero(
+                (np.abs(res.v) > one) | (np.abs(pre[0]) > one)))
         spikes[layer.name] = (res.step, res.sign)
     raise AssertionError("no readout layer")
 

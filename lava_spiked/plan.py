@@ -16,11 +16,13 @@ calibrated scales for a code (B, T):
 - every attention gets its trace-product mantissas, logit scale, bias,
   mask and schedule.
 
-Kinds reserved for the next issues (no second path will be needed): the
-population kinds ``'table'`` (a pointwise nonlinearity as a threshold table,
-e.g. GELU) and ``'norm'`` (per-token statistics, LayerNorm), and
+Populations of kind ``'activation'`` (GELU, SiLU, tanh, sigmoid) and
+``'layernorm'`` carry a window-close stage (:class:`ActivationStage`,
+:class:`NormStage`; :mod:`lava_spiked.nonlinear`): their membrane
+integrates in units of a pre-activation scale, and the stage maps it to the
+population's own scale before it fires. Reserved for the next issue:
 :class:`RuntimeInput` (a per-sample input besides the data, e.g. a key
-padding mask of N values). No backend accepts them yet.
+padding mask of N values); no backend accepts it yet.
 
 Schedule: the encoder fires in ``[0, T)``. A population fed by synapses
 opens its input window one step (Dense's latency) after the latest of its
@@ -36,12 +38,12 @@ import warnings
 
 import numpy as np
 
-from lava_spiked import fixed
+from lava_spiked import fixed, nonlinear
 from lava_spiked.validation import check_base, check_steps
 
-KINDS = ("input", "neuron", "relu", "operand", "attention", "readout",
-         "table", "norm")
-RESERVED = ("table", "norm")
+KINDS = ("input", "neuron", "relu", "activation", "layernorm", "operand",
+         "attention", "readout")
+STAGED = ("activation", "layernorm")
 
 
 @dataclasses.dataclass
@@ -97,6 +99,53 @@ class Window:
 
 
 @dataclasses.dataclass
+class ActivationStage:
+    """``f`` at window close (kind ``'activation'``).
+
+    Attributes
+    ----------
+    fn : str
+        A key of :data:`lava_spiked.nonlinear.ACTIVATIONS`.
+    pre_scale : numpy.ndarray
+        Scale of the membrane (the pre-activation), per neuron.
+    knots : numpy.ndarray of int64
+        (rows, KNOTS) integer knots (:func:`lava_spiked.nonlinear.knot_table`).
+    row : numpy.ndarray of int64
+        Knot row of every neuron.
+    """
+
+    fn: str
+    pre_scale: np.ndarray
+    knots: np.ndarray
+    row: np.ndarray
+
+
+@dataclasses.dataclass
+class NormStage:
+    """LayerNorm over the last axis at window close (kind ``'layernorm'``):
+    a non-spike operation.
+
+    Attributes
+    ----------
+    pre_scale : float
+        Scale of the membranes (the LayerNorm's input), one per population.
+    eps : float
+        LayerNorm's eps (real units).
+    eps_state, gain, gain_shift
+        Integer constants (:func:`lava_spiked.nonlinear.layer_norm_constants`).
+    """
+
+    pre_scale: float
+    eps: float
+    eps_state: int
+    gain: np.ndarray
+    gain_shift: int
+
+
+Stage = ty.Union[ActivationStage, NormStage]
+
+
+@dataclasses.dataclass
 class Layer:
     """A population of the Plan.
 
@@ -105,13 +154,16 @@ class Layer:
     name, shape, kind
         As captured; ``kind`` one of :data:`KINDS`.
     scale : numpy.ndarray
-        Sigma per neuron, (size,).
+        Sigma per neuron, (size,): the scale of its spikes.
     bias : numpy.ndarray
-        Bias in units of sigma, (size,).
+        Bias in units of the membrane's scale (:attr:`membrane_scale`),
+        (size,).
     synapses : list of Synapse
         Mantissas ``2k``; ``weight_exp`` is their shared exponent.
     weight_exp : int
     window : Window
+    stage : ActivationStage or NormStage, optional
+        Of the kinds ``'activation'`` and ``'layernorm'``.
     """
 
     name: str
@@ -122,11 +174,21 @@ class Layer:
     synapses: ty.List[Synapse]
     weight_exp: int
     window: Window
+    stage: ty.Optional[Stage] = None
 
     @property
     def size(self) -> int:
         """Number of neurons."""
         return int(np.prod(self.shape))
+
+    @property
+    def membrane_scale(self) -> np.ndarray:
+        """Scale of the integrated membrane per neuron: the stage's
+        pre-activation scale, else sigma."""
+        if self.stage is None:
+            return self.scale
+        return np.broadcast_to(np.asarray(self.stage.pre_scale, np.float64),
+                               self.scale.shape)
 
 
 @dataclasses.dataclass
@@ -246,14 +308,18 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
     layers, plan_attention = [], []
     for pop in graph.populations:
         sigma = sigmas[pop.name]
+        stage = _stage(pop, sigma, sigmas.get(pop.name + ":pre"))
+        membrane = sigma if stage is None else np.broadcast_to(
+            stage.pre_scale, sigma.shape)
         mats = [syn.weight * _source_scale(syn, sigmas[syn.src])[None, :] /
-                _channel_scale(syn, sigma)[:, None] for syn in pop.synapses]
+                _channel_scale(syn, membrane)[:, None]
+                for syn in pop.synapses]
         dense, exp = fixed.quantize_weights(*mats) if mats else ([], 0)
         layers.append(Layer(
-            pop.name, pop.shape, pop.kind, sigma, pop.bias / sigma,
+            pop.name, pop.shape, pop.kind, sigma, pop.bias / membrane,
             [dataclasses.replace(syn, weight=d)
              for syn, d in zip(pop.synapses, dense)], exp,
-            windows[pop.name]))
+            windows[pop.name], stage))
         op = attention.get(pop.name)
         if op is not None:
             plan_attention.append(_lower_attention(
@@ -263,6 +329,22 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
     # integration and a fire window
     return Plan(B, T, layers, plan_attention, graph.input, graph.output,
                 max(out.fire + 1, 2 * T), graph.ann_macs)
+
+
+def _stage(pop, sigma: np.ndarray,
+           pre: ty.Optional[np.ndarray]) -> ty.Optional[Stage]:
+    """The window-close stage of a population of a staged kind, from its
+    output scales ``sigma`` and membrane scales ``pre``."""
+    if pop.kind == "activation":
+        knots, row = nonlinear.knot_table(pop.fn, pre, sigma)
+        return ActivationStage(pop.fn, pre, knots, row)
+    if pop.kind == "layernorm":
+        pre_scale = float(pre.max())  # one per population (calibrate)
+        c = nonlinear.layer_norm_constants(pop.shape[-1], pop.eps, pre_scale,
+                                           sigma)
+        return NormStage(pre_scale, float(pop.eps), c.eps_state, c.gain,
+                         c.gain_shift)
+    return None
 
 
 def _source_scale(syn: Synapse, sigma: np.ndarray) -> np.ndarray:
