@@ -21,7 +21,13 @@ SNN, per population:
   B**-j and adds it: one per neuron and step with input (for the logit and
   attention output neurons an upper bound: one per spike pair, at most T).
 - non-spike operations (MAC): the row-sum division of every attention
-  output element and the WOSS inhibition of every logit (AC).
+  output element and the WOSS inhibition of every logit (AC); the
+  activation stage of a GELU/SiLU/tanh/sigmoid neuron, one multiply per
+  neuron (the interpolation between two knots); the LayerNorm stage,
+  :data:`NORM_MAC_PER_ELEMENT` per neuron (the sum, the squared deviation,
+  and the two multiplies of the normalisation) plus
+  :data:`NORM_MAC_PER_TOKEN` per token (the inverse square root, priced as
+  three Newton steps of three multiplies and one more for the mean).
 
 ANN: the multiply-accumulates of the original model's Linear, Conv and
 matmul operations on dense activations (no zero-skipping credit), all MLP
@@ -37,6 +43,20 @@ from lava_spiked.engine import EngineResult
 
 E_AC = 0.9e-12   # J, 32-bit float add, 45 nm
 E_MAC = 4.6e-12  # J, 32-bit float multiply (3.7 pJ) + add (0.9 pJ), 45 nm
+NORM_MAC_PER_ELEMENT = 4
+NORM_MAC_PER_TOKEN = 10
+
+
+def stage_macs(layer) -> float:
+    """Multiply-accumulates of a layer's window-close stage per sample (0
+    without one); see the module docstring."""
+    if layer.kind == "activation":
+        return float(layer.size)
+    if layer.kind == "layernorm":
+        tokens = layer.size // layer.shape[-1]
+        return float(NORM_MAC_PER_ELEMENT * layer.size +
+                     NORM_MAC_PER_TOKEN * tokens)
+    return 0.0
 
 
 @dataclasses.dataclass
@@ -139,5 +159,5 @@ def energy(plan: ty.Any, result: EngineResult) -> EnergyReport:
             layer.name, layer.size,
             fired[layer.name].sum() / n if layer.name in fired else 0.0,
             synaptic, updates(layer.name) if layer.name in steps else 0.0,
-            float(input_steps.sum()) / n))
+            float(input_steps.sum()) / n + stage_macs(layer)))
     return EnergyReport(layers, plan.ann_macs)

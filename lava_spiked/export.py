@@ -1,7 +1,8 @@
 """Save a Plan to a versioned HDF5 file and load it back, without torch.
 
 ``save(plan, path)`` writes every number the network needs: per layer its
-shape, kind, scales, bias, window and weight exponent, per synapse the
+shape, kind, scales, bias, window and weight exponent (and the integer
+constants of an activation or LayerNorm stage), per synapse the
 token-shared weight mantissas (stored once, with the two index maps that
 say which neurons they connect), per attention its trace-product mantissas,
 logit scale, bias, mask and schedule. ``load(path)`` returns a
@@ -27,13 +28,15 @@ import typing as ty
 import h5py
 import numpy as np
 
+from lava_spiked import fixed, nonlinear
 from lava_spiked.network import SpikingNetwork
-from lava_spiked.plan import (KINDS, Attention, Layer, Plan, Synapse,
-                              Window)
+from lava_spiked.plan import (KINDS, ActivationStage, Attention, Layer,
+                              NormStage, Plan, Synapse, Window)
 from lava_spiked.validation import check_base, check_steps
 
 FORMAT = "lava-spiked plan"
-VERSION = 1
+VERSION = 2  # 2 added the stages of activation and LayerNorm layers
+READABLE = (1, 2)
 
 
 class ExportError(ValueError):
@@ -79,6 +82,8 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
             g["shape"] = np.asarray(layer.shape, np.int64)
             g["scale"] = np.asarray(layer.scale, np.float64)
             g["bias"] = np.asarray(layer.bias, np.float64)
+            if layer.stage is not None:
+                _write_stage(g.create_group("stage"), layer.stage)
             synapses = g.create_group("synapses")
             for j, syn in enumerate(layer.synapses):
                 s = synapses.create_group(f"{j:04d}")
@@ -124,10 +129,10 @@ def load(path: ty.Union[str, pathlib.Path],
         if f.attrs.get("format") != FORMAT:
             raise ExportError(f"{path}: not a lava-spiked Plan (attribute "
                               f"'format' is {f.attrs.get('format')!r})")
-        if f.attrs.get("version") != VERSION:
+        if f.attrs.get("version") not in READABLE:
             raise ExportError(f"{path}: format version "
                               f"{f.attrs.get('version')!r}; this lava-spiked "
-                              f"reads version {VERSION}")
+                              f"reads versions {READABLE}")
         try:
             plan = _read(f)
         except KeyError as err:
@@ -173,6 +178,54 @@ def _array(group, key: str, kind: str, ndim: int,
     return np.asarray(value)
 
 
+def _write_stage(g, stage) -> None:
+    if isinstance(stage, ActivationStage):
+        g.attrs["fn"] = stage.fn
+        g["pre_scale"] = np.asarray(stage.pre_scale, np.float64)
+        g["knots"] = np.asarray(stage.knots, np.int64)
+        g["row"] = np.asarray(stage.row, np.int64)
+    else:
+        g.attrs.update(pre_scale=stage.pre_scale, eps=stage.eps,
+                       eps_state=stage.eps_state,
+                       gain_shift=stage.gain_shift)
+        g["gain"] = np.asarray(stage.gain, np.int64)
+
+
+def _read_stage(g, kind: str, shape, scale: np.ndarray):
+    """The stage of a staged layer, checked against the constants its
+    scales imply (the Lava models derive them from the scales, the engine
+    reads them: a file where they differ would run two networks)."""
+    if kind not in ("activation", "layernorm"):
+        if "stage" in g:
+            raise ValueError(f"{g.name}: a {kind} layer has no stage")
+        return None
+    if "stage" not in g:
+        raise KeyError(f"group {g.name}/stage")
+    st = g["stage"]
+    size = int(np.prod(shape))
+    if kind == "activation":
+        fn = nonlinear.check_activation(_attr(st, "fn", str))
+        pre = _array(st, "pre_scale", "f", 1, size)
+        knots, row = _array(st, "knots", "i", 2), _array(st, "row", "i", 1,
+                                                          size)
+        want = nonlinear.knot_table(fn, pre, scale)
+        if knots.shape[1] != fixed.KNOTS or not (
+                np.array_equal(knots, want[0]) and
+                np.array_equal(row, want[1])):
+            raise ValueError(f"{st.name}: knots do not match the scales")
+        return ActivationStage(fn, pre, knots, row)
+    pre, eps = _attr(st, "pre_scale", float), _attr(st, "eps", float)
+    const = nonlinear.layer_norm_constants(shape[-1], eps, pre, scale)
+    stage = NormStage(pre, eps, _attr(st, "eps_state", int),
+                      _array(st, "gain", "i", 1, size),
+                      _attr(st, "gain_shift", int))
+    if (stage.eps_state, stage.gain_shift) != (
+            const.eps_state, const.gain_shift) or \
+            not np.array_equal(stage.gain, const.gain):
+        raise ValueError(f"{st.name}: constants do not match the scales")
+    return stage
+
+
 def _read(f) -> Plan:
     layers: ty.List[Layer] = []
     for key in sorted(f["layers"], key=int):
@@ -205,12 +258,14 @@ def _read(f) -> Plan:
                 raise ValueError(f"{s.name}/out: indices outside the "
                                  f"{len(rows)} x {len(weight)} products")
             synapses.append(Synapse(src, rows, weight, out))
+        scale = _array(g, "scale", "f", 1, size)
         layers.append(Layer(
-            _attr(g, "name", str), shape, kind,
-            _array(g, "scale", "f", 1, size), _array(g, "bias", "f", 1, size),
-            synapses, _attr(g, "weight_exp", int),
+            _attr(g, "name", str), shape, kind, scale,
+            _array(g, "bias", "f", 1, size), synapses,
+            _attr(g, "weight_exp", int),
             Window(_attr(g, "window_start", int),
-                   _attr(g, "window_fire", int))))
+                   _attr(g, "window_fire", int)),
+            _read_stage(g, kind, shape, scale)))
     attention = []
     names = {layer.name: layer for layer in layers}
     for key in sorted(f["attention"], key=int):

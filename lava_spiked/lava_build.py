@@ -24,7 +24,8 @@ import numpy as np
 import scipy.sparse
 
 from lava_spiked import fixed, phase
-from lava_spiked.plan import Attention, Layer, Plan, Synapse
+from lava_spiked.plan import (ActivationStage, Attention, Layer, NormStage,
+                              Plan, Synapse)
 
 # Lava's import sets multiprocessing's start method to 'fork' and fails if
 # anything fixed it before (any use of multiprocessing does); 'fork' again
@@ -45,9 +46,9 @@ try:
     from lava.proc.sparse.process import Sparse
     from lava.utils.weightutils import SignMode
 
-    from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
-                                       PhaseNeuron, SpikeDelay, TraceMatMul,
-                                       WOSSSoftmax)
+    from lava_spiked.processes import (
+        ActivationPhaseNeuron, LayerNormPhaseNeuron, NormalizedPhaseNeuron,
+        PhaseEncoder, PhaseNeuron, SpikeDelay, TraceMatMul, WOSSSoftmax)
 except (ImportError, ValueError) as err:  # ValueError: unpatched lava
     raise ImportError(
         "Lava runs need lava-nc 0.10.0, installed and patched for Python "
@@ -155,13 +156,22 @@ class _LavaNetwork:
             if op is not None:
                 self._attention(op, layer)
                 continue
-            neuron = PhaseNeuron(
-                shape=layer.shape, start=layer.window.start,
-                weight_exp=layer.weight_exp,
-                bias=(layer.bias * layer.scale).reshape(layer.shape),
-                scale=layer.scale.reshape(layer.shape),
-                unipolar=layer.kind == "relu",
-                readout=layer.kind == "readout", **self.kw)
+            kw = dict(shape=layer.shape, start=layer.window.start,
+                      weight_exp=layer.weight_exp,
+                      bias=(layer.bias * layer.membrane_scale).reshape(
+                          layer.shape),
+                      scale=layer.scale.reshape(layer.shape), **self.kw)
+            stage = layer.stage
+            if isinstance(stage, ActivationStage):
+                neuron = ActivationPhaseNeuron(
+                    fn=stage.fn, pre_scale=stage.pre_scale.reshape(
+                        layer.shape), **kw)
+            elif isinstance(stage, NormStage):
+                neuron = LayerNormPhaseNeuron(
+                    eps=stage.eps, pre_scale=stage.pre_scale, **kw)
+            else:
+                neuron = PhaseNeuron(unipolar=layer.kind == "relu",
+                                     readout=layer.kind == "readout", **kw)
             self.processes[layer.name] = neuron
             for syn in layer.synapses:
                 self._connect(syn, layer, neuron)

@@ -5,7 +5,8 @@ bit-accurate models and lava-dl's Loihi 2 export, with the layer, the
 value and the source of the limit. Today's Plans do not fit: the phase
 neuron sums its window in a 48-bit accumulator and applies the layer's
 weight exponent itself, residual sources wait in delays longer than 62
-steps, and the spike x spike products carry 32-bit currents. A conformant
+steps, the spike x spike products carry 32-bit currents, and a LayerNorm
+stage sums the squared deviations of a token in 64 bits. A conformant
 lowering is the export issue's next step; until then this check says,
 honestly, what would have to change.
 
@@ -28,6 +29,12 @@ Sources of the limits (paths in lava-nc 0.10.0 / lava-dl 0.6.0):
   accept any integer. The only documented range is Loihi 1's signed 4 bits,
   -8..7 (NxSDK; brian2_loihi ``loihi_synapses.py``). Exponents outside it
   are reported as unverified, not as certain violations.
+
+Not checked: the activation stage's knot lookup (a table of
+``fixed.KNOTS`` entries per distinct pair of scales, interpolated with one
+multiply) and the LayerNorm stage's division-free inverse square root
+would run in Loihi 2's programmable neuron microcode, whose instruction
+set and memory limits have no public document.
 """
 import dataclasses
 import typing as ty
@@ -97,6 +104,12 @@ def check(plan: ty.Any) -> ty.List[Violation]:
                 found.append(Violation(
                     f"{syn.src} -> {layer.name}", "SpikeDelay steps", delay,
                     MAX_DELAY))
+        if layer.kind == "layernorm":
+            # sum over a token of squared deviations of 24-bit membranes
+            n = layer.shape[-1]
+            found.append(Violation(
+                layer.name, "LayerNorm sum of squares (int64 in the stage)",
+                float(n) * (2.0 * state_max) ** 2, state_max))
     for op in plan.attention:
         k, m = plan[op.x].shape[-1], plan[op.v].shape[-2]
         for name, w, n in ((op.logits, op.qk, k), (op.out, op.av, m)):

@@ -100,18 +100,18 @@ def knot_table(fn: str, pre_scale: ty.Any, scale: ty.Any
     fn : str
         A key of :data:`ACTIVATIONS`.
     pre_scale, scale : array_like
-        ``sigma_pre`` and ``sigma`` per neuron (same shape).
+        ``sigma_pre`` and ``sigma`` per neuron (broadcast together).
 
     Returns
     -------
     knots : numpy.ndarray of int64
         (rows, :data:`lava_spiked.fixed.KNOTS`).
     row : numpy.ndarray of int64
-        Knot row of every neuron, shaped like the scales.
+        Knot row of every neuron, shaped like the broadcast scales.
     """
     f = ACTIVATIONS[check_activation(fn)][0]
-    pre = np.asarray(pre_scale, dtype=np.float64)
-    out = np.broadcast_to(np.asarray(scale, dtype=np.float64), pre.shape)
+    pre, out = np.broadcast_arrays(np.asarray(pre_scale, dtype=np.float64),
+                                   np.asarray(scale, dtype=np.float64))
     pairs, row = np.unique(np.stack([pre.ravel(), out.ravel()], 1), axis=0,
                            return_inverse=True)
     one = 1 << fixed.STATE_FRAC_BITS

@@ -9,10 +9,12 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lava_spiked import fixed
+from lava_spiked import fixed, nonlinear
 from lava_spiked.phase import threshold_factor
 from lava_spiked.proc_models import register, window_step
-from lava_spiked.processes.phase_neuron import (NormalizedPhaseNeuron,
+from lava_spiked.processes.phase_neuron import (ActivationPhaseNeuron,
+                                                 LayerNormPhaseNeuron,
+                                                 NormalizedPhaseNeuron,
                                                  PhaseNeuron)
 
 
@@ -188,6 +190,48 @@ class AbstractNormalizedModel(AbstractPhaseNeuronModel):
         self.norm_count[0] += self.v.size
 
 
+class AbstractStagedModel(AbstractPhaseNeuronModel):
+    """A window-close stage after the membrane closes in units of
+    ``pre_scale``; the concrete models supply ``stage(v) -> (v,
+    n_saturated)``."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.pre_scale = proc_params["pre_scale"]
+        self.pre = None  # the membrane the stage saw (clipping)
+
+    def close_window(self, bias_norm):
+        """Close the window in the membrane's own units, then run the
+        stage."""
+        super().close_window(self.bias / self.pre_scale)
+        self.pre = self.v.copy()
+        self.v[:], n_sat = self.stage(self.v)
+        self.sat_count[0] += n_sat
+
+    def stage(self, v):
+        raise NotImplementedError
+
+
+class AbstractActivationModel(AbstractStagedModel):
+    """Activation stage; clips where the pre-activation or the output lies
+    beyond one scale."""
+
+    def clipped(self):
+        return int(np.count_nonzero((np.abs(self.v) > self.one) |
+                                    (np.abs(self.pre) > self.one)))
+
+
+class AbstractLayerNormModel(AbstractStagedModel):
+    """LayerNorm stage over the last axis: a non-spike operation counted in
+    ``norm_count``."""
+
+    norm_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def close_window(self, bias_norm):
+        super().close_window(bias_norm)
+        self.norm_count[0] += self.v.size
+
+
 @implements(proc=PhaseNeuron, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
@@ -224,5 +268,57 @@ class PyNormalizedPhaseNeuronModelFixed(AbstractNormalizedModel,
     row_sum: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
 
+@implements(proc=ActivationPhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyActivationPhaseNeuronModelFloat(AbstractActivationModel,
+                                        FloatArithmetic):
+    """Floating-point ActivationPhaseNeuron: ``f`` evaluated."""
+
+    def stage(self, v):
+        return nonlinear.activation_float(
+            v, self.proc_params["fn"], self.pre_scale, self.scale), 0
+
+
+@implements(proc=ActivationPhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyActivationPhaseNeuronModelFixed(AbstractActivationModel,
+                                        FixedArithmetic):
+    """Integer ActivationPhaseNeuron: knots and linear interpolation."""
+
+    def stage(self, v):
+        return fixed.activation(v, self.proc_params["knots"],
+                                self.proc_params["row"])
+
+
+@implements(proc=LayerNormPhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyLayerNormPhaseNeuronModelFloat(AbstractLayerNormModel,
+                                       FloatArithmetic):
+    """Floating-point LayerNormPhaseNeuron."""
+
+    def stage(self, v):
+        return nonlinear.layer_norm_float(
+            v, self.proc_params["eps"] / self.pre_scale ** 2, self.scale), 0
+
+
+@implements(proc=LayerNormPhaseNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyLayerNormPhaseNeuronModelFixed(AbstractLayerNormModel,
+                                       FixedArithmetic):
+    """Integer LayerNormPhaseNeuron."""
+
+    def stage(self, v):
+        p = self.proc_params
+        out, n_sat = fixed.layer_norm(v, p["eps_state"], p["gain"],
+                                      p["gain_shift"])
+        return out, int(n_sat.sum())
+
+
 register(PyPhaseNeuronModelFloat, PyPhaseNeuronModelFixed,
-         PyNormalizedPhaseNeuronModelFloat, PyNormalizedPhaseNeuronModelFixed)
+         PyNormalizedPhaseNeuronModelFloat, PyNormalizedPhaseNeuronModelFixed,
+         PyActivationPhaseNeuronModelFloat, PyActivationPhaseNeuronModelFixed,
+         PyLayerNormPhaseNeuronModelFloat, PyLayerNormPhaseNeuronModelFixed)

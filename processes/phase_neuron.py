@@ -7,6 +7,7 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
+from lava_spiked import nonlinear
 from lava_spiked.validation import (broadcast, check_base, check_finite,
                                     check_period, check_scale, check_shape,
                                     check_start, check_steps)
@@ -167,3 +168,98 @@ class NormalizedPhaseNeuron(PhaseNeuron):
         self.r_in = InPort(shape=rows)
         self.row_sum = Var(shape=rows, init=0)
         self.norm_count = Var(shape=(1,), init=0)
+
+
+class ActivationPhaseNeuron(PhaseNeuron):
+    """PhaseNeuron that fires ``Q(f(A))``: a pointwise activation (GELU,
+    its tanh form, SiLU, tanh, sigmoid) applied when the input window
+    closes (design §12.13; :mod:`lava_spiked.nonlinear`).
+
+    The membrane integrates ``A`` in units of ``pre_scale`` (the calibrated
+    range of the pre-activation; the incoming weight mantissas are
+    normalised by it, and ``bias / pre_scale`` enters at window close).
+    Then ``A`` is clipped to one ``pre_scale`` and replaced by ``f(A)`` in
+    units of ``scale``::
+
+        floating_pt:  v = f(clip(v, -1, 1) * pre_scale) / scale
+        fixed_pt:     v = fixed.activation(v, knots, row)
+
+    (integer knots of :func:`lava_spiked.nonlinear.knot_table`, linear
+    interpolation; error bound
+    :func:`lava_spiked.nonlinear.activation_error_bound`), and the neuron
+    fires as a bipolar PhaseNeuron. A neuron clips where its pre-activation
+    lies beyond ``pre_scale`` or its output beyond ``scale``.
+
+    Parameters
+    ----------
+    fn : str
+        A key of :data:`lava_spiked.nonlinear.ACTIVATIONS`.
+    pre_scale : float or array_like
+        Positive scale of the membrane.
+    **kwargs
+        Those of :class:`PhaseNeuron` (not ``unipolar`` or ``readout``).
+    """
+
+    def __init__(self, *, fn: str, pre_scale: ty.Any, **kwargs) -> None:
+        super().__init__(**kwargs)
+        _check_plain(self)
+        shape = self.shape
+        pre = check_scale("pre_scale", pre_scale, shape)
+        scale = self.scale.init
+        knots, row = nonlinear.knot_table(nonlinear.check_activation(fn), pre,
+                                          scale)
+        self.proc_params.overwrite("fn", fn)
+        self.proc_params.overwrite("pre_scale", pre)
+        self.proc_params.overwrite("knots", knots)
+        self.proc_params.overwrite("row", row)
+
+
+class LayerNormPhaseNeuron(PhaseNeuron):
+    """PhaseNeuron population that LayerNorm-normalises each token (the
+    last axis) when its input window closes, then fires ``Q(z)``.
+
+    The membranes integrate the LayerNorm's input in units of one
+    ``pre_scale`` (all of a token's membranes share their units, so that
+    the mean can be removed exactly). At window close, per token of ``n``
+    membranes::
+
+        floating_pt:  v = (v - mean) / sqrt(var + eps / pre_scale**2) / scale
+        fixed_pt:     v = fixed.layer_norm(v, eps_state, gain, gain_shift)
+
+    (integer mean, variance and 24-bit inverse square root; constants of
+    :func:`lava_spiked.nonlinear.layer_norm_constants`). This per-token
+    statistics stage is a **non-spike operation** (design §12.11);
+    ``norm_count`` counts the normalised elements, which the energy model
+    charges as multiply-accumulates. LayerNorm's gamma and beta are not
+    applied here: they fold into the weights and biases that read the
+    population.
+
+    Parameters
+    ----------
+    eps : float
+        LayerNorm's eps (real units, >= 0).
+    pre_scale : float
+        Positive scale of the membranes.
+    **kwargs
+        Those of :class:`PhaseNeuron` (not ``unipolar`` or ``readout``).
+    """
+
+    def __init__(self, *, eps: float, pre_scale: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        _check_plain(self)
+        pre = float(check_scale("pre_scale", pre_scale, (1,))[0])
+        eps = float(check_finite("eps", eps))
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        const = nonlinear.layer_norm_constants(
+            self.shape[-1], eps, pre, self.scale.init)
+        for key, value in dict(eps=eps, pre_scale=pre, **const._asdict()
+                               ).items():
+            self.proc_params.overwrite(key, value)
+        self.norm_count = Var(shape=(1,), init=0)
+
+
+def _check_plain(proc: PhaseNeuron) -> None:
+    if proc.proc_params["unipolar"] or proc.proc_params["readout"]:
+        raise ValueError(f"{type(proc).__name__} neurons are bipolar and "
+                         "spike: unipolar and readout must be False")

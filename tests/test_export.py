@@ -226,3 +226,45 @@ def test_loihi2_check_names_what_does_not_fit(bundled, tmp_path):
     with pytest.raises(ValueError, match="does not fit Loihi 2"):
         export.save(net, tmp_path / "strict.h5", strict=True)
     assert not (tmp_path / "strict.h5").exists()
+
+
+@pytest.fixture(scope="module")
+def staged_net():
+    """LayerNorm, GELU (erf and tanh forms), SiLU: every stage kind."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.GELU(),
+                          nn.Linear(16, 16), nn.GELU("tanh"),
+                          nn.Linear(16, 8), nn.SiLU(), nn.Linear(8, 3))
+    data = torch.randn(40, 6)
+    return convert(model.eval(), data[:32], progress=False), \
+        data[32:].numpy()
+
+
+def test_staged_layers_round_trip(staged_net, tmp_path):
+    net, x = staged_net
+    path = tmp_path / "staged.h5"
+    export.save(net, path)
+    back = export.load(path)
+    _assert_same_plan(net.plan, back.plan)
+    np.testing.assert_array_equal(Engine(back, "fixed")(x).logits,
+                                  Engine(net, "fixed")(x).logits)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: f["layers/0002/stage/knots"].__setitem__(
+        (0, 5), f["layers/0002/stage/knots"][0, 5] + 1),
+     "knots do not match the scales"),
+    (lambda f: f["layers/0001/stage"].attrs.__setitem__("gain_shift", 3),
+     "constants do not match the scales"),
+    (lambda f: f["layers/0002/stage"].attrs.__setitem__("fn", "elu"),
+     "unknown activation 'elu'"),
+    (lambda f: f.__delitem__("layers/0001/stage"),
+     "missing group /layers/0001/stage"),
+])
+def test_bad_stages_are_refused(staged_net, tmp_path, edit, match):
+    net, _ = staged_net
+    path = tmp_path / "staged.h5"
+    export.save(net, path)
+    _broken(path, edit)
+    with pytest.raises(export.ExportError, match=match):
+        export.load(path)
