@@ -57,6 +57,25 @@ def batches(data: ty.Any, sample_shape: ty.Tuple[int, ...],
         raise ValueError(f"{name} is empty")
 
 
+def _masked(data: ty.Any, attention_mask: ty.Any, shape, batch_size: int,
+            name: str) -> ty.Iterator[ty.Tuple[torch.Tensor, ty.Any]]:
+    """Batches of ``data`` with the matching rows of ``attention_mask``
+    (None without one; with one, ``data`` must be an array)."""
+    if attention_mask is None:
+        for x in batches(data, shape, batch_size, name):
+            yield x, None
+        return
+    if not isinstance(data, (np.ndarray, torch.Tensor)):
+        raise ValueError(f"with attention_mask, {name} must be an array "
+                         "(n, *sample_shape), not an iterable of batches")
+    mask = torch.as_tensor(np.asarray(attention_mask)).bool()
+    if tuple(mask.shape) != (len(data), shape[0]):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, "
+                         f"expected ({len(data)}, {shape[0]})")
+    for i, x in enumerate(batches(data, shape, batch_size, name)):
+        yield x, mask[i * batch_size:i * batch_size + len(x)]
+
+
 def groups(graph: Graph, granularity: str = "channel"
            ) -> ty.Tuple[ty.Dict[str, np.ndarray], int]:
     """Sigma group of every neuron: population (and ``<attention>:logits``,
@@ -126,7 +145,8 @@ def groups(graph: Graph, granularity: str = "channel"
 
 
 def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
-                 progress: bool = True) -> Graph:
+                 progress: bool = True,
+                 attention_mask: ty.Any = None) -> Graph:
     """The graph with masks written as large negative constants made masks.
 
     Models mask attention in many ways: a boolean mask or ``-inf`` (already
@@ -139,6 +159,8 @@ def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
     logits' scale over it (sigma near 1e4 for a -1e4 mask) and put every
     real logit in the code's dead zone. Masked entries never fire in the
     WOSS softmax and take no part in the logits' calibration.
+    ``attention_mask`` (n, N) is the runtime token mask of a graph that has
+    one (:func:`lava_spiked.capture.mask_tokens`).
     """
     candidates = {op.logits: op for op in graph.attention
                   if (op.bias < 0).any()}
@@ -157,9 +179,11 @@ def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
         alive[name] |= (torch.softmax(z, -1) > 0).any(0).numpy()
 
     shape = graph[graph.input].shape
-    for x in tqdm(batches(data, shape, batch_size, "calibration_data"),
-                  desc="finding masks", disable=not progress, leave=False):
-        evaluate(graph, x, update)
+    for x, m in tqdm(_masked(data, attention_mask, shape, batch_size,
+                             "calibration_data"),
+                     desc="finding masks", disable=not progress,
+                     leave=False):
+        evaluate(graph, x, update, m)
     attention = []
     for op in graph.attention:
         new = (op.bias < 0) & ~op.mask & ~alive[op.logits] \
@@ -171,8 +195,8 @@ def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
 
 def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
               percentile: float = 99.9, granularity: str = "channel",
-              batch_size: int = 64, progress: bool = True
-              ) -> ty.Dict[str, np.ndarray]:
+              batch_size: int = 64, progress: bool = True,
+              attention_mask: ty.Any = None) -> ty.Dict[str, np.ndarray]:
     """Scale sigma of every population and of every attention's logits.
 
     Parameters
@@ -190,6 +214,9 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
         Used with ``statistic='percentile'``.
     granularity : {'channel', 'tensor'}
         See the module docstring.
+    attention_mask : array_like, optional
+        (n, N) runtime token mask of the calibration samples, for a graph
+        that has one (:func:`lava_spiked.capture.mask_tokens`).
 
     Returns
     -------
@@ -227,9 +254,10 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
         else:
             stats.setdefault(name, []).append(v.astype(np.float32))
 
-    for x in tqdm(batches(data, shape, batch_size, "calibration_data"),
-                  desc="calibrating", disable=not progress, leave=False):
-        evaluate(graph, x, update)
+    for x, m in tqdm(_masked(data, attention_mask, shape, batch_size,
+                             "calibration_data"),
+                     desc="calibrating", disable=not progress, leave=False):
+        evaluate(graph, x, update, m)
     per_neuron = {
         name: (v[0][0] if statistic == "max" else
                np.percentile(np.concatenate(v), percentile, axis=0))

@@ -71,6 +71,8 @@ class Population:
         (:data:`lava_spiked.nonlinear.ACTIVATIONS`).
     eps : float
         LayerNorm's eps of a ``'layernorm'`` population.
+    token_mask : bool
+        Padded tokens never fire (:func:`mask_tokens`).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Population:
     bias: np.ndarray
     fn: str = ""
     eps: float = 0.0
+    token_mask: bool = False
 
     @property
     def size(self) -> int:
@@ -93,7 +96,8 @@ class AttentionOp:
 
     ``x`` is (h, N, K), ``y`` is (h, K, M) and ``v`` is (h, M, d); ``out``
     is the (h, N, d) population of the normalised result. ``coef``,
-    ``bias`` and ``mask`` are (h, N, M).
+    ``bias`` and ``mask`` are (h, N, M); with ``key_mask`` padded keys are
+    masked too (:func:`mask_tokens`).
     """
 
     x: str
@@ -103,6 +107,7 @@ class AttentionOp:
     coef: np.ndarray
     bias: np.ndarray
     mask: np.ndarray
+    key_mask: bool = False
 
     @property
     def logits(self) -> str:
@@ -113,14 +118,18 @@ class AttentionOp:
 @dataclasses.dataclass
 class Graph:
     """Captured network: populations in creation order (sources first),
-    attention operations, the input and output population names, and the
-    multiply-accumulates of one forward pass of the original model."""
+    attention operations, the input and output population names, the
+    multiply-accumulates of one forward pass of the original model, and,
+    after :func:`mask_tokens`, the tokens of its runtime attention mask and
+    whether its readout is a mean over them."""
 
     populations: ty.List[Population]
     attention: ty.List[AttentionOp]
     input: str
     output: str
     ann_macs: float
+    tokens: int = 0
+    mean_pool: bool = False
 
     def __getitem__(self, name: str) -> Population:
         return self._by_name[name]
@@ -1005,8 +1014,70 @@ def _replace(args, kwargs, fn):
     return sub(args), {k: sub(v) for k, v in kwargs.items()}
 
 
+def mask_tokens(graph: Graph, mean_pool: bool = False) -> Graph:
+    """``graph`` with a runtime attention mask over the N tokens of its
+    input (the first axis): every attention masks padded keys; with
+    ``mean_pool`` (the readout is a mean over tokens) the populations the
+    readout reads never fire for padded tokens and the readout divides by
+    the real tokens (:meth:`lava_spiked.plan.Plan.pool`).
+
+    Raises
+    ------
+    UnsupportedModelError
+        If an attention's keys or a pooled population's first axis are not
+        the N tokens.
+    """
+    n = graph[graph.input].shape[0]
+    for op in graph.attention:
+        if op.coef.shape[-1] != n:
+            raise UnsupportedModelError(
+                f"{op.out}: attends over {op.coef.shape[-1]} keys, not the "
+                f"{n} tokens of the attention mask")
+    pooled = _pooled_tokens(graph, n) if mean_pool else set()
+    return dataclasses.replace(
+        graph, tokens=n, mean_pool=mean_pool,
+        attention=[dataclasses.replace(op, key_mask=True)
+                   for op in graph.attention],
+        populations=[dataclasses.replace(p, token_mask=p.name in pooled)
+                     for p in graph.populations])
+
+
+def _pooled_tokens(graph: Graph, n: int) -> ty.Set[str]:
+    """The token populations (N, ...) whose mean the readout takes:
+    reached from the readout through populations without a token axis
+    (the pooled vector), and read by nothing else."""
+    readers: ty.Dict[str, ty.Set[str]] = {}
+    for pop in graph.populations:
+        for syn in pop.synapses:
+            readers.setdefault(syn.src, set()).add(pop.name)
+    for op in graph.attention:
+        for src in (op.x, op.y, op.v):
+            readers.setdefault(src, set()).add(op.out)
+    chain, pooled = {graph.output}, set()
+    frontier = [graph.output]
+    while frontier:
+        for syn in graph[frontier.pop()].synapses:
+            src = graph[syn.src]
+            if len(src.shape) >= 2 and src.shape[0] == n:
+                pooled.add(src.name)
+            elif src.kind != "input" and src.name not in chain:
+                chain.add(src.name)
+                frontier.append(src.name)
+    if not pooled:
+        raise UnsupportedModelError(
+            f"mean_pool: the readout reads no population of {n} tokens")
+    for name in pooled:
+        other = readers[name] - chain
+        if other:
+            raise UnsupportedModelError(
+                f"mean_pool: {name} is pooled but also read by "
+                f"{sorted(other)}; its padded tokens cannot be silenced")
+    return pooled
+
+
 def evaluate(graph: Graph, x: torch.Tensor,
-             record: ty.Optional[ty.Callable[[str, torch.Tensor], None]] = None
+             record: ty.Optional[ty.Callable[[str, torch.Tensor], None]] = None,
+             attention_mask: ty.Optional[torch.Tensor] = None
              ) -> torch.Tensor:
     """The captured network without quantisation, batched, in float64:
     the folded synapses, ReLU, the activations and LayerNorm (unclipped)
@@ -1016,11 +1087,20 @@ def evaluate(graph: Graph, x: torch.Tensor,
     With ``record``, calls ``record(name, values)`` with each population's
     values (batch, size) (and the logits of each attention, masked entries
     0, and the membrane ``<name>:pre`` of each activation and LayerNorm
-    population) as soon as they exist. Every value is dropped after its last reader,
-    so memory holds the live activations only (calibration reduces each one
-    in its callback).
+    population) as soon as they exist. Every value is dropped after its
+    last reader, so memory holds the live activations only (calibration
+    reduces each one in its callback).
+
+    A graph with a runtime mask (:func:`mask_tokens`) takes
+    ``attention_mask`` (batch, N), True for real tokens: padded keys are
+    masked, pooled padded tokens are 0 and a mean-pooled readout divides
+    by the real tokens, as the model computes with its attention mask.
     """
     n = len(x)
+    if graph.tokens:
+        attention_mask = torch.ones(n, graph.tokens, dtype=torch.bool) \
+            if attention_mask is None else \
+            torch.as_tensor(attention_mask).bool()
     dead = _dead_after(graph)
     val = {graph.input: x.reshape(n, -1).double()}
     if record is not None:
@@ -1034,6 +1114,8 @@ def evaluate(graph: Graph, x: torch.Tensor,
             z = torch.from_numpy(op.coef) * (xs @ ys) + \
                 torch.from_numpy(op.bias)
             mask = torch.from_numpy(op.mask)
+            if op.key_mask:
+                mask = mask | ~attention_mask[:, None, None, :]
             if record is not None:
                 record(op.logits, z.masked_fill(mask, 0.0).reshape(n, -1))
             p = torch.softmax(z.masked_fill(mask, -math.inf), -1)
@@ -1045,12 +1127,20 @@ def evaluate(graph: Graph, x: torch.Tensor,
             if pop.kind in STAGED and record is not None:
                 record(pop.name + ":pre", a)
             val[pop.name] = _activate(pop, a)
+            if pop.token_mask:
+                val[pop.name] = (val[pop.name].reshape((n, pop.shape[0], -1))
+                                 * attention_mask[..., None]).reshape(n, -1)
         if record is not None:
             record(pop.name, val[pop.name])
         for name in dead.get(i, ()):
             del val[name]
     out = graph[graph.output]
-    return val[graph.output].reshape((n,) + out.shape)
+    y = val[graph.output].reshape((n,) + out.shape)
+    if graph.mean_pool:
+        b = torch.from_numpy(out.bias).reshape(out.shape)
+        ratio = graph.tokens / attention_mask.sum(1).double()
+        y = (y - b) * ratio.reshape((-1,) + (1,) * len(out.shape)) + b
+    return y
 
 
 def _activate(pop: Population, a: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from lava_spiked.calibrate import absorb_masks, calibrate
-from lava_spiked.capture import capture
+from lava_spiked.capture import capture, mask_tokens
 from lava_spiked.network import SpikingNetwork
 from lava_spiked.plan import lower
 from lava_spiked.validation import check_base, check_steps
@@ -21,7 +21,8 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
             percentile: float = 99.9, granularity: str = "channel",
             output: ty.Union[int, str] = 0,
             input_name: ty.Optional[str] = None, progress: bool = True,
-            record: bool = False) -> SpikingNetwork:
+            record: bool = False, attention_mask: ty.Any = None,
+            mean_pool: bool = False) -> SpikingNetwork:
     """Convert a PyTorch transformer into a phase-coded spiking network.
 
     Parameters
@@ -45,6 +46,15 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
         ``"inputs_embeds"``); default the first positional parameter.
     record : bool
         Probe every layer's spikes in Lava (``SpikingNetwork.recorded``).
+    attention_mask : array_like, optional
+        (n, N) token mask of the calibration samples (1 = real token) of a
+        model over N tokens: the network then takes one per sample at run
+        time (padded keys never fire in any softmax;
+        :func:`lava_spiked.capture.mask_tokens`). Calibration sees the
+        model as it computes with these masks.
+    mean_pool : bool
+        With ``attention_mask``: the readout is a mean over the tokens, to
+        be taken over the real ones.
 
     Raises
     ------
@@ -56,9 +66,15 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     check_base(B), check_steps(T)
     first = next(iter(_first_batch(calibration_data)))
     graph = capture(model, tuple(first.shape[1:]), output, input_name)
-    graph = absorb_masks(graph, calibration_data, progress=progress)
+    if attention_mask is not None:
+        graph = mask_tokens(graph, mean_pool)
+    elif mean_pool:
+        raise ValueError("mean_pool needs attention_mask")
+    graph = absorb_masks(graph, calibration_data, progress=progress,
+                         attention_mask=attention_mask)
     sigmas = calibrate(graph, calibration_data, statistic, percentile,
-                       granularity, progress=progress)
+                       granularity, progress=progress,
+                       attention_mask=attention_mask)
     return SpikingNetwork(lower(graph, sigmas, B, T), graph, sigmas, record)
 
 

@@ -480,7 +480,8 @@ class Engine:
     # ------------------------------------------------------------- forward
     @torch.no_grad()
     def __call__(self, x: ty.Any, record: bool = True,
-                 warn: bool = True) -> EngineResult:
+                 warn: bool = True,
+                 attention_mask: ty.Any = None) -> EngineResult:
         """Run a batch (batch, *sample_shape).
 
         Parameters
@@ -497,14 +498,18 @@ class Engine:
             population's values in this batch were clipped, as
             :meth:`lava_spiked.network.SpikingNetwork.infer` does; the counts
             are in :attr:`EngineResult.clipped` either way.
+        attention_mask : array_like, optional
+            (batch, N) token masks, 1 for real tokens, for a network that
+            takes one (:meth:`lava_spiked.plan.Plan.check_mask`).
         """
-        res = self._run(x, record)
+        res = self._run(x, record, attention_mask)
         if warn:
             warn_clipped({k: int(v.sum()) for k, v in res.clipped.items()},
                          self.clip_sizes, len(res.logits), stacklevel=4)
         return res
 
-    def _run(self, x: ty.Any, record: bool) -> EngineResult:
+    def _run(self, x: ty.Any, record: bool,
+             attention_mask: ty.Any) -> EngineResult:
         plan = self.plan
         first = plan[plan.input]
         if not torch.is_tensor(x):
@@ -514,6 +519,9 @@ class Engine:
             x = check_batch("x", x.cpu(), first.shape)
         x = torch.as_tensor(x, dtype=torch.float64, device=self.device)
         n = len(x)
+        valid = plan.check_mask(attention_mask, n)
+        pad = None if valid is None else torch.as_tensor(~valid,
+                                                         device=self.device)
         fixed_mode = self.mode == "fixed"
         f32 = fixed_mode and _f32_products_exact(self.device)
         u = x.reshape(n, -1) / self._tensor(first.scale)
@@ -529,7 +537,8 @@ class Engine:
         for i, layer in enumerate(plan.layers[1:]):
             op = plan.attention_of(layer.name)
             if op is not None:
-                saturated += self._attend(op, traces, membranes, clipped)
+                saturated += self._attend(op, traces, membranes, clipped,
+                                          pad)
             else:
                 a = self.layers[layer.name]
                 acc = None
@@ -544,15 +553,23 @@ class Engine:
                 v = self._close(acc, a["bias"], layer.name)
                 saturated += self._saturated(v, layer.name)
                 if layer.kind == "readout":
+                    logits = self._logits(v, layer)
+                    if plan.mean_pool:
+                        logits = torch.as_tensor(plan.pool(
+                            logits.cpu().numpy(), valid), device=self.device)
                     return EngineResult(
-                        self._logits(v, layer), saturated,
-                        membranes if record else None, self, clipped)
+                        logits, saturated, membranes if record else None,
+                        self, clipped)
                 kind = "relu" if layer.kind == "relu" else "bipolar"
                 if layer.stage is not None:
                     v, clipped[layer.name], n_sat = self._stage(layer, v)
                     saturated += n_sat
                 else:
                     clipped[layer.name] = self._clipped(v, kind == "relu")
+                if layer.token_mask:  # padded tokens never fire
+                    silent = self.top if fixed_mode else 0.0
+                    v = v.reshape(n, len(valid[0]), -1).masked_fill(
+                        pad[..., None], silent).reshape(n, -1)
                 membranes[layer.name] = (v, kind)
                 traces[layer.name] = self._trace(v, kind == "relu", record)
             for src in [k for k in traces if self.last_read.get(k) == i]:
@@ -571,10 +588,13 @@ class Engine:
                 2.0 ** -fixed.STATE_FRAC_BITS
         return (v * self._tensor(layer.scale)).reshape((n,) + layer.shape)
 
-    def _attend(self, op, traces, membranes, clipped) -> torch.Tensor:
+    def _attend(self, op, traces, membranes, clipped, pad) -> torch.Tensor:
         """Run one attention; return its saturation counts (its clipping
-        counts go into ``clipped``)."""
+        counts go into ``clipped``). ``pad`` (batch, N): padded tokens,
+        masked as keys where the attention has ``key_mask``."""
         a = self.layers[op.out]
+        mask = a["mask"] if not op.key_mask else \
+            a["mask"] | pad[:, None, None, :]
         plan, name = self.plan, op.out
         # fixed: a logit sums products of two 13-bit traces, beyond
         # float32's exact range
@@ -589,9 +609,9 @@ class Engine:
         z = self._trace(v, False).double() * a["unit"]
         if self.mode == "fixed":
             z = _round(z)
-        z.masked_fill_(a["mask"], 0.0)
+        z = z.masked_fill(mask, 0.0)
         d = z - z.amax(-1, keepdim=True).clamp_(min=0.0)
-        d.masked_fill_(a["mask"], -math.inf)  # masked entries never fire
+        d = d.masked_fill(mask, -math.inf)  # masked entries never fire
         membranes[op.softmax] = (d, "woss")
         if self.mode == "fixed":  # d: integers <= 0, or -inf (masked)
             p = _lookup(self.woss_trace, d.clamp(self.woss_low, 0.0).sub_(

@@ -30,8 +30,9 @@ import numpy as np
 
 from lava_spiked import fixed, nonlinear
 from lava_spiked.network import SpikingNetwork
-from lava_spiked.plan import (KINDS, ActivationStage, Attention, Layer,
-                              NormStage, Plan, Synapse, Window)
+from lava_spiked.plan import (KINDS, MASK, ActivationStage, Attention,
+                              Layer, NormStage, Plan, RuntimeInput, Synapse,
+                              Window)
 from lava_spiked.validation import check_base, check_steps
 
 FORMAT = "lava-spiked plan"
@@ -56,12 +57,9 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
     Raises
     ------
     ValueError
-        If the Plan uses a runtime input (reserved; not exportable yet), or
-        with ``strict`` if it has Loihi 2 violations (listed).
+        With ``strict``, if the Plan has Loihi 2 violations (listed).
     """
     plan = getattr(plan, "plan", plan)
-    if plan.runtime_inputs:
-        raise ValueError("Plans with runtime inputs cannot be exported yet")
     if strict:
         from lava_spiked import loihi2
         found = loihi2.check(plan)
@@ -71,14 +69,16 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
     with h5py.File(path, "w") as f:
         f.attrs.update(format=FORMAT, version=VERSION, B=plan.B, T=plan.T,
                        num_steps=plan.num_steps, input=plan.input,
-                       output=plan.output, ann_macs=plan.ann_macs)
+                       output=plan.output, ann_macs=plan.ann_macs,
+                       tokens=plan.tokens, mean_pool=plan.mean_pool)
         layers = f.create_group("layers")
         for i, layer in enumerate(plan.layers):
             g = layers.create_group(f"{i:04d}")
             g.attrs.update(name=layer.name, kind=layer.kind,
                            weight_exp=layer.weight_exp,
                            window_start=layer.window.start,
-                           window_fire=layer.window.fire)
+                           window_fire=layer.window.fire,
+                           token_mask=layer.token_mask)
             g["shape"] = np.asarray(layer.shape, np.int64)
             g["scale"] = np.asarray(layer.scale, np.float64)
             g["bias"] = np.asarray(layer.bias, np.float64)
@@ -96,7 +96,7 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
             a = attention.create_group(f"{k:04d}")
             a.attrs.update(x=op.x, y=op.y, v=op.v, out=op.out,
                            qk_exp=op.qk_exp, av_exp=op.av_exp,
-                           logit_start=op.logit_start)
+                           logit_start=op.logit_start, key_mask=op.key_mask)
             a["qk"] = np.asarray(op.qk, np.int32)
             a["av"] = np.asarray(op.av, np.int32)
             a["logit_scale"] = np.asarray(op.logit_scale, np.float64)
@@ -265,7 +265,8 @@ def _read(f) -> Plan:
             _attr(g, "weight_exp", int),
             Window(_attr(g, "window_start", int),
                    _attr(g, "window_fire", int)),
-            _read_stage(g, kind, shape, scale)))
+            _read_stage(g, kind, shape, scale),
+            bool(g.attrs.get("token_mask", False))))
     attention = []
     names = {layer.name: layer for layer in layers}
     for key in sorted(f["attention"], key=int):
@@ -283,14 +284,19 @@ def _read(f) -> Plan:
             _array(a, "av", "i", 3), _attr(a, "av_exp", int),
             _array(a, "logit_scale", "f", 3, qk.size),
             _array(a, "logit_bias", "f", 3, qk.size),
-            _array(a, "mask", "b", 3, qk.size), _attr(a, "logit_start", int)))
+            _array(a, "mask", "b", 3, qk.size), _attr(a, "logit_start", int),
+            bool(a.attrs.get("key_mask", False))))
     for key in ("input", "output"):
         if _attr(f, key, str) not in names:
             raise ValueError(f"attribute {key} names no layer")
+    # version 1 files have no runtime token mask
+    tokens = _attr(f, "tokens", int) if "tokens" in f.attrs else 0
     return Plan(check_base(_attr(f, "B", float)),
                 check_steps(_attr(f, "T", int)), layers, attention,
                 _attr(f, "input", str), _attr(f, "output", str),
-                _attr(f, "num_steps", int), _attr(f, "ann_macs", float))
+                _attr(f, "num_steps", int), _attr(f, "ann_macs", float),
+                [RuntimeInput(MASK, (tokens,))] if tokens else [],
+                bool(f.attrs.get("mean_pool", False)))
 
 
 # Public Loihi 2 figures per chip (Intel, "Taking Neuromorphic Computing

@@ -168,9 +168,42 @@ def stage_fixed(layer: Layer, v: np.ndarray
     return y.reshape(np.shape(v)), n_sat.sum(-1)
 
 
-def golden_float(plan: Plan, sample: ty.Any) -> Golden:
-    """One sample under ``floating_pt``."""
+def _valid(plan: Plan, attention_mask: ty.Any) -> ty.Optional[np.ndarray]:
+    """One sample's token mask (N,) bool, checked, or None."""
+    m = plan.check_mask(None if attention_mask is None else
+                        np.asarray(attention_mask)[None], 1)
+    return None if m is None else m[0]
+
+
+def _key_mask(op, valid: ty.Optional[np.ndarray]) -> np.ndarray:
+    """An attention's mask with this sample's padded keys."""
+    if not op.key_mask:
+        return op.mask
+    return op.mask | ~valid[None, None, :]
+
+
+def _silence(layer: Layer, valid: ty.Optional[np.ndarray],
+             *arrays: np.ndarray) -> ty.Tuple[np.ndarray, ...]:
+    """Flat per-neuron arrays with a token-masked layer's padded tokens
+    set to 0 (silent)."""
+    if not layer.token_mask:
+        return arrays
+    keep = np.repeat(valid, layer.size // len(valid))
+    return tuple(np.where(keep, a, 0) for a in arrays)
+
+
+def _pool(plan: Plan, readout: np.ndarray,
+          valid: ty.Optional[np.ndarray]) -> np.ndarray:
+    return plan.pool(readout[None], None if valid is None else
+                     valid[None])[0]
+
+
+def golden_float(plan: Plan, sample: ty.Any,
+                 attention_mask: ty.Any = None) -> Golden:
+    """One sample under ``floating_pt`` (``attention_mask``: its token
+    mask (N,), for a Plan that takes one)."""
     B, T = plan.B, plan.T
+    valid = _valid(plan, attention_mask)
     first = plan[plan.input]
     # spike values in units of each layer's sigma
     u = np.asarray(sample, float).ravel() / first.scale
@@ -188,7 +221,7 @@ def golden_float(plan: Plan, sample: ty.Any) -> Golden:
             av = fixed.dequantize_weights(op.av, op.av_exp)
             res = attention_float(
                 xs, ys, vs, qk, op.logit_bias * op.logit_scale,
-                op.logit_scale, op.mask, av,
+                op.logit_scale, _key_mask(op, valid), av,
                 layer.scale.reshape(layer.shape), B, T)
             clipped[op.logits] = _clipped(res.logit_membrane, 1.0)
             clipped[layer.name] = _clipped(res.out_membrane, 1.0)
@@ -202,7 +235,8 @@ def golden_float(plan: Plan, sample: ty.Any) -> Golden:
             a = a + dataclasses.replace(syn, weight=w).apply(
                 val[syn.src][None])[0]
         if layer.kind == "readout":
-            return Golden((a * layer.scale).reshape(layer.shape),
+            return Golden(_pool(plan, (a * layer.scale).reshape(layer.shape),
+                                valid),
                           a * 2.0 ** fixed.STATE_FRAC_BITS, spikes, 0,
                           clipped)
         if layer.stage is not None:
@@ -214,14 +248,19 @@ def golden_float(plan: Plan, sample: ty.Any) -> Golden:
         else:
             clipped[layer.name] = _clipped(a, 1.0, layer.kind == "relu")
         code = phase.quantize(a, B, T, unipolar=layer.kind == "relu")
-        val[layer.name] = code.value
-        spikes[layer.name] = (code.step, code.sign)
+        value, step, sign = _silence(layer, valid, code.value, code.step + 1,
+                                     code.sign)
+        val[layer.name] = value
+        spikes[layer.name] = (step - 1, sign)
     raise AssertionError("no readout layer")
 
 
-def golden_fixed(plan: Plan, sample: ty.Any) -> Golden:
-    """One sample under ``fixed_pt``, bit for bit."""
+def golden_fixed(plan: Plan, sample: ty.Any,
+                 attention_mask: ty.Any = None) -> Golden:
+    """One sample under ``fixed_pt``, bit for bit (``attention_mask``: its
+    token mask (N,), for a Plan that takes one)."""
     B, T = plan.B, plan.T
+    valid = _valid(plan, attention_mask)
     thresholds = fixed.threshold_table(B, T)
     first = plan[plan.input]
     state, saturated = fixed.to_state(np.asarray(sample, float).ravel() /
@@ -236,8 +275,9 @@ def golden_fixed(plan: Plan, sample: ty.Any) -> Golden:
                 [a.reshape(plan[n].shape) for a in spikes[n]]
                 for n in (op.x, op.y, op.v)]
             res = attention_fixed(xs, xg, ys, yg, vs, vg, op.qk, op.qk_exp,
-                                  op.logit_bias, op.logit_scale, op.mask,
-                                  op.av, op.av_exp, B, T, y_transposed=True)
+                                  op.logit_bias, op.logit_scale,
+                                  _key_mask(op, valid), op.av, op.av_exp, B,
+                                  T, y_transposed=True)
             saturated += res.n_saturated
             clipped[op.logits] = _clipped(res.logit_state, one)
             clipped[layer.name] = _clipped(res.out_state, one)
@@ -265,12 +305,14 @@ def golden_fixed(plan: Plan, sample: ty.Any) -> Golden:
             stage=stage if layer.stage is not None else None)
         saturated += res.n_saturated
         if layer.kind == "readout":
-            return Golden(plan.decode_readout(res.v.reshape(layer.shape)),
-                          res.v, spikes, saturated, clipped)
+            return Golden(_pool(plan, plan.decode_readout(
+                res.v.reshape(layer.shape)), valid), res.v, spikes,
+                saturated, clipped)
         clipped[layer.name] = _clipped(res.v, one, layer.kind == "relu")
         if layer.kind == "activation":
             clipped[layer.name] = int(np.count_nonzero(
                 (np.abs(res.v) > one) | (np.abs(pre[0]) > one)))
-        spikes[layer.name] = (res.step, res.sign)
+        step, sign = _silence(layer, valid, res.step + 1, res.sign)
+        spikes[layer.name] = (step - 1, sign)
     raise AssertionError("no readout layer")
 

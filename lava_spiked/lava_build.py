@@ -238,13 +238,32 @@ class _LavaNetwork:
         """Run the network (:meth:`Runner.run`)."""
         self.runner.run(condition, run_cfg)
 
-    def infer_one(self, sample: np.ndarray, run_cfg) -> np.ndarray:
+    def infer_one(self, sample: np.ndarray, run_cfg,
+                  valid: ty.Optional[np.ndarray] = None) -> np.ndarray:
         """Run one sample period; the readout membrane in state units
-        (``value / sigma * 2**16``)."""
-        if not self.runner.started:
-            self.encoder.data.init = sample  # read at compile time
-        else:
-            self.encoder.data.set(sample)
+        (``value / sigma * 2**16``). ``valid`` (N,) bool is the sample's
+        token mask, for a Plan that takes one: it sets the mask Vars of the
+        key-masked softmaxes and the token-masked neurons."""
+        values = [(self.encoder.data, sample)]
+        if valid is not None:
+            pad = ~valid
+            for op in self.plan.attention:
+                if op.key_mask:
+                    values.append((self.processes[op.softmax].mask,
+                                   op.mask | pad[None, None, :]))
+            for layer in self.plan.layers:
+                if layer.token_mask:
+                    values.append((self.processes[layer.name].mask,
+                                   np.broadcast_to(pad.reshape(
+                                       (-1,) + (1,) * (len(layer.shape) - 1)),
+                                       layer.shape)))
+        for var, value in values:
+            if var is not self.encoder.data:
+                value = np.asarray(value, np.int32)
+            if not self.runner.started:
+                var.init = value  # read at compile time
+            else:
+                var.set(value)
         self.run(RunSteps(num_steps=self.plan.num_steps), run_cfg)
         out = self.plan[self.plan.output]
         return self.sink.data.get()[..., out.window.fire]

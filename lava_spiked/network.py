@@ -73,13 +73,17 @@ class SpikingNetwork:
         self.clipped: ty.Dict[str, int] = {}
 
     # ------------------------------------------------------------- golden
-    def golden_float(self, sample: ty.Any) -> np.ndarray:
-        """Closed form of the network for one sample (floating_pt)."""
-        return golden.golden_float(self.plan, sample).readout
+    def golden_float(self, sample: ty.Any,
+                     attention_mask: ty.Any = None) -> np.ndarray:
+        """Closed form of the network for one sample (floating_pt);
+        ``attention_mask`` (N,) for a network that takes one."""
+        return golden.golden_float(self.plan, sample, attention_mask).readout
 
-    def golden_fixed(self, sample: ty.Any) -> np.ndarray:
-        """Integer golden model for one sample (fixed_pt, bit for bit)."""
-        return golden.golden_fixed(self.plan, sample).readout
+    def golden_fixed(self, sample: ty.Any,
+                     attention_mask: ty.Any = None) -> np.ndarray:
+        """Integer golden model for one sample (fixed_pt, bit for bit);
+        ``attention_mask`` (N,) for a network that takes one."""
+        return golden.golden_fixed(self.plan, sample, attention_mask).readout
 
     def ann(self, samples: ty.Any) -> np.ndarray:
         """The captured network without quantisation (float64)."""
@@ -110,8 +114,8 @@ class SpikingNetwork:
         self.lava(getattr(run_cfg, "select_tag", None)).run(condition,
                                                                 run_cfg)
 
-    def infer(self, samples: ty.Any, run_cfg,
-              progress: bool = True) -> np.ndarray:
+    def infer(self, samples: ty.Any, run_cfg, progress: bool = True,
+              attention_mask: ty.Any = None) -> np.ndarray:
         """Run samples one after another through Lava; decoded logits.
 
         Parameters
@@ -121,6 +125,9 @@ class SpikingNetwork:
         run_cfg : lava RunConfig
             E.g. ``Loihi2SimCfg(select_tag="fixed_pt")``. Another tag than
             the running network's stops it and builds it anew.
+        attention_mask : array_like, optional
+            (n, N) token masks, for a network that takes one (set in the
+            running network before each sample; nothing is rebuilt).
 
         After the call, ``self.clipped`` holds population name (the input,
         every spiking layer and every ``<attention>:logits``; not the
@@ -132,14 +139,16 @@ class SpikingNetwork:
         exceeds :data:`lava_spiked.golden.CLIP_WARN_FRACTION`.
         """
         x = check_batch("samples", samples, self.plan[self.plan.input].shape)
+        valid = self.plan.check_mask(attention_mask, len(x))
         tag = getattr(run_cfg, "select_tag", None)
         lava = self.lava(tag)
         logits = []
         try:
-            for sample in tqdm(x, desc=f"Lava {tag or ''}",
-                               disable=not progress, leave=False):
-                logits.append(self.plan.decode_readout(
-                    lava.infer_one(sample, run_cfg)))
+            for i, sample in enumerate(tqdm(x, desc=f"Lava {tag or ''}",
+                                            disable=not progress,
+                                            leave=False)):
+                logits.append(self.plan.decode_readout(lava.infer_one(
+                    sample, run_cfg, None if valid is None else valid[i])))
                 if self.record:
                     self.recorded.append(lava.read_probes())
         except BaseException:  # an interrupt between runs, a failed read
@@ -149,7 +158,7 @@ class SpikingNetwork:
         self.clipped = dict(lava.clipped)
         golden.warn_clipped(self.clipped, golden.clip_sizes(self.plan),
                             len(x))
-        return np.array(logits)
+        return self.plan.pool(np.array(logits), valid)
 
     def stop(self) -> None:
         """Stop all Lava processes (idempotent); a later run or infer builds

@@ -20,9 +20,15 @@ Populations of kind ``'activation'`` (GELU, SiLU, tanh, sigmoid) and
 ``'layernorm'`` carry a window-close stage (:class:`ActivationStage`,
 :class:`NormStage`; :mod:`lava_spiked.nonlinear`): their membrane
 integrates in units of a pre-activation scale, and the stage maps it to the
-population's own scale before it fires. Reserved for the next issue:
-:class:`RuntimeInput` (a per-sample input besides the data, e.g. a key
-padding mask of N values); no backend accepts it yet.
+population's own scale before it fires.
+
+A Plan may take one runtime input besides the data, the token mask
+:data:`MASK` (``attention_mask``: N values per sample, 1 = a real token,
+0 = padding; :class:`RuntimeInput`), set per sample without rebuilding
+anything: an attention with ``key_mask`` never fires a softmax spike for a
+padded key, a layer with ``token_mask`` never fires for a padded token,
+and with ``mean_pool`` the readout, a mean over the tokens, is divided by
+the real tokens instead (:meth:`Plan.pool`).
 
 Schedule: the encoder fires in ``[0, T)``. A population fed by synapses
 opens its input window one step (Dense's latency) after the latest of its
@@ -44,6 +50,8 @@ from lava_spiked.validation import check_base, check_steps
 KINDS = ("input", "neuron", "relu", "activation", "layernorm", "operand",
          "attention", "readout")
 STAGED = ("activation", "layernorm")
+#: Name of the runtime token mask
+MASK = "attention_mask"
 
 
 @dataclasses.dataclass
@@ -164,6 +172,9 @@ class Layer:
     window : Window
     stage : ActivationStage or NormStage, optional
         Of the kinds ``'activation'`` and ``'layernorm'``.
+    token_mask : bool
+        Neurons of padded tokens (the first axis, per the runtime
+        :data:`MASK`) never fire.
     """
 
     name: str
@@ -175,6 +186,7 @@ class Layer:
     weight_exp: int
     window: Window
     stage: ty.Optional[Stage] = None
+    token_mask: bool = False
 
     @property
     def size(self) -> int:
@@ -198,7 +210,9 @@ class Attention:
     ``qk`` (h, N, M) and ``av`` (h, N, d) are trace-product mantissas with
     exponents ``qk_exp`` / ``av_exp``; ``logit_scale`` and ``logit_bias``
     (in units of the scale) are (h, N, M); ``logit_start`` is the logit
-    neurons' input window start (the softmax integrates T steps later).
+    neurons' input window start (the softmax integrates T steps later);
+    with ``key_mask`` padded keys (the last axis, per the runtime
+    :data:`MASK`) never fire in the softmax.
     """
 
     x: str
@@ -213,6 +227,7 @@ class Attention:
     logit_bias: np.ndarray
     mask: np.ndarray
     logit_start: int
+    key_mask: bool = False
 
     @property
     def logits(self) -> str:
@@ -225,8 +240,8 @@ class Attention:
 
 @dataclasses.dataclass
 class RuntimeInput:
-    """Reserved: a per-sample input besides the data (e.g. a key padding
-    mask of N values) that a backend feeds at run time."""
+    """A per-sample input besides the data that a backend feeds at run
+    time: today only the token mask :data:`MASK`, shape (N,)."""
 
     name: str
     shape: ty.Tuple[int, ...]
@@ -249,7 +264,10 @@ class Plan:
     ann_macs : float
         Multiply-accumulates of one forward pass of the original model.
     runtime_inputs : list of RuntimeInput
-        Reserved (empty).
+        Empty, or the token mask (see the module docstring).
+    mean_pool : bool
+        The readout is a mean over tokens: :meth:`pool` divides it by the
+        real ones.
     """
 
     B: float
@@ -262,6 +280,7 @@ class Plan:
     ann_macs: float
     runtime_inputs: ty.List[RuntimeInput] = dataclasses.field(
         default_factory=list)
+    mean_pool: bool = False
 
     def __post_init__(self) -> None:
         self._by_name = {layer.name: layer for layer in self.layers}
@@ -281,6 +300,60 @@ class Plan:
         out = self[self.output]
         return np.asarray(state) * 2.0 ** -fixed.STATE_FRAC_BITS * \
             out.scale.reshape(out.shape)
+
+    @property
+    def tokens(self) -> int:
+        """N of the runtime token mask, 0 without one."""
+        return self.runtime_inputs[0].shape[0] if self.runtime_inputs else 0
+
+    def check_mask(self, mask: ty.Any, n: int) -> ty.Optional[np.ndarray]:
+        """The token mask for ``n`` samples as a (n, N) bool array (True =
+        real token), or None for a Plan without one.
+
+        Raises
+        ------
+        ValueError
+            If a Plan with a token mask gets none, or one of another shape,
+            with values other than 0 and 1, or a sample without tokens; or
+            a Plan without one gets one.
+        """
+        if not self.tokens:
+            if mask is not None:
+                raise ValueError(
+                    "this network has no runtime attention_mask (it was "
+                    "converted without one); drop attention_mask=")
+            return None
+        if mask is None:
+            raise ValueError(
+                f"this network takes attention_mask= ({n}, {self.tokens}), "
+                "1 for real tokens and 0 for padding (see "
+                "lava_spiked.huggingface.embed)")
+        m = np.asarray(mask)
+        if m.shape != (n, self.tokens):
+            raise ValueError(f"attention_mask has shape {m.shape}, expected "
+                             f"({n}, {self.tokens})")
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 and 1")
+        m = m.astype(bool)
+        if not m.any(1).all():
+            raise ValueError("a sample's attention_mask is all 0 (no "
+                             "tokens)")
+        return m
+
+    def pool(self, logits: np.ndarray,
+             mask: ty.Optional[np.ndarray]) -> np.ndarray:
+        """Decoded readouts (n, ...) divided by the real tokens of each
+        sample where the readout is a mean over tokens (``mean_pool``): a
+        per-sample non-spike division, ``(A - b) * N / count + b``; else
+        ``logits`` unchanged."""
+        if not self.mean_pool:
+            return logits
+        out = self[self.output]
+        b = (out.bias * out.scale).reshape(out.shape)
+        ratio = self.tokens / mask.sum(1)
+        return (logits - b) * ratio.reshape((-1,) + (1,) * len(out.shape)) \
+            + b
+
 
 def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
           T: int) -> Plan:
@@ -319,7 +392,7 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
             pop.name, pop.shape, pop.kind, sigma, pop.bias / membrane,
             [dataclasses.replace(syn, weight=d)
              for syn, d in zip(pop.synapses, dense)], exp,
-            windows[pop.name], stage))
+            windows[pop.name], stage, pop.token_mask))
         op = attention.get(pop.name)
         if op is not None:
             plan_attention.append(_lower_attention(
@@ -328,7 +401,9 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
     # a sample ends when the readout has reported; the period must hold an
     # integration and a fire window
     return Plan(B, T, layers, plan_attention, graph.input, graph.output,
-                max(out.fire + 1, 2 * T), graph.ann_macs)
+                max(out.fire + 1, 2 * T), graph.ann_macs,
+                [RuntimeInput(MASK, (graph.tokens,))] if graph.tokens else [],
+                graph.mean_pool)
 
 
 def _stage(pop, sigma: np.ndarray,
@@ -376,7 +451,8 @@ def _lower_attention(op, graph, sigmas, logit_start: int) -> Attention:
         op.coef * sx[..., :, :1] * sy[..., :1, :] / s_logit)
     (av,), av_exp = fixed.quantize_weights(sv[..., :1, :] / s_out)
     return Attention(op.x, op.y, op.v, op.out, qk, qk_exp, av, av_exp,
-                     s_logit, op.bias / s_logit, op.mask, logit_start)
+                     s_logit, op.bias / s_logit, op.mask, logit_start,
+                     op.key_mask)
 
 
 def _schedule(graph, T: int) -> ty.Dict[str, Window]:

@@ -24,6 +24,7 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
 
     a_in = s_out = v = acc = None  # declared by the arithmetic subclasses
     fired: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
+    mask: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
     bias: np.ndarray = LavaPyType(np.ndarray, float)
     scale: np.ndarray = LavaPyType(np.ndarray, float)
     sat_count: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
@@ -62,7 +63,8 @@ class AbstractPhaseNeuronModel(PyLoihiProcessModel):
         elif self.readout:
             self.s_out.send(self.membrane() if r == self.T else self.silent)
         else:
-            s = self.fire(r - self.T) * (self.fired == 0)
+            s = self.fire(r - self.T) * ((self.fired == 0) &
+                                         (self.mask == 0))
             self.fired[s != 0] = 1
             self.s_out.send(s)
 

@@ -3,7 +3,6 @@
 """PhaseEncoder: real values in, one signed spike per element out."""
 import typing as ty
 
-import numpy as np
 from lava.magma.core.process.ports.ports import OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var

@@ -44,6 +44,10 @@ class PhaseNeuron(AbstractProcess):
     layer's only rounding; the threshold is the integer table ``theta_m``,
     and every saturation is counted in ``sat_count``.
 
+    A neuron whose ``mask`` Var is 1 never spikes (a padded token's neuron
+    when the runtime attention mask is set; its membrane, and its clipping
+    count, are computed as usual).
+
     With ``readout=True`` the neuron never spikes: at ``r = T`` it sends its
     membrane in state units, ``v * 2**16`` (a float under ``floating_pt``, the
     integer state under ``fixed_pt``), so ``A = s_out * scale / 2**16``; it
@@ -130,6 +134,7 @@ class PhaseNeuron(AbstractProcess):
         self.fired = Var(shape=shape, init=0)
         self.bias = Var(shape=shape, init=bias)
         self.scale = Var(shape=shape, init=scale)
+        self.mask = Var(shape=shape, init=0)
         self.sat_count = Var(shape=(1,), init=0)
         self.clip_count = Var(shape=(1,), init=0)
         self.stray_count = Var(shape=(1,), init=0)

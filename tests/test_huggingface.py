@@ -1,0 +1,138 @@
+"""Hugging Face BERT: converted unchanged, with the attention mask as a
+per-sample runtime input (random small configs; the tokenizer is
+MiniLM's, offline)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lava_spiked import Engine, UnsupportedModelError
+from lava_spiked.capture import evaluate
+from lava_spiked.huggingface import convert_bert, embed
+from lava_spiked.text_data import load_minilm
+
+transformers = pytest.importorskip("transformers")
+
+TEXTS = ["what a lovely day", "this is the worst service I have ever had",
+         "ok", "can't wait to see you all tomorrow at the beach!!",
+         "meh", "so tired of waiting in line", "love it", "no"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_minilm()[1]
+
+
+def _config(layers=1):
+    return transformers.BertConfig(
+        vocab_size=30522, hidden_size=16, num_hidden_layers=layers,
+        num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=64, num_labels=3)
+
+
+def _classifier(layers=1):
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(
+        _config(layers)).double().eval()
+
+
+def test_capture_equals_the_model_with_its_attention_mask(tokenizer):
+    """The converted body, fed the embedding output and the token mask,
+    computes what BertForSequenceClassification computes from the token
+    ids and attention mask (pooler path) and what a BertModel with a
+    mean-pooled head computes (mean over real tokens)."""
+    model = _classifier(layers=2)
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    net = convert_bert(model, enc, length=16, progress=False)
+    hidden, mask = embed(model, enc, 16)
+    with torch.no_grad():
+        want = model(**enc).logits.numpy()
+    got = evaluate(net.graph, torch.from_numpy(hidden),
+                   attention_mask=torch.from_numpy(mask))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
+
+    head = nn.Linear(16, 2).double()
+    bare = model.bert
+    net = convert_bert(bare, enc, length=16, head=head, progress=False)
+    with torch.no_grad():
+        h = bare(**enc).last_hidden_state
+        m = enc["attention_mask"][..., None].double()
+        want = head((h * m).sum(1) / m.sum(1)).numpy()
+    got = evaluate(net.graph, torch.from_numpy(hidden),
+                   attention_mask=torch.from_numpy(mask))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
+    assert net.plan.mean_pool and net.plan.tokens == 16
+
+
+@pytest.mark.parametrize("pooling", ["pooler", "mean"])
+def test_padding_never_changes_the_logits(tokenizer, pooling):
+    """A text padded to 16 or to 24 tokens by the tokenizer, or with
+    garbage in its padded positions, gives the same SNN logits bit for bit
+    (padded keys never fire; padded tokens are not pooled); the engine
+    equals the integer golden model."""
+    model = _classifier()
+    kw = dict(head=nn.Linear(16, 2).double()) if pooling == "mean" else {}
+    target = model.bert if pooling == "mean" else model
+    net = convert_bert(target, tokenizer(TEXTS, padding=True), length=24,
+                       pooling=pooling, progress=False, **kw)
+    engine = Engine(net, "fixed")
+    runs = []
+    for width in (16, 24):
+        enc = tokenizer(TEXTS[:4], padding="max_length", max_length=width)
+        hidden, mask = embed(target, enc, 24)
+        runs.append(engine(hidden, attention_mask=mask, warn=False).logits)
+    garbage = hidden.copy()
+    garbage[mask == 0] = np.random.default_rng(0).normal(
+        0, 5, garbage[mask == 0].shape)
+    runs.append(engine(garbage, attention_mask=mask, warn=False).logits)
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other.numpy(), runs[0].numpy())
+    for i in range(2):
+        np.testing.assert_array_equal(
+            net.golden_fixed(garbage[i], mask[i]), runs[0][i].numpy())
+
+
+def test_bert_layer_in_lava_matches_the_engine_with_per_sample_masks(
+        tokenizer):
+    """Two samples of different lengths one after another in one running
+    Lava network: the masks are set per sample, nothing is rebuilt, and
+    fixed_pt equals the engine bit for bit."""
+    from lava_spiked.lava_build import Loihi2SimCfg
+
+    model = _classifier()
+    enc = tokenizer(TEXTS, padding=True, truncation=True, max_length=8)
+    net = convert_bert(model, enc, length=8, T=12, B=1.4, progress=False)
+    hidden, mask = embed(model, tokenizer(TEXTS[:2], padding=True,
+                                          truncation=True, max_length=8), 8)
+    assert mask.sum(1).tolist() == [6, 8]
+    with net:
+        got = net.infer(hidden, Loihi2SimCfg(select_tag="fixed_pt"),
+                        attention_mask=mask, progress=False)
+    want = Engine(net, "fixed")(hidden, attention_mask=mask,
+                                warn=False).logits.numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_bad_inputs_name_the_problem(tokenizer):
+    model = _classifier()
+    enc = tokenizer(TEXTS, padding=True)
+    with pytest.raises(ValueError, match=r"lack \['attention_mask'\]"):
+        embed(model, {"input_ids": enc["input_ids"]}, 24)
+    with pytest.raises(ValueError, match="padding=True"):
+        embed(model, tokenizer(TEXTS), 24)
+    with pytest.raises(ValueError, match="has 16 tokens, but the network "
+                                         "was converted for 8"):
+        embed(model, enc, 8)
+    with pytest.raises(UnsupportedModelError, match="GPT2Model is not "
+                                                    "supported"):
+        embed(transformers.GPT2Model(transformers.GPT2Config(
+            n_layer=1, n_embd=8, n_head=2)), enc, 24)
+    net = convert_bert(model, enc, length=16, progress=False)
+    hidden, mask = embed(model, enc, 16)
+    with pytest.raises(ValueError, match="takes attention_mask="):
+        Engine(net)(hidden)
+    with pytest.raises(ValueError, match=r"shape \(8, 15\), expected "
+                                         r"\(8, 16\)"):
+        Engine(net)(hidden, attention_mask=mask[:, 1:])
+    with pytest.raises(ValueError, match="head= is for a bare BertModel"):
+        convert_bert(model, enc, length=16, head=nn.Linear(16, 3))
