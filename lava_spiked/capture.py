@@ -700,24 +700,27 @@ class _Capture:
             out_shape = tuple(new_bias.shape)
         if t is None:  # a constant input
             return Affine([], new_bias)
-        # a scale per input channel folds into the weight's columns
-        valid = in_rows >= 0
-        first = valid.to(torch.uint8).argmax(0)  # first valid row per k
-        per_k = in_scale.gather(0, first[None])[0]
-        if not torch.equal(torch.where(valid, in_scale, 0.0),
-                           torch.where(valid, per_k.expand_as(in_scale),
-                                       0.0)):
-            raise UnsupportedModelError(
-                f"{node.name}: the input of this {name} is scaled per token, "
-                "which a token-shared weight cannot fold")
         rows_n, c = in_rows.shape[0], w2.shape[0]
         if rows_layout is None:  # linear: (..., C), rows first
             out = torch.arange(rows_n * c).reshape(out_shape)
         else:  # conv: (1, C, *spatial), spatial positions are the rows
             out = torch.arange(rows_n * c).reshape(rows_n, c).T.reshape(
                 out_shape)
-        term = Term(t.src, in_rows, w2 * per_k, out,
-                    torch.ones(out_shape, dtype=torch.float64))
+        # a scale per input channel folds into the weight's columns; one
+        # per row (a mean over tokens of a per-channel scaled value, e.g.
+        # LayerNorm's gamma) moves to the output
+        valid = in_rows >= 0
+        per_k = _uniform(in_scale, valid, 0)
+        per_r = _uniform(in_scale, valid, 1) if per_k is None else None
+        if per_k is None and per_r is None:
+            raise UnsupportedModelError(
+                f"{node.name}: the input of this {name} is scaled per token "
+                "and per channel, which a token-shared weight cannot fold")
+        if per_k is not None:
+            term = Term(t.src, in_rows, w2 * per_k, out,
+                        torch.ones(out_shape, dtype=torch.float64))
+        else:
+            term = Term(t.src, in_rows, w2, out, per_r[out // c])
         return Affine([term], new_bias.reshape(out_shape))
 
     def reduce(self, node, name, x, dim=None, keepdim=False, **kwargs):
@@ -773,11 +776,28 @@ class _Capture:
                 f"{name}: a {type(x).__name__} cannot feed a {kind} "
                 "population")
         shape = _pop_shape(x.shape, kind)
-        synapses = [_synapse(t, name) for t in x.terms]
+        factor = shift = None
+        try:
+            synapses = [_synapse(t, name) for t in x.terms]
+        except UnsupportedModelError:
+            # one weighted term scaled per row after its weight (a mean
+            # over tokens of LayerNorm's gamma * z + beta): the population
+            # holds the mean of z alone, and its readers fold gamma and
+            # beta; kept in the population, beta / gamma would be a large
+            # constant on which the phase code's relative error drowns the
+            # signal
+            t = x.terms[0]
+            if len(x.terms) != 1 or kind != "neuron":
+                raise
+            factor, shift = t.scale, x.bias
+            x = Affine([dataclasses.replace(t, scale=torch.ones_like(
+                t.scale))], torch.zeros_like(x.bias))
+            synapses = [_synapse(x.terms[0], name)]
         self.populations.append(Population(
             name, shape, kind, synapses, x.bias.reshape(-1).numpy().copy(),
             **stage))
-        return _direct(name, x.shape)
+        value = _direct(name, x.shape)
+        return value if factor is None else _scaled(value, factor, shift)
 
     # --------------------------------------------------------- attention
     def operand(self, x, name) -> str:
@@ -872,6 +892,19 @@ def _direct(name: str, shape: ty.Tuple[int, ...]) -> Affine:
     return Affine([Term(name, None, None, torch.arange(size).reshape(shape),
                         torch.ones(shape, dtype=torch.float64))],
                   torch.zeros(shape, dtype=torch.float64))
+
+
+def _uniform(scale: torch.Tensor, valid: torch.Tensor,
+             axis: int) -> ty.Optional[torch.Tensor]:
+    """The (R, K) ``scale`` as one value per column (``axis=0``) or per row
+    (``axis=1``) where ``valid``, or None if it is not."""
+    first = valid.to(torch.uint8).argmax(axis)  # first valid entry
+    picked = scale.gather(axis, first.unsqueeze(axis)).squeeze(axis)
+    spread = picked.unsqueeze(axis).expand_as(scale)
+    if torch.equal(torch.where(valid, scale, 0.0),
+                   torch.where(valid, spread, 0.0)):
+        return picked
+    return None
 
 
 def _live(terms: ty.List[Term]) -> ty.List[Term]:

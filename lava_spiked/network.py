@@ -85,8 +85,10 @@ class SpikingNetwork:
         ``attention_mask`` (N,) for a network that takes one."""
         return golden.golden_fixed(self.plan, sample, attention_mask).readout
 
-    def ann(self, samples: ty.Any) -> np.ndarray:
-        """The captured network without quantisation (float64)."""
+    def ann(self, samples: ty.Any,
+            attention_mask: ty.Any = None) -> np.ndarray:
+        """The captured network without quantisation (float64), the model
+        itself; ``attention_mask`` (n, N) for a network that takes one."""
         if self.graph is None:
             raise ValueError("this network has no captured model (it was "
                              "loaded from a file): no ANN to evaluate")
@@ -94,7 +96,9 @@ class SpikingNetwork:
 
         from lava_spiked.capture import evaluate
         x = check_batch("samples", samples, self.plan[self.plan.input].shape)
-        return evaluate(self.graph, torch.from_numpy(x)).numpy()
+        mask = self.plan.check_mask(attention_mask, len(x))
+        return evaluate(self.graph, torch.from_numpy(x), attention_mask=None
+                        if mask is None else torch.from_numpy(mask)).numpy()
 
     # ---------------------------------------------------------------- Lava
     def lava(self, tag: ty.Optional[str]) -> ty.Any:

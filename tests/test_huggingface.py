@@ -31,9 +31,29 @@ def _config(layers=1):
 
 
 def _classifier(layers=1):
+    """A random small BERT; its LayerNorms get random gamma and beta (the
+    default 1 and 0 would hide how they fold)."""
     torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(
-        _config(layers)).double().eval()
+    model = transformers.BertForSequenceClassification(_config(layers))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.5)
+    return model.double().eval()
+
+
+def _assert_lava_is_the_engine(net, hidden, mask):
+    """Lava fixed_pt, one sample after another with its own mask, equals
+    the engine bit for bit."""
+    from lava_spiked.lava_build import Loihi2SimCfg
+
+    with net:
+        got = net.infer(hidden, Loihi2SimCfg(select_tag="fixed_pt"),
+                        attention_mask=mask, progress=False)
+    want = Engine(net, "fixed")(hidden, attention_mask=mask,
+                                warn=False).logits.numpy()
+    np.testing.assert_array_equal(got, want)
 
 
 def test_capture_equals_the_model_with_its_attention_mask(tokenizer):
@@ -97,20 +117,13 @@ def test_bert_layer_in_lava_matches_the_engine_with_per_sample_masks(
     """Two samples of different lengths one after another in one running
     Lava network: the masks are set per sample, nothing is rebuilt, and
     fixed_pt equals the engine bit for bit."""
-    from lava_spiked.lava_build import Loihi2SimCfg
-
     model = _classifier()
     enc = tokenizer(TEXTS, padding=True, truncation=True, max_length=8)
     net = convert_bert(model, enc, length=8, T=12, B=1.4, progress=False)
     hidden, mask = embed(model, tokenizer(TEXTS[:2], padding=True,
                                           truncation=True, max_length=8), 8)
     assert mask.sum(1).tolist() == [6, 8]
-    with net:
-        got = net.infer(hidden, Loihi2SimCfg(select_tag="fixed_pt"),
-                        attention_mask=mask, progress=False)
-    want = Engine(net, "fixed")(hidden, attention_mask=mask,
-                                warn=False).logits.numpy()
-    np.testing.assert_array_equal(got, want)
+    _assert_lava_is_the_engine(net, hidden, mask)
 
 
 def test_bad_inputs_name_the_problem(tokenizer):
@@ -136,3 +149,28 @@ def test_bad_inputs_name_the_problem(tokenizer):
         Engine(net)(hidden, attention_mask=mask[:, 1:])
     with pytest.raises(ValueError, match="head= is for a bare BertModel"):
         convert_bert(model, enc, length=16, head=nn.Linear(16, 3))
+
+
+@pytest.mark.slow
+def test_one_minilm_layer_in_lava_is_bit_exact_with_the_engine():
+    """One full layer of the real all-MiniLM-L6-v2 (d = 384, 12 heads,
+    16 tokens, LayerNorm and GELU, its pretrained weights) with mean
+    pooling and the shipped sentiment head, in Lava under fixed_pt on one
+    tweet: bit for bit the engine."""
+    import copy
+
+    from lava_spiked.text_data import sentiment_head, tweets
+
+    model, tok = load_minilm()
+    one = copy.deepcopy(model)
+    one.encoder.layer = one.encoder.layer[:1]
+    cfg = one.config
+    assert (cfg.hidden_size, cfg.num_attention_heads) == (384, 12)
+    cal, _ = tweets("calibration")
+    kw = dict(padding=True, truncation=True, max_length=16)
+    net = convert_bert(one, tok(cal[:64], **kw), length=16,
+                       head=sentiment_head(), progress=False)
+    text, _ = tweets("test")
+    hidden, mask = embed(one, tok(text[:1], **kw), 16)
+    assert hidden.shape == (1, 16, 384)
+    _assert_lava_is_the_engine(net, hidden, mask)
