@@ -123,7 +123,8 @@ class Verification:
 
 
 def verify(net: ty.Any, samples: ty.Any, k: int = 3,
-           tag: str = "fixed_pt", progress: bool = True) -> Verification:
+           tag: str = "fixed_pt", progress: bool = True,
+           attention_mask: ty.Any = None) -> Verification:
     """Run ``k`` of ``samples`` through Lava, the engine and the exact
     model and compare them layer by layer (see the module docstring).
 
@@ -138,31 +139,37 @@ def verify(net: ty.Any, samples: ty.Any, k: int = 3,
         Samples to run (Lava takes about a second per sample for a small
         model: keep k small).
     tag : {'fixed_pt', 'floating_pt'}
+    attention_mask : array_like, optional
+        (n, N) token masks of ``samples``, for a network that takes one.
     """
     if tag not in TAGS:
         raise ValueError(f"tag must be one of {sorted(TAGS)}, got {tag!r}")
     plan = net.plan
     x = check_batch("samples", samples, plan[plan.input].shape)
-    x = x[:check_count(k, "k")]
+    valid = plan.check_mask(attention_mask, len(x))
+    k = check_count(k, "k")
+    x, valid = x[:k], None if valid is None else valid[:k]
     from lava_spiked.lava_build import Loihi2SimCfg, _LavaNetwork
     lava = _LavaNetwork(plan, tag, record=True)
     states, probes = [], []
     try:
-        for sample in tqdm(x, desc=f"verify in Lava {tag}",
-                           disable=not progress, leave=False):
+        for i, sample in enumerate(tqdm(x, desc=f"verify in Lava {tag}",
+                                        disable=not progress, leave=False)):
             states.append(lava.infer_one(sample, Loihi2SimCfg(
-                select_tag=tag)))
+                select_tag=tag), None if valid is None else valid[i]))
             probes.append(lava.read_probes())
         lava.check_counts()
         lava_clipped = dict(lava.clipped)
     finally:
         lava.stop()
-    lava_logits = plan.decode_readout(np.array(states))
+    lava_logits = plan.pool(plan.decode_readout(np.array(states)), valid)
     # the table reports clipping: no warning on top
-    result = Engine(plan, TAGS[tag])(x, warn=False)
+    result = Engine(plan, TAGS[tag])(x, warn=False, attention_mask=valid)
     exact: ty.Dict[str, np.ndarray] = {}
     ann = evaluate(net.graph, torch.from_numpy(x),
-                   lambda name, v: exact.__setitem__(name, v.numpy())).numpy()
+                   lambda name, v: exact.__setitem__(name, v.numpy()),
+                   None if valid is None else torch.from_numpy(valid)
+                   ).numpy()
     logits = result.logits.cpu().numpy()
     checks = []
     for name in probes[0]:

@@ -126,6 +126,23 @@ def test_bert_layer_in_lava_matches_the_engine_with_per_sample_masks(
     _assert_lava_is_the_engine(net, hidden, mask)
 
 
+def test_verify_takes_the_attention_mask(tokenizer):
+    """lava_spiked.verify on a mean-pooled BERT: Lava, engine and exact
+    model agree layer by layer with per-sample masks."""
+    from lava_spiked import verify
+
+    model = _classifier()
+    enc = tokenizer(TEXTS, padding=True, truncation=True, max_length=8)
+    net = convert_bert(model.bert, enc, length=8,
+                       head=nn.Linear(16, 2).double(),
+                       T=12, B=1.4, progress=False)
+    hidden, mask = embed(model, enc, 8)
+    report = verify(net, hidden, k=2, attention_mask=mask, progress=False)
+    assert report.lava_vs_engine == 0.0
+    assert all(c.lava_equal == 1.0 for c in report.layers)
+    assert report.layers and report.snn_vs_ann < 0.5
+
+
 def test_bad_inputs_name_the_problem(tokenizer):
     model = _classifier()
     enc = tokenizer(TEXTS, padding=True)
