@@ -87,7 +87,7 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
             synapses = g.create_group("synapses")
             for j, syn in enumerate(layer.synapses):
                 s = synapses.create_group(f"{j:04d}")
-                s.attrs["src"] = syn.src
+                s.attrs.update(src=syn.src, shift=syn.shift)
                 s["rows"] = np.asarray(syn.rows, np.int64)
                 s["weight"] = np.asarray(syn.weight, np.int32)
                 s["out"] = np.asarray(syn.out, np.int64)
@@ -257,7 +257,11 @@ def _read(f) -> Plan:
                     len(rows) * len(weight):
                 raise ValueError(f"{s.name}/out: indices outside the "
                                  f"{len(rows)} x {len(weight)} products")
-            synapses.append(Synapse(src, rows, weight, out))
+            # version 1: one exponent per layer
+            shift = _attr(s, "shift", int) if "shift" in s.attrs else 0
+            if shift < 0:
+                raise ValueError(f"{s.name}: shift {shift} < 0")
+            synapses.append(Synapse(src, rows, weight, out, shift))
         scale = _array(g, "scale", "f", 1, size)
         layers.append(Layer(
             _attr(g, "name", str), shape, kind, scale,

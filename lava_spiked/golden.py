@@ -231,7 +231,8 @@ def golden_float(plan: Plan, sample: ty.Any,
             continue
         a = layer.bias.copy()
         for syn in layer.synapses:
-            w = fixed.dequantize_weights(syn.weight, layer.weight_exp)
+            w = fixed.dequantize_weights(syn.weight,
+                                         layer.weight_exp + syn.shift)
             a = a + dataclasses.replace(syn, weight=w).apply(
                 val[syn.src][None])[0]
         if layer.kind == "readout":
@@ -289,7 +290,8 @@ def golden_fixed(plan: Plan, sample: ty.Any,
             total = np.zeros(layer.size, np.int64)
             for syn in layer.synapses:
                 step, sign = spikes[syn.src]
-                total += syn.apply((sign * (step == j))[None])[0]
+                total += syn.apply((sign * (step == j))[None])[0] << \
+                    syn.shift
             return total
 
         pre = []  # the membrane a stage saw

@@ -195,7 +195,14 @@ class _LavaNetwork:
         key, i = f"{src.name}->{layer.name}", 1
         while key in self.processes:
             key, i = f"{src.name}->{layer.name}#{i}", i + 1
-        sparse = Sparse(weights=sparse_weights(syn, layer.size, src.size),
+        # a synapse's exponent above the neuron's: Sparse's own weight_exp
+        # under fixed_pt (8-bit mantissas kept); its floating_pt model
+        # ignores weight_exp, so there the weights carry it
+        fixed_tag = self.tag == "fixed_pt"
+        weights = sparse_weights(syn, layer.size, src.size)
+        sparse = Sparse(weights=weights if fixed_tag else
+                        weights * 2.0 ** syn.shift,
+                        weight_exp=syn.shift if fixed_tag else 0,
                         num_message_bits=fixed.SPIKE_PAYLOAD_BITS,
                         sign_mode=SignMode.MIXED)
         self.processes[key] = sparse

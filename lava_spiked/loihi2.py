@@ -82,8 +82,8 @@ def check(plan: ty.Any) -> ty.List[Violation]:
             continue
         # a neuron's largest input: every source spikes once per window,
         # all of them at step 0 at worst
-        current = sum(np.abs(s.weight.astype(np.int64)).sum(-1).max()
-                      for s in layer.synapses)
+        current = sum(np.abs(s.weight.astype(np.int64)).sum(-1).max() <<
+                      s.shift for s in layer.synapses)
         if current > DENSE_OUT_MAX:
             found.append(Violation(
                 layer.name, "per-step synaptic current", current,
@@ -93,11 +93,13 @@ def check(plan: ty.Any) -> ty.List[Violation]:
                 layer.name, "window accumulator (48-bit in the PhaseNeuron)",
                 current * gain0, state_max))
         lo, hi = LOIHI1_WEIGHT_EXP
-        if not lo <= layer.weight_exp <= hi:
-            found.append(Violation(
-                layer.name, "weight exponent (applied in the neuron)",
-                layer.weight_exp, hi if layer.weight_exp > hi else lo,
-                certain=False))
+        for exp in sorted({layer.weight_exp + s.shift
+                           for s in layer.synapses}):
+            if not lo <= exp <= hi:
+                found.append(Violation(
+                    layer.name, "weight exponent (neuron's plus the "
+                    "synapse's shift)", exp, hi if exp > hi else lo,
+                    certain=False))
         for syn in layer.synapses:
             delay = layer.window.start - plan[syn.src].window.fire - 1
             if delay > MAX_DELAY:

@@ -73,12 +73,17 @@ class Synapse:
         (int32) in a Plan.
     out : numpy.ndarray of int64
         (destination size,) index into the (R, C) product.
+    shift : int
+        In a Plan: this synapse's exponent above the destination's
+        ``weight_exp`` (>= 0); its current counts ``2**shift`` times
+        (Loihi's per-connection weight exponent).
     """
 
     src: str
     rows: np.ndarray
     weight: np.ndarray
     out: np.ndarray
+    shift: int = 0
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The weight applied to source values ``x`` (batch, src size);
@@ -167,8 +172,11 @@ class Layer:
         Bias in units of the membrane's scale (:attr:`membrane_scale`),
         (size,).
     synapses : list of Synapse
-        Mantissas ``2k``; ``weight_exp`` is their shared exponent.
+        Mantissas ``2k``, each with its own exponent ``weight_exp +
+        shift``.
     weight_exp : int
+        The smallest exponent of the incoming synapses, applied by the
+        neuron when its window closes.
     window : Window
     stage : ActivationStage or NormStage, optional
         Of the kinds ``'activation'`` and ``'layernorm'``.
@@ -384,14 +392,17 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
         stage = _stage(pop, sigma, sigmas.get(pop.name + ":pre"))
         membrane = sigma if stage is None else np.broadcast_to(
             stage.pre_scale, sigma.shape)
-        mats = [syn.weight * _source_scale(syn, sigmas[syn.src])[None, :] /
-                _channel_scale(syn, membrane)[:, None]
-                for syn in pop.synapses]
-        dense, exp = fixed.quantize_weights(*mats) if mats else ([], 0)
+        # one exponent per synapse: a shared one would round the weights
+        # of a synapse that is small next to another (a FFN output next to
+        # the residual into one LayerNorm) to 0
+        quantized = [fixed.quantize_weights(
+            syn.weight * _source_scale(syn, sigmas[syn.src])[None, :] /
+            _channel_scale(syn, membrane)[:, None]) for syn in pop.synapses]
+        exp = min((e for _, e in quantized), default=0)
         layers.append(Layer(
             pop.name, pop.shape, pop.kind, sigma, pop.bias / membrane,
-            [dataclasses.replace(syn, weight=d)
-             for syn, d in zip(pop.synapses, dense)], exp,
+            [dataclasses.replace(syn, weight=d[0], shift=e - exp)
+             for syn, (d, e) in zip(pop.synapses, quantized)], exp,
             windows[pop.name], stage, pop.token_mask))
         op = attention.get(pop.name)
         if op is not None:
