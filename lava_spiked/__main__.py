@@ -38,15 +38,14 @@ def main(argv=None) -> None:
     parser.add_argument("--T", type=cli_type(check_steps, int), default=40,
                         help="window steps")
     parser.add_argument("--B", type=cli_type(check_base, float),
-                        default=None, help="base (1, 2]; default 1.15 "
-                        "(digits), 1.2 (MiniLM)")
+                        default=1.15, help="base (1, 2]")
     parser.add_argument("--tag", default="fixed_pt",
                         choices=["fixed_pt", "floating_pt"])
     args = parser.parse_args(argv)
     if args.model == "minilm-sentiment":
-        minilm(args.samples or 8, args.T, args.B or 1.2, args.tag)
+        minilm(args.samples or 8, args.T, args.B, args.tag)
         return
-    args.samples, args.B = args.samples or 20, args.B or 1.15
+    args.samples = args.samples or 20
 
     splits = digits_splits()
     model = load_default()
