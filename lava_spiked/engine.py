@@ -386,7 +386,7 @@ class Engine:
             for unipolar, t in ((False, trace),
                                 (True, np.where(v > 0, trace, 0.0)))}
 
-    def _weights(self, dense: np.ndarray, exp: int) -> np.ndarray:
+    def _weights(self, dense: np.ndarray, exp: ty.Any) -> np.ndarray:
         """Weights whose product is the accumulator times the shift of
         fixed.close_window, ``2**(e - 12)`` (exact: a power of two), or the
         dequantised weights (float)."""
@@ -425,8 +425,8 @@ class Engine:
         exact (and in float64 too, for full-precision fallback), and
         whether the layer's summed accumulator is exact in float32."""
         # each input adds at most |w| * 4096 (trace of step 0)
-        bounds = [float(np.abs(s.weight).sum(-1).max(initial=0)) * 4096.0 *
-                  2.0 ** s.shift for s in layer.synapses]
+        bounds = [float(np.abs(s.scaled()).sum(-1).max(initial=0)) * 4096.0
+                  for s in layer.synapses]
         # state units per accumulator unit; Dense mantissas 2k are even
         unit = 2.0 ** (layer.weight_exp - fixed.GAIN_FRAC_BITS)
         self._prove(sum(bounds), layer.name, unit=unit)
@@ -435,9 +435,12 @@ class Engine:
             self.integral.add(layer.name)
         synapses = []
         for s, bound in zip(layer.synapses, bounds):
-            w = self._weights(s.weight, layer.weight_exp + s.shift)
-            f32 = self.mode == "fixed" and _exact_in_f32(
-                bound * unit, 2 * unit * 2.0 ** s.shift)
+            w = self._weights(s.weight, layer.weight_exp + s.shift[:, None])
+            # a row's products share its power of two: exact per shift
+            f32 = self.mode == "fixed" and all(
+                _exact_in_f32(float(np.abs(part.scaled()).sum(-1).max(
+                    initial=0)) * 4096.0 * unit, 2 * unit * 2.0 ** e)
+                for e, part in s.split())
             synapses.append(dict(
                 f64=_Synapse(s, w, self.device),
                 f32=_Synapse(s, w, self.device, torch.float32)

@@ -3,7 +3,8 @@
 ``save(plan, path)`` writes every number the network needs: per layer its
 shape, kind, scales, bias, window and weight exponent (and the integer
 constants of an activation or LayerNorm stage), per synapse the
-token-shared weight mantissas (stored once, with the two index maps that
+token-shared weight mantissas and their exponent per output channel
+(stored once, with the two index maps that
 say which neurons they connect), per attention its trace-product mantissas,
 logit scale, bias, mask and schedule. ``load(path)`` returns a
 :class:`~lava_spiked.network.SpikingNetwork` that runs in Lava (and on the
@@ -36,8 +37,10 @@ from lava_spiked.plan import (KINDS, MASK, ActivationStage, Attention,
 from lava_spiked.validation import check_base, check_steps
 
 FORMAT = "lava-spiked plan"
-VERSION = 2  # 2 added the stages of activation and LayerNorm layers
-READABLE = (1, 2)
+# 2 added the stages of activation and LayerNorm layers and a weight
+# exponent per synapse, 3 one per output channel of a synapse
+VERSION = 3
+READABLE = (1, 2, 3)
 
 
 class ExportError(ValueError):
@@ -87,7 +90,8 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
             synapses = g.create_group("synapses")
             for j, syn in enumerate(layer.synapses):
                 s = synapses.create_group(f"{j:04d}")
-                s.attrs.update(src=syn.src, shift=syn.shift)
+                s.attrs["src"] = syn.src
+                s["shift"] = np.asarray(syn.shift, np.int64)
                 s["rows"] = np.asarray(syn.rows, np.int64)
                 s["weight"] = np.asarray(syn.weight, np.int32)
                 s["out"] = np.asarray(syn.out, np.int64)
@@ -257,10 +261,12 @@ def _read(f) -> Plan:
                     len(rows) * len(weight):
                 raise ValueError(f"{s.name}/out: indices outside the "
                                  f"{len(rows)} x {len(weight)} products")
-            # version 1: one exponent per layer
-            shift = _attr(s, "shift", int) if "shift" in s.attrs else 0
-            if shift < 0:
-                raise ValueError(f"{s.name}: shift {shift} < 0")
+            # version 2: one exponent per synapse, 1: one per layer
+            shift = _array(s, "shift", "i", 1, len(weight)) if "shift" in s \
+                else np.full(len(weight), _attr(s, "shift", int)
+                             if "shift" in s.attrs else 0, np.int64)
+            if shift.size and shift.min() < 0:
+                raise ValueError(f"{s.name}/shift: {shift.min()} < 0")
             synapses.append(Synapse(src, rows, weight, out, shift))
         scale = _array(g, "scale", "f", 1, size)
         layers.append(Layer(

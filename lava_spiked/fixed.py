@@ -20,13 +20,15 @@ accumulator
     function of ``W @ (sign * G[step])``, which a batched engine computes
     with one matrix product.
 weights
-    8-bit signed mantissas ``k`` in ``[-127, 127]`` with one exponent ``e``
-    per postsynaptic layer: the weight in state units is ``k * 2**(e+1)``.
+    8-bit signed mantissas ``k`` in ``[-127, 127]`` with an exponent ``e``
+    per output channel of a synapse (:func:`quantize_rows`): the weight in
+    state units is ``k * 2**(e+1)``.
     Lava's ``Dense`` in MIXED sign mode keeps 8-bit weights with the LSB
     dropped, so Dense holds ``2k`` (an even number) and computes ``2k . s``
-    exactly. Dense's own ``weight_exp`` stays 0 because its ``floating_pt``
-    model ignores it; the postsynaptic neuron applies ``e`` instead, so both
-    tags see identical synaptic currents.
+    exactly. The postsynaptic neuron applies the smallest ``e`` of its
+    inputs; each connection's own ``weight_exp`` adds its rows' ``e`` above
+    that under ``fixed_pt`` (its ``floating_pt`` model ignores
+    ``weight_exp``, so there the weights carry it).
 gains
     The integration weight ``B**-j`` of input step ``j`` is the 12-bit
     fraction ``G_j = round(B**-j * 4096)`` (Loihi's decay convention).
@@ -164,8 +166,51 @@ def quantize_weights(*weights: ty.Any) -> ty.Tuple[ty.List[np.ndarray], int]:
     return dense, exp
 
 
-def dequantize_weights(dense_weights: ty.Any, weight_exp: int) -> np.ndarray:
-    """Normalised weights that the quantised mantissas stand for."""
+ROW_GROUP_BITS = 2
+
+
+def quantize_rows(weight: ty.Any) -> ty.Tuple[np.ndarray, np.ndarray]:
+    """Quantise one synapse's (C, K) weights to 8-bit mantissas with an
+    exponent per output channel (row), shared within row groups.
+
+    A row's largest weight sets the exponent it needs. Rows join the group
+    of the largest remaining row while they are within a factor
+    ``2**ROW_GROUP_BITS`` of it: the largest mantissa of a group is above
+    63.5 (or a smaller exponent would hold it), so every row's largest is
+    at least 16 of 127, and a synapse has few distinct exponents (Lava
+    realises each as one connection). All-zero rows take the smallest
+    exponent.
+
+    Parameters
+    ----------
+    weight : array_like
+        (C, K) in normalised units (see :func:`quantize_weights`).
+
+    Returns
+    -------
+    dense_weights : numpy.ndarray of int32
+        (C, K) mantissas ``2k``.
+    weight_exp : numpy.ndarray of int64
+        (C,) exponent of each row.
+    """
+    w = check_finite("weights", weight)
+    dense = np.zeros(w.shape, np.int32)
+    exp = np.zeros(len(w), np.int64)
+    top = np.abs(w).max(axis=1, initial=0.0)
+    left = top > 0
+    while left.any():
+        group = left & (top >= top[left].max() / (1 << ROW_GROUP_BITS))
+        (dense[group],), exp[group] = quantize_weights(w[group])
+        left &= ~group
+    if (top > 0).any():
+        exp[top == 0] = exp[top > 0].min()
+    return dense, exp
+
+
+def dequantize_weights(dense_weights: ty.Any, weight_exp: ty.Any
+                       ) -> np.ndarray:
+    """Normalised weights that the quantised mantissas stand for
+    (``weight_exp`` broadcasts: one per row as ``exp[:, None]``)."""
     return np.asarray(dense_weights, dtype=np.float64) * \
         2.0 ** (weight_exp - STATE_FRAC_BITS)
 

@@ -231,8 +231,8 @@ def golden_float(plan: Plan, sample: ty.Any,
             continue
         a = layer.bias.copy()
         for syn in layer.synapses:
-            w = fixed.dequantize_weights(syn.weight,
-                                         layer.weight_exp + syn.shift)
+            w = fixed.dequantize_weights(syn.weight, layer.weight_exp +
+                                         syn.shift[:, None])
             a = a + dataclasses.replace(syn, weight=w).apply(
                 val[syn.src][None])[0]
         if layer.kind == "readout":
@@ -286,12 +286,14 @@ def golden_fixed(plan: Plan, sample: ty.Any,
                 res.out_state, thresholds, False))
             continue
 
-        def current(j: int, layer=layer) -> np.ndarray:
+        scaled = [dataclasses.replace(syn, weight=syn.scaled())
+                  for syn in layer.synapses]
+
+        def current(j: int, layer=layer, scaled=scaled) -> np.ndarray:
             total = np.zeros(layer.size, np.int64)
-            for syn in layer.synapses:
+            for syn in scaled:
                 step, sign = spikes[syn.src]
-                total += syn.apply((sign * (step == j))[None])[0] << \
-                    syn.shift
+                total += syn.apply((sign * (step == j))[None])[0]
             return total
 
         pre = []  # the membrane a stage saw

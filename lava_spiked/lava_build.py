@@ -192,22 +192,24 @@ class _LavaNetwork:
                 self.processes[key] = SpikeDelay(shape=src.shape, delay=delay)
                 port.connect(self.processes[key].s_in)
             port = self.processes[key].s_out
-        key, i = f"{src.name}->{layer.name}", 1
-        while key in self.processes:
-            key, i = f"{src.name}->{layer.name}#{i}", i + 1
-        # a synapse's exponent above the neuron's: Sparse's own weight_exp
-        # under fixed_pt (8-bit mantissas kept); its floating_pt model
-        # ignores weight_exp, so there the weights carry it
+        # one Sparse per exponent of the synapse's output channels above
+        # the neuron's: Sparse's own weight_exp under fixed_pt (8-bit
+        # mantissas kept); its floating_pt model ignores weight_exp, so
+        # there the weights carry it
         fixed_tag = self.tag == "fixed_pt"
-        weights = sparse_weights(syn, layer.size, src.size)
-        sparse = Sparse(weights=weights if fixed_tag else
-                        weights * 2.0 ** syn.shift,
-                        weight_exp=syn.shift if fixed_tag else 0,
-                        num_message_bits=fixed.SPIKE_PAYLOAD_BITS,
-                        sign_mode=SignMode.MIXED)
-        self.processes[key] = sparse
-        port.flatten().connect(sparse.s_in)
-        sparse.a_out.reshape(layer.shape).connect(neuron.a_in)
+        for shift, part in syn.split():
+            key, i = f"{src.name}->{layer.name}", 1
+            while key in self.processes:
+                key, i = f"{src.name}->{layer.name}#{i}", i + 1
+            weights = sparse_weights(part, layer.size, src.size)
+            sparse = Sparse(weights=weights if fixed_tag else
+                            weights * 2.0 ** shift,
+                            weight_exp=shift if fixed_tag else 0,
+                            num_message_bits=fixed.SPIKE_PAYLOAD_BITS,
+                            sign_mode=SignMode.MIXED)
+            self.processes[key] = sparse
+            port.flatten().connect(sparse.s_in)
+            sparse.a_out.reshape(layer.shape).connect(neuron.a_in)
 
     def _attention(self, op: Attention, layer: Layer) -> None:
         plan = self.plan

@@ -82,8 +82,8 @@ def check(plan: ty.Any) -> ty.List[Violation]:
             continue
         # a neuron's largest input: every source spikes once per window,
         # all of them at step 0 at worst
-        current = sum(np.abs(s.weight.astype(np.int64)).sum(-1).max() <<
-                      s.shift for s in layer.synapses)
+        current = sum(int(np.abs(s.scaled()).sum(-1).max(initial=0))
+                      for s in layer.synapses)
         if current > DENSE_OUT_MAX:
             found.append(Violation(
                 layer.name, "per-step synaptic current", current,
@@ -93,8 +93,8 @@ def check(plan: ty.Any) -> ty.List[Violation]:
                 layer.name, "window accumulator (48-bit in the PhaseNeuron)",
                 current * gain0, state_max))
         lo, hi = LOIHI1_WEIGHT_EXP
-        for exp in sorted({layer.weight_exp + s.shift
-                           for s in layer.synapses}):
+        for exp in sorted({layer.weight_exp + int(e)
+                           for s in layer.synapses for e in s.shift}):
             if not lo <= exp <= hi:
                 found.append(Violation(
                     layer.name, "weight exponent (neuron's plus the "

@@ -73,17 +73,35 @@ class Synapse:
         (int32) in a Plan.
     out : numpy.ndarray of int64
         (destination size,) index into the (R, C) product.
-    shift : int
-        In a Plan: this synapse's exponent above the destination's
-        ``weight_exp`` (>= 0); its current counts ``2**shift`` times
-        (Loihi's per-connection weight exponent).
+    shift : numpy.ndarray of int64
+        In a Plan: (C,) the exponent of each output channel above the
+        destination's ``weight_exp`` (>= 0); its current counts
+        ``2**shift`` times. Lava realises each distinct value as one
+        connection with its own weight exponent.
     """
 
     src: str
     rows: np.ndarray
     weight: np.ndarray
     out: np.ndarray
-    shift: int = 0
+    shift: np.ndarray = None
+
+    def __post_init__(self) -> None:
+        if self.shift is None:
+            self.shift = np.zeros(len(self.weight), np.int64)
+
+    def scaled(self) -> np.ndarray:
+        """Mantissas times ``2**shift`` (int64): the weights in units of
+        the destination's ``weight_exp``."""
+        return np.asarray(self.weight, np.int64) << self.shift[:, None]
+
+    def split(self) -> ty.List[ty.Tuple[int, "Synapse"]]:
+        """``(shift, synapse)`` per distinct shift: the channels of that
+        shift, the others' weights 0 (one Lava connection each)."""
+        return [(int(e), dataclasses.replace(
+            self, weight=np.where(self.shift[:, None] == e, self.weight, 0),
+            shift=np.full_like(self.shift, e)))
+            for e in np.unique(self.shift)]
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The weight applied to source values ``x`` (batch, src size);
@@ -392,16 +410,17 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
         stage = _stage(pop, sigma, sigmas.get(pop.name + ":pre"))
         membrane = sigma if stage is None else np.broadcast_to(
             stage.pre_scale, sigma.shape)
-        # one exponent per synapse: a shared one would round the weights
-        # of a synapse that is small next to another (a FFN output next to
-        # the residual into one LayerNorm) to 0
-        quantized = [fixed.quantize_weights(
+        # exponents per output channel: a shared one would round to 0 the
+        # weights of a synapse that is small next to another into the same
+        # layer (a FFN output next to the residual), and the rows of one
+        # synapse that are small next to an outlier channel's (MiniLM)
+        quantized = [fixed.quantize_rows(
             syn.weight * _source_scale(syn, sigmas[syn.src])[None, :] /
             _channel_scale(syn, membrane)[:, None]) for syn in pop.synapses]
-        exp = min((e for _, e in quantized), default=0)
+        exp = min((int(e.min()) for _, e in quantized if len(e)), default=0)
         layers.append(Layer(
             pop.name, pop.shape, pop.kind, sigma, pop.bias / membrane,
-            [dataclasses.replace(syn, weight=d[0], shift=e - exp)
+            [dataclasses.replace(syn, weight=d, shift=e - exp)
              for syn, (d, e) in zip(pop.synapses, quantized)], exp,
             windows[pop.name], stage, pop.token_mask))
         op = attention.get(pop.name)

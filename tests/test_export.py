@@ -131,6 +131,24 @@ def test_loaded_file_runs_in_lava_without_torch(bundled, tmp_path):
         np.testing.assert_array_equal(got, net.golden_fixed(sample))
 
 
+def test_version_2_file_has_one_exponent_per_synapse(bundled, tmp_path):
+    """A version 2 file holds one ``shift`` attr per synapse: every output
+    channel of that synapse gets it."""
+    net, _ = bundled
+    path = tmp_path / "v2.h5"
+    export.save(net, path)
+    with h5py.File(path, "a") as f:
+        f.attrs["version"] = 2
+        for layer in f["layers"].values():
+            for syn in layer["synapses"].values():
+                del syn["shift"]
+                syn.attrs["shift"] = 3
+    back = export.load(path)
+    for layer in back.plan.layers:
+        for syn in layer.synapses:
+            assert syn.shift.tolist() == [3] * len(syn.weight)
+
+
 def _broken(path, edit):
     with h5py.File(path, "a") as f:
         edit(f)
@@ -153,6 +171,12 @@ def _broken(path, edit):
                                                                 "nowhere"),
      "source 'nowhere' is not an earlier layer"),
     (lambda f: f.attrs.__setitem__("T", 0), "T must be an integer"),
+    (lambda f: f["layers/0002/synapses/0000/shift"].__setitem__(0, -1),
+     "shift: -1 < 0"),
+    (lambda f: (f.__delitem__("layers/0002/synapses/0000/shift"),
+                f.create_dataset("layers/0002/synapses/0000/shift",
+                                 data=np.zeros(1, np.int64))),
+     "shift has shape \\(1,\\)"),
 ])
 def test_bad_files_name_the_problem(bundled, tmp_path, edit, match):
     net, _ = bundled

@@ -76,6 +76,29 @@ def test_quantize_weights_shared_exponent_and_bound():
         assert err.max() <= step / 2 + 1e-15
 
 
+def test_quantize_rows_groups_rows_within_a_factor_4():
+    """Rows 1.0 and 0.3 share 1.0's exponent (9, within 4x); 0.01 gets its
+    own (2: 0.01 * 65536 = 655.4 needs 655.4 / 2**3 = 81.9 -> k = 82,
+    mantissa 164); a zero row takes the smallest exponent."""
+    w = np.array([[1.0, -0.5], [0.3, 0.0], [0.01, -0.002], [0.0, 0.0]])
+    dense, exp = fixed.quantize_rows(w)
+    assert exp.tolist() == [9, 9, 2, 2]
+    assert dense.tolist() == [[128, -64], [38, 0], [164, -32], [0, 0]]
+    err = np.abs(fixed.dequantize_weights(dense, exp[:, None]) - w)
+    # half a mantissa unit of each row's own exponent
+    assert np.all(err <= 2.0 ** (exp[:, None] - fixed.STATE_FRAC_BITS) + 1e-15)
+
+
+def test_quantize_rows_keeps_five_bits_on_every_row():
+    """A group's largest mantissa is above 63.5 (else a smaller exponent
+    would fit), and its rows reach a quarter of it: >= 16."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (40, 30)) * np.logspace(0, -6, 40)[:, None]
+    dense, exp = fixed.quantize_rows(w)
+    assert (np.abs(dense).max(1) // 2 >= 16).all()
+    assert len(np.unique(exp)) <= 10
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_weights_pass_lava_dense_unchanged(seed):
     """Dense (MIXED, 8 bits) clips and drops the LSB: our even mantissas

@@ -148,7 +148,8 @@ def test_staged_layers_fire_q_of_torch_values(act):
         for layer, fn in ((norm, lambda a: F.layer_norm(a, (32,), eps=1e-5)),
                           (actl, act)):
             (syn,) = layer.synapses
-            w = fixed.dequantize_weights(syn.weight, layer.weight_exp)
+            w = fixed.dequantize_weights(syn.weight, layer.weight_exp +
+                                         syn.shift[:, None])
             src = plan[syn.src]
             xhat = phase.decode(*gold.spikes[syn.src], plan.B, src.scale)
             a = (w @ (xhat / src.scale) + layer.bias) * \
