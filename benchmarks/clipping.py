@@ -13,8 +13,6 @@ import pathlib
 import platform
 import time
 
-import numpy as np
-
 from lava_spiked import convert
 from lava_spiked.engine import Engine
 from lava_spiked.golden import CLIP_WARN_FRACTION, clip_sizes

@@ -9,11 +9,16 @@ that dies of it leaves the parent waiting forever on a channel. So the
 children are forked ignoring SIGINT and only this (parent) process handles
 it: the interrupt stops the network (bounded wait, then the children are
 terminated) and propagates. SIGTERM during a run does the same, and a
-finaliser stops a network still running when the interpreter exits.
+finaliser stops a network still running when the interpreter exits. If the
+parent dies without a word (``kill -9``, a crash), Linux kills the
+children (``PR_SET_PDEATHSIG``), so none is left orphaned.
 """
 import contextlib
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
 import threading
 import time
 import typing as ty
@@ -430,17 +435,40 @@ def _exitcode(actor) -> ty.Optional[int]:
         return 0
 
 
+#: pid of this process while it forks Lava's children (else None)
+_forking_parent: ty.Optional[int] = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In a child forked for Lava: ask Linux for SIGKILL when the parent
+    dies, and exit if it died already (before the request)."""
+    if _forking_parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != _forking_parent:
+        os._exit(1)
+
+
+os.register_at_fork(after_in_child=_die_with_parent)
+
+
 @contextlib.contextmanager
 def _children_ignore_sigint() -> ty.Iterator[None]:
-    """Ignore SIGINT while Lava forks its processes (main thread only: the
-    only one where Python delivers signals)."""
+    """While Lava forks its processes: they ignore SIGINT and die with this
+    process (main thread only: the only one where Python delivers signals,
+    and Linux ties a child's death signal to the thread that forked it,
+    which must outlive the network)."""
+    global _forking_parent
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _forking_parent = os.getpid()
     try:
         yield
     finally:
+        _forking_parent = None
         signal.signal(signal.SIGINT, previous)
 
 

@@ -68,7 +68,8 @@ def _group_alive(pgid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("case, sig", [("with", signal.SIGINT),
                                        ("with", signal.SIGTERM),
-                                       ("exit", None)])
+                                       ("exit", None),
+                                       ("with", signal.SIGKILL)])
 def test_signal_or_exit_leaves_no_process(tmp_path, case, sig):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -79,7 +80,10 @@ def test_signal_or_exit_leaves_no_process(tmp_path, case, sig):
     try:
         assert child.stdout.readline().strip() == "ready", \
             child.stderr.read()
-        if sig is not None:
+        if sig == signal.SIGKILL:  # the parent alone, as a crash would
+            time.sleep(1.0)
+            os.kill(child.pid, sig)
+        elif sig is not None:
             time.sleep(1.0)  # inside the 500-sample run
             os.killpg(child.pid, sig)
         child.wait(timeout=60)
@@ -93,6 +97,8 @@ def test_signal_or_exit_leaves_no_process(tmp_path, case, sig):
     err = child.stderr.read()
     if sig is None:
         assert child.returncode == 0, err
+    elif sig == signal.SIGKILL:
+        assert child.returncode == -signal.SIGKILL
     else:  # the interrupt propagated after the network stopped
         assert "KeyboardInterrupt" in err, err
     assert "did not stop cleanly" not in err or sig == signal.SIGTERM, err
