@@ -106,6 +106,19 @@ class EnergyReport:
         return "\n".join(rows)
 
 
+def mean_report(reports: ty.Sequence[EnergyReport],
+                counts: ty.Sequence[int]) -> EnergyReport:
+    """Per-sample counts of several :func:`energy` reports (of one plan,
+    over ``counts`` samples each), averaged over all their samples."""
+    w = np.asarray(counts, np.float64) / float(np.sum(counts))
+    fields = ("spikes", "synaptic_ac", "neuron_ac", "mac")
+    layers = [dataclasses.replace(first, **{
+        f: float(sum(wi * getattr(r.layers[i], f)
+                     for wi, r in zip(w, reports))) for f in fields})
+        for i, first in enumerate(reports[0].layers)]
+    return EnergyReport(layers, reports[0].ann_macs)
+
+
 def energy(plan: ty.Any, result: EngineResult) -> EnergyReport:
     """Operation counts per sample, averaged over the batch of ``result``
     (an engine run of ``plan``, a Plan or a SpikingNetwork)."""

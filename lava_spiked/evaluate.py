@@ -5,14 +5,23 @@
 (bit-exact with Lava's ``fixed_pt`` by default), and writes to ``--out``:
 
 - ``accuracy_sweep.md``: ANN and SNN accuracy, ANN/SNN agreement, accuracy
-  drop and energy per sample for every (T, B), the per-layer energy table of
-  the first configuration, and the command that made it;
+  drop and energy per sample (over the whole split) for every (T, B), the
+  per-layer energy table of the first configuration, and the command that
+  made it;
 - ``accuracy_vs_T.png``, ``accuracy_vs_energy.png``;
 - ``correlation.png``: decoded spike values against ANN activations per
   stage (input, Q/K/V operands, logits, attention output, ReLU) for the
   first configuration, like the paper's correlation figure.
+
+Data-parallel: ``torchrun --nproc_per_node=K -m lava_spiked.evaluate ...``
+gives each process a shard of the test split (``DistributedSampler``; its
+padding repeats are dropped, so no sample counts twice), gathers logits
+and energy counts, and the first process writes the same table as one
+process would. CPU processes talk over gloo, CUDA ones (``--device cuda``,
+one GPU per process) over nccl.
 """
 import argparse
+import os
 import pathlib
 import platform
 import sys
@@ -22,18 +31,57 @@ import typing as ty
 import matplotlib
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lava_spiked import capture, phase  # noqa: E402
-from lava_spiked.energy import energy  # noqa: E402
+from lava_spiked.energy import energy, mean_report  # noqa: E402
 from lava_spiked.engine import Engine  # noqa: E402
 from lava_spiked.models import digits_splits, load_default  # noqa: E402
 from lava_spiked.conversion import convert  # noqa: E402
 from lava_spiked.validation import (check_base, check_count,  # noqa: E402
                                     check_steps, cli_type)
+
+
+def _shard(n: int) -> np.ndarray:
+    """Indices of the samples of this process: all of them, or under
+    torchrun its ``DistributedSampler`` shard without the padding repeats
+    (positions past ``n`` in the sampler's padded order)."""
+    if not dist.is_initialized():
+        return np.arange(n)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    idx = np.fromiter(DistributedSampler(range(n), world, rank,
+                                         shuffle=False), np.int64)
+    return idx[rank + world * np.arange(len(idx)) < n]
+
+
+def _run_split(net, engine, x: np.ndarray, desc: str):
+    """Logits of the whole split (gathered from every process) and the
+    energy report over all of it; the first batch of this process and its
+    inputs for the figures."""
+    idx = _shard(len(x))
+    batches = [idx[i:i + 256] for i in range(0, len(idx), 256)]
+    results, reports = [], []
+    for b in tqdm(batches, desc=desc, leave=False,
+                  disable=dist.is_initialized() and dist.get_rank() > 0):
+        results.append(engine(x[b]))
+        reports.append(energy(net, results[-1]))
+    part = (idx, np.concatenate([r.logits.cpu().numpy() for r in results]),
+            reports, [len(b) for b in batches])
+    parts = [part]
+    if dist.is_initialized():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, part)
+    logits = np.zeros((len(x),) + part[1].shape[1:])
+    for i, lg, _, _ in parts:
+        logits[i] = lg
+    report = mean_report([r for p in parts for r in p[2]],
+                         [c for p in parts for c in p[3]])
+    return logits, report, (results[0], x[batches[0]])
 
 
 def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
@@ -52,12 +100,8 @@ def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
         for B in Bs:
             net = convert(model, splits["calibration"][0], T=T, B=B,
                           progress=False)
-            engine = Engine(net, mode, device)
-            results = [engine(x[i:i + 256]) for i in tqdm(
-                range(0, len(x), 256), desc=f"T={T} B={B}", leave=False)]
-            logits = np.concatenate([r.logits.cpu().numpy()
-                                     for r in results])
-            report = energy(net, results[0])
+            logits, report, batch = _run_split(
+                net, Engine(net, mode, device), x, f"T={T} B={B}")
             acc = float((logits.argmax(1) == y).mean())
             rows.append(dict(T=T, B=B, acc=acc, drop=ann_acc - acc,
                              agree=float((logits.argmax(1) ==
@@ -65,15 +109,14 @@ def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
                              snn_nj=report.snn_joules * 1e9,
                              ann_nj=report.ann_joules * 1e9))
             if first is None:
-                first = (net, results[0], report)
-    return dict(rows=rows, ann_acc=ann_acc, n=len(y), first=first, x=x)
+                first = (net, report) + batch
+    return dict(rows=rows, ann_acc=ann_acc, n=len(y), first=first)
 
 
 def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
     """Table and figures of a :func:`sweep`."""
     out.mkdir(parents=True, exist_ok=True)
-    rows, first = res["rows"], res["first"]
-    net, result, report = first
+    rows, (net, report, result, x) = res["rows"], res["first"]
     lines = [
         "# ANN vs SNN on the bundled DigitsViT (scikit-learn digits)", "",
         f"Command: `{command}`  ",
@@ -89,7 +132,7 @@ def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
             f" | {r['agree']:.2%} | {r['snn_nj']:.1f} | {r['ann_nj']:.1f} | "
             f"{r['snn_nj'] / r['ann_nj']:.2f} |")
     lines += ["", f"Per-layer energy per sample at T={rows[0]['T']}, "
-              f"B={rows[0]['B']} (first 256 test images):", "",
+              f"B={rows[0]['B']} (all {res['n']} test images):", "",
               report.to_markdown(), ""]
     (out / "accuracy_sweep.md").write_text("\n".join(lines))
 
@@ -118,9 +161,8 @@ def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
 
     names = [p.name for p in net.graph.populations if p.kind != "readout"]
     names += [op.logits for op in net.graph.attention]
-    n = result.logits.shape[0]
     ann: dict = {}
-    capture.evaluate(net.graph, torch.from_numpy(res["x"][:n]),
+    capture.evaluate(net.graph, torch.from_numpy(x),
                      lambda name, v: ann.__setitem__(name, v.numpy()))
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8))
     for ax, key in zip(np.atleast_1d(axes), names):
@@ -154,8 +196,23 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="evaluation")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    res = sweep(args.T, args.B, args.mode, args.device, args.samples)
-    command = "python -m lava_spiked.evaluate " + " ".join(
+    device = args.device
+    if "WORLD_SIZE" in os.environ:  # started by torchrun
+        cuda = device.startswith("cuda")
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+    try:
+        res = sweep(args.T, args.B, args.mode, device, args.samples)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", 0)) > 0:
+        return  # the first process writes
+    command = ("torchrun --nproc_per_node="
+               f"{os.environ['WORLD_SIZE']} -m lava_spiked.evaluate "
+               if "WORLD_SIZE" in os.environ else
+               "python -m lava_spiked.evaluate ") + " ".join(
         sys.argv[1:] if argv is None else argv)
     write(pathlib.Path(args.out), res, args.mode, command.strip())
     print((pathlib.Path(args.out) / "accuracy_sweep.md").read_text())

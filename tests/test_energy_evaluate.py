@@ -1,4 +1,8 @@
 """Energy counts on a hand-checkable network, and the evaluation CLI."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +10,7 @@ from torch import nn
 
 from lava_spiked import evaluate
 from lava_spiked.__main__ import main as lava_main
-from lava_spiked.energy import E_AC, E_MAC, energy
+from lava_spiked.energy import E_AC, E_MAC, energy, mean_report
 from lava_spiked.engine import Engine
 from lava_spiked.conversion import convert
 
@@ -28,6 +32,43 @@ def test_energy_counts_by_hand():
     assert report.snn_joules == pytest.approx(3 * E_AC + 2 * E_MAC)
     assert report.ann_joules == pytest.approx(6 * E_MAC)
     assert "**SNN total**" in report.to_markdown()
+
+
+def test_mean_report_weights_by_samples():
+    """Energy of 3 samples, then of 1 sample: the merged report is the
+    mean over all 4 samples, equal to one report over the 4."""
+    net = convert(nn.Linear(3, 2), np.random.default_rng(0).normal(
+        size=(16, 3)), T=6, B=1.5, progress=False)
+    x = np.random.default_rng(1).normal(size=(4, 3))
+    engine = Engine(net, "fixed")
+    merged = mean_report([energy(net, engine(x[:3])),
+                          energy(net, engine(x[3:]))], [3, 1])
+    whole = energy(net, engine(x))
+    for a, b in zip(merged.layers, whole.layers):
+        for f in ("spikes", "synaptic_ac", "neuron_ac", "mac"):
+            assert getattr(a, f) == pytest.approx(getattr(b, f), rel=1e-12)
+    assert merged.ann_macs == whole.ann_macs
+
+
+@pytest.mark.slow
+def test_torchrun_shards_and_merges_like_one_process(tmp_path):
+    """Two gloo processes on 101 samples (DistributedSampler pads one
+    repeat, which must not count) write the table of one process."""
+    args = ["--T", "16", "--B", "1.4", "--samples", "101"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run",
+                    "--standalone", "--nproc_per_node=2", "-m",
+                    "lava_spiked.evaluate", *args, "--out",
+                    str(tmp_path / "two")], check=True, env=env,
+                   capture_output=True, timeout=300)
+    evaluate.main(args + ["--out", str(tmp_path / "one")])
+
+    def table(d):  # the lines after the command and machine
+        return (tmp_path / d / "accuracy_sweep.md").read_text() \
+            .split("test images; ANN accuracy", 1)[1]
+    assert "101 test images" in (tmp_path / "two" /
+                                 "accuracy_sweep.md").read_text()
+    assert table("two") == table("one")
 
 
 def test_evaluate_cli_writes_table_and_figures(tmp_path, capsys):
