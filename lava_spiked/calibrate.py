@@ -25,10 +25,10 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 import torch
-from tqdm.auto import tqdm
 
 from lava_spiked.capture import Graph, evaluate
 from lava_spiked.plan import STAGED
+from lava_spiked.progress import bar
 from lava_spiked.validation import check_batch
 
 GRANULARITIES = ("channel", "tensor")
@@ -179,10 +179,8 @@ def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
         alive[name] |= (torch.softmax(z, -1) > 0).any(0).numpy()
 
     shape = graph[graph.input].shape
-    for x, m in tqdm(_masked(data, attention_mask, shape, batch_size,
-                             "calibration_data"),
-                     desc="finding masks", disable=not progress,
-                     leave=False):
+    for x, m in bar(_masked(data, attention_mask, shape, batch_size,
+                            "calibration_data"), "finding masks", progress):
         evaluate(graph, x, update, m)
     attention = []
     for op in graph.attention:
@@ -254,9 +252,8 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
         else:
             stats.setdefault(name, []).append(v.astype(np.float32))
 
-    for x, m in tqdm(_masked(data, attention_mask, shape, batch_size,
-                             "calibration_data"),
-                     desc="calibrating", disable=not progress, leave=False):
+    for x, m in bar(_masked(data, attention_mask, shape, batch_size,
+                            "calibration_data"), "calibrating", progress):
         evaluate(graph, x, update, m)
     per_neuron = {
         name: (v[0][0] if statistic == "max" else

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
-from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,6 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from lava_spiked import capture, phase  # noqa: E402
 from lava_spiked.energy import energy, mean_report  # noqa: E402
 from lava_spiked.engine import Engine  # noqa: E402
+from lava_spiked.progress import bar  # noqa: E402
 from lava_spiked.models import digits_splits, load_default  # noqa: E402
 from lava_spiked.conversion import convert  # noqa: E402
 from lava_spiked.validation import (check_base, check_count,  # noqa: E402
@@ -66,8 +66,8 @@ def _run_split(net, engine, x: np.ndarray, desc: str):
     idx = _shard(len(x))
     batches = [idx[i:i + 256] for i in range(0, len(idx), 256)]
     results, reports = [], []
-    for b in tqdm(batches, desc=desc, leave=False,
-                  disable=dist.is_initialized() and dist.get_rank() > 0):
+    for b in bar(batches, desc, not dist.is_initialized() or
+                 dist.get_rank() == 0):
         results.append(engine(x[b]))
         reports.append(energy(net, results[-1]))
     part = (idx, np.concatenate([r.logits.cpu().numpy() for r in results]),

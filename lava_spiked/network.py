@@ -19,10 +19,10 @@ NormalizedPhaseNeuron wiring of :func:`lava_spiked.lava_build.wire_attention`.
 import typing as ty
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lava_spiked import golden
 from lava_spiked.plan import Plan
+from lava_spiked.progress import bar
 from lava_spiked.validation import check_batch
 
 
@@ -148,9 +148,8 @@ class SpikingNetwork:
         lava = self.lava(tag)
         logits = []
         try:
-            for i, sample in enumerate(tqdm(x, desc=f"Lava {tag or ''}",
-                                            disable=not progress,
-                                            leave=False)):
+            for i, sample in enumerate(bar(x, f"Lava {tag or ''}",
+                                           progress)):
                 logits.append(self.plan.decode_readout(lava.infer_one(
                     sample, run_cfg, None if valid is None else valid[i])))
                 if self.record:

@@ -24,11 +24,11 @@ import typing as ty
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lava_spiked import phase
 from lava_spiked.capture import evaluate
 from lava_spiked.engine import Engine
+from lava_spiked.progress import bar
 from lava_spiked.validation import check_batch, check_count
 
 TAGS = {"fixed_pt": "fixed", "floating_pt": "float"}
@@ -153,8 +153,8 @@ def verify(net: ty.Any, samples: ty.Any, k: int = 3,
     lava = _LavaNetwork(plan, tag, record=True)
     states, probes = [], []
     try:
-        for i, sample in enumerate(tqdm(x, desc=f"verify in Lava {tag}",
-                                        disable=not progress, leave=False)):
+        for i, sample in enumerate(bar(x, f"verify in Lava {tag}",
+                                       progress)):
             states.append(lava.infer_one(sample, Loihi2SimCfg(
                 select_tag=tag), None if valid is None else valid[i]))
             probes.append(lava.read_probes())
