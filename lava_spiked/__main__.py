@@ -87,25 +87,21 @@ def main(argv=None) -> None:
 def minilm(k: int, T: int, B: float, tag: str) -> None:
     """The MiniLM sentiment job (module docstring)."""
     from lava_spiked import Engine
-    from lava_spiked.huggingface import convert_bert, embed
-    from lava_spiked.text_data import (MAX_LENGTH, load_minilm,
-                                       sentiment_head, tweets)
+    from lava_spiked.huggingface import embed
+    from lava_spiked.text_data import (MAX_LENGTH, SPLIT_SIZES,
+                                       convert_minilm, load_minilm, tweets)
 
     model, tok = load_minilm()
-    head = sentiment_head()
-    cal, _ = tweets("calibration")
     texts, labels = (a[:k] for a in tweets("test"))
     print(f"lava-spiked: all-MiniLM-L6-v2 (Hugging Face BertModel, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
           f"parameters) + linear sentiment head, T={T}, B={B}")
     t0 = time.perf_counter()
-    net = convert_bert(model, tok(cal, padding=True, truncation=True,
-                                  max_length=MAX_LENGTH),
-                       length=MAX_LENGTH, head=head, T=T, B=B)
+    net = convert_minilm(model, tok, T=T, B=B)
     print(f"converted in {time.perf_counter() - t0:.0f} s: "
           f"{len(net.plan.layers)} populations, {net.num_steps} steps per "
-          f"tweet (calibrated on {len(cal)} held-out tweets, "
-          f"{MAX_LENGTH} tokens)")
+          f"tweet (calibrated on {SPLIT_SIZES['calibration']} held-out "
+          f"tweets, {MAX_LENGTH} tokens)")
     hidden, mask = embed(model, tok(texts, padding=True, truncation=True,
                                     max_length=MAX_LENGTH), MAX_LENGTH)
     ann = net.ann(hidden, attention_mask=mask)

@@ -399,18 +399,31 @@ def resources(plan: ty.Any) -> Resources:
 
 
 def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
-    """``python -m lava_spiked.export``: convert the bundled model and save
-    it, or report on a saved file."""
+    """``python -m lava_spiked.export``: convert a model and save it, or
+    report on a saved file."""
     from lava_spiked.validation import cli_type
     parser = argparse.ArgumentParser(
         prog="python -m lava_spiked.export",
-        description="Convert the bundled model (calibrated on its own "
-        "calibration split) and save its Plan, or print the resources of a "
-        "saved file. Hugging Face checkpoints follow once LayerNorm and "
-        "GELU convert.")
-    parser.add_argument("model", nargs="?", choices=["bundled"],
-                        help="the model to convert")
-    parser.add_argument("out", nargs="?", help="the HDF5 file to write")
+        description="Convert a model and save its Plan, or print the "
+        "resources of a saved file. MODEL is 'bundled' (the digits ViT, "
+        "calibrated on its own calibration split), 'minilm-sentiment' "
+        "(all-MiniLM-L6-v2 with the shipped head, calibrated on the "
+        "calibration tweets) or the directory of a Hugging Face "
+        "BertForSequenceClassification checkpoint, calibrated on "
+        "--calibration.")
+    parser.add_argument("model", nargs="?", metavar="MODEL",
+                        help="bundled, minilm-sentiment or a checkpoint "
+                        "directory")
+    parser.add_argument("out", nargs="?", metavar="OUT.h5",
+                        help="the HDF5 file to write")
+    parser.add_argument("--calibration", metavar="FILE",
+                        help="for a checkpoint: an .npz of tokenised "
+                        "calibration samples, the tokenizer's input_ids and "
+                        "attention_mask (and token_type_ids), padded to the "
+                        "length the network takes, e.g. np.savez(FILE, "
+                        "**tokenizer(texts, padding='max_length', "
+                        "max_length=64, truncation=True, "
+                        "return_tensors='np'))")
     parser.add_argument("--T", type=cli_type(check_steps, int), default=40)
     parser.add_argument("--B", type=cli_type(check_base, float),
                         default=1.15)
@@ -428,14 +441,52 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
               sep="\n")
         return
     if not (args.model and args.out):
-        parser.error("give MODEL and OUT, or --report FILE")
-    from lava_spiked.conversion import convert
-    from lava_spiked.models import digits_splits, load_default
-    net = convert(load_default(), digits_splits()["calibration"][0],
-                  B=args.B, T=args.T)
+        parser.error("give MODEL and OUT.h5, or --report FILE")
+    if args.model == "bundled":
+        from lava_spiked.conversion import convert
+        from lava_spiked.models import digits_splits, load_default
+        net = convert(load_default(), digits_splits()["calibration"][0],
+                      B=args.B, T=args.T)
+    elif args.model == "minilm-sentiment":
+        from lava_spiked.text_data import convert_minilm
+        net = convert_minilm(B=args.B, T=args.T)
+    else:
+        net = _convert_checkpoint(parser, args)
     save(net, args.out)
     print(f"wrote {args.out} (T = {args.T}, B = {args.B})")
     print(resources(net.plan))
+
+
+def _convert_checkpoint(parser, args) -> SpikingNetwork:
+    """A BertForSequenceClassification directory, calibrated on the
+    tokenised samples of ``--calibration``."""
+    if not pathlib.Path(args.model).is_dir():
+        parser.error(f"MODEL {args.model!r} is neither 'bundled', "
+                     "'minilm-sentiment' nor a checkpoint directory")
+    if not args.calibration:
+        parser.error("a checkpoint needs --calibration FILE (tokenised "
+                     "samples; see --help)")
+    import transformers
+
+    from lava_spiked.huggingface import convert_bert
+    config = transformers.AutoConfig.from_pretrained(args.model,
+                                                     local_files_only=True)
+    if "BertForSequenceClassification" not in (config.architectures or []):
+        parser.error(f"{args.model}: a {config.architectures} checkpoint; "
+                     "this command takes a BertForSequenceClassification "
+                     "(for a BertModel with a head of your own, call "
+                     "lava_spiked.huggingface.convert_bert(..., head=) and "
+                     "lava_spiked.export.save)")
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        args.model, local_files_only=True).eval()
+    with np.load(args.calibration) as f:
+        encodings = {k: f[k] for k in f.files}
+    if "input_ids" not in encodings:
+        parser.error(f"{args.calibration}: no input_ids (keys "
+                     f"{sorted(encodings)}); see --help")
+    return convert_bert(model, encodings,
+                        length=encodings["input_ids"].shape[1], B=args.B,
+                        T=args.T)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,29 @@ def sentiment_head() -> torch.nn.Linear:
     return head.eval()
 
 
+def convert_minilm(model: ty.Any = None, tokenizer: ty.Any = None,
+                   **kwargs) -> ty.Any:
+    """MiniLM with the sentiment head, converted and calibrated on the
+    calibration tweets at :data:`MAX_LENGTH` tokens.
+
+    Parameters
+    ----------
+    model, tokenizer : optional
+        From :func:`load_minilm` (loaded when not given).
+    **kwargs
+        For :func:`lava_spiked.huggingface.convert_bert` (``T``, ``B``,
+        ``progress``, ...).
+    """
+    from lava_spiked.huggingface import convert_bert
+
+    if model is None:
+        model, tokenizer = load_minilm()
+    cal, _ = tweets("calibration")
+    return convert_bert(model, tokenizer(cal, padding=True, truncation=True,
+                                         max_length=MAX_LENGTH),
+                        length=MAX_LENGTH, head=sentiment_head(), **kwargs)
+
+
 @torch.no_grad()
 def embed(texts: ty.Sequence[str], model: ty.Any, tokenizer: ty.Any,
           batch_size: int = 64) -> np.ndarray:

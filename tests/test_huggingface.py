@@ -191,3 +191,38 @@ def test_one_minilm_layer_in_lava_is_bit_exact_with_the_engine():
     hidden, mask = embed(one, tok(text[:1], **kw), 16)
     assert hidden.shape == (1, 16, 384)
     _assert_lava_is_the_engine(net, hidden, mask)
+
+
+def test_export_cli_converts_a_checkpoint_directory(tokenizer, tmp_path,
+                                                    capsys):
+    """python -m lava_spiked.export CHECKPOINT OUT.h5 --calibration FILE:
+    the saved file runs on the engine as the network converted in
+    Python; a bare BertModel checkpoint and a missing calibration file
+    are refused with what to do instead."""
+    from lava_spiked import export
+
+    model = _classifier().float()
+    model.save_pretrained(tmp_path / "ckpt")
+    cal = tokenizer(TEXTS * 4, padding="max_length", max_length=16,
+                    truncation=True, return_tensors="np")
+    np.savez(tmp_path / "cal.npz", **cal)
+    out = tmp_path / "bert.h5"
+    export.main([str(tmp_path / "ckpt"), str(out), "--calibration",
+                 str(tmp_path / "cal.npz"), "--T", "16", "--B", "1.4"])
+    assert "neurons" in capsys.readouterr().out
+    want = convert_bert(model, cal, length=16, T=16, B=1.4, progress=False)
+    hidden, mask = embed(model, tokenizer(TEXTS[:3], padding=True),
+                         length=16)
+    np.testing.assert_array_equal(
+        Engine(export.load(out), "fixed")(hidden, attention_mask=mask,
+                                          warn=False).logits.numpy(),
+        Engine(want, "fixed")(hidden, attention_mask=mask,
+                              warn=False).logits.numpy())
+    with pytest.raises(SystemExit):
+        export.main([str(tmp_path / "ckpt"), str(out)])
+    assert "needs --calibration" in capsys.readouterr().err
+    transformers.BertModel(_config()).save_pretrained(tmp_path / "bare")
+    with pytest.raises(SystemExit):
+        export.main([str(tmp_path / "bare"), str(out), "--calibration",
+                     str(tmp_path / "cal.npz")])
+    assert "BertForSequenceClassification" in capsys.readouterr().err
