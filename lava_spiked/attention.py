@@ -111,7 +111,15 @@ def softmax_attention(q: ty.Any, k: ty.Any, v: ty.Any,
 
 class AttentionResult(ty.NamedTuple):
     """Spikes of every stage of one attention sample (steps are relative to
-    each stage's fire window, -1 = silent)."""
+    each stage's fire window, -1 = silent).
+
+    ``output`` is the decoded output (h, N, d) in real units; ``row_sum``
+    the softmax row sums R = sum of B**-m per (head, query): a real number
+    from :meth:`SpikingSelfAttention.run` (both tags) and
+    :meth:`~SpikingSelfAttention.golden_float`, and in 12-bit trace units
+    (4096 times that) from :meth:`~SpikingSelfAttention.golden_fixed`,
+    whose integers they are; ``saturated`` counts saturation events.
+    """
 
     q_step: np.ndarray
     k_step: np.ndarray
@@ -156,6 +164,22 @@ class SpikingSelfAttention:
         True where a key is masked for a query, (h, N, N).
     period : int, optional
         0 for one sample, else windows repeat every ``period`` steps.
+
+    Attributes
+    ----------
+    q, k, v, qk, logits, softmax, av, out
+        The Lava processes (``processes`` lists them), for wiring the block
+        to other processes.
+    qk_weights, qk_exp : numpy.ndarray, int
+        Mantissas (Dense form ``2k``, (h, N, N)) and their one exponent of
+        the Q K^T product: 1/sqrt(d) and the scales folded in
+        (:func:`lava_spiked.fixed.dequantize_weights` gives the values).
+    av_weights, av_exp : numpy.ndarray, int
+        The same for the P V product, (h, N, d).
+    schedule : dict
+        Stage -> (input window opens, fire window opens).
+    num_steps : int
+        Steps of one sample.
     """
 
     def __init__(self, *, heads: int, tokens: int, head_dim: int, B: float,
@@ -339,6 +363,30 @@ def attention_float(x, y, v, qk, logit_bias, logit_scale, mask, av,
         logits = Q(qk * (x @ y) * logit_scale + logit_bias)
         p      = WOSS(logits),  R = sum(p)
         out    = Q(av * (p @ v) / R * out_scale)   (0 where R = 0)
+
+    Parameters
+    ----------
+    x, y, v : numpy.ndarray
+        Operands in units of their scales, shapes above.
+    qk : numpy.ndarray
+        (h, N, M) logit weights (dequantised: 1/sqrt(d), the operand
+        scales and 1/logit_scale folded in).
+    logit_bias : numpy.ndarray
+        (h, N, M) in real units.
+    logit_scale : numpy.ndarray
+        sigma of the logits, broadcast to (h, N, M).
+    mask : numpy.ndarray of bool
+        (h, N, M), True where a key is masked (it never fires).
+    av : numpy.ndarray
+        (h, N, d) output weights (dequantised: sigma_v / sigma_out).
+    out_scale : numpy.ndarray
+        sigma of the output, broadcast to (h, N, d).
+    B, T : float, int
+        Code parameters.
+
+    Returns
+    -------
+    FloatAttention
     """
     z = qk * (x @ y) * logit_scale + logit_bias
     logit = phase.quantize(z, B, T, logit_scale)
@@ -376,6 +424,31 @@ def attention_fixed(x_step, x_sign, y_step, y_sign, v_step, v_sign,
     reads all of V's latched traces; the output state is divided by the row
     sum (:func:`lava_spiked.fixed.normalize`). Returns the output state
     before its fire window.
+
+    Parameters
+    ----------
+    x_step, x_sign, y_step, y_sign, v_step, v_sign : numpy.ndarray
+        Fire steps (-1: silent) and signs of the operands, (h, N, K) for x,
+        (h, K, M) for y (or (h, M, K) with ``y_transposed``) and (h, M, d)
+        for v.
+    qk_weights, qk_exp : numpy.ndarray, int
+        (h, N, M) logit mantissas (Dense form ``2k``) and their exponent.
+    logit_bias_norm : numpy.ndarray
+        (h, N, M) logit bias in units of ``logit_scale``.
+    logit_scale : numpy.ndarray
+        sigma of the logits, broadcast to (h, N, M) (the WOSS shift).
+    mask : numpy.ndarray of bool
+        (h, N, M), True where a key is masked.
+    av_weights, av_exp : numpy.ndarray, int
+        (h, N, d) output mantissas and their exponent.
+    B, T : float, int
+        Code parameters.
+    y_transposed : bool
+        Whether y is given as (h, M, K).
+
+    Returns
+    -------
+    IntegerAttention
     """
     G = fixed.trace(B, T)
     gains, thresholds = fixed.gain_table(B, T), fixed.threshold_table(B, T)
