@@ -29,8 +29,7 @@ import torch
 from lava_spiked import Engine, fixed, phase
 from lava_spiked.capture import evaluate
 from lava_spiked.huggingface import convert_bert, embed
-from lava_spiked.network import SpikingNetwork
-from lava_spiked.plan import _channel_scale, _source_scale, lower
+from lava_spiked.plan import _channel_scale, _source_scale
 from lava_spiked.text_data import (MAX_LENGTH, load_minilm, sentiment_head,
                                    tweets)
 
@@ -57,8 +56,7 @@ def main():
                                    "encoder.layer.1."))]
     errors = {}
     for T, B in ((40, 1.2), (200, 1.03)):
-        n = SpikingNetwork(lower(net.graph, net.sigmas, B, T), net.graph,
-                           net.sigmas)
+        n = net.recode(B, T)
         res = Engine(n, "fixed")(hidden, attention_mask=mask, warn=False)
         errors[T, B] = {}
         for name in names:

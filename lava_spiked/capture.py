@@ -414,7 +414,7 @@ def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...],
             "cannot convert these operations to phase-coded spikes: " +
             "; ".join(bad) + ". Supported: Linear, Conv (patch embedding), "
             "eval-mode BatchNorm, LayerNorm (last axis), ReLU, GELU, SiLU, "
-            "tanh, sigmoid, residual adds, reshapes, pooling, "
+            "tanh, sigmoid, residual adds, reshapes, mean or sum pooling, "
             "concatenation with parameters, and attention written as "
             "softmax(q @ k^T * scale + bias) @ v or "
             "scaled_dot_product_attention.")

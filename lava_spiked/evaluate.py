@@ -96,10 +96,11 @@ def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
         ann_logits = model(torch.from_numpy(x)).numpy()
     ann_acc = float((ann_logits.argmax(1) == y).mean())
     rows, first = [], None
+    calibrated = convert(model, splits["calibration"][0], T=Ts[0], B=Bs[0],
+                         progress=False)
     for T in Ts:
         for B in Bs:
-            net = convert(model, splits["calibration"][0], T=T, B=B,
-                          progress=False)
+            net = calibrated.recode(B, T)
             logits, report, batch = _run_split(
                 net, Engine(net, mode, device), x, f"T={T} B={B}")
             acc = float((logits.argmax(1) == y).mean())

@@ -72,6 +72,27 @@ class SpikingNetwork:
         #: population -> neurons clipped in the last :meth:`infer` call
         self.clipped: ty.Dict[str, int] = {}
 
+    def recode(self, B: ty.Optional[float] = None,
+               T: ty.Optional[int] = None) -> "SpikingNetwork":
+        """The same calibrated model with another phase code: lowered anew
+        at ``B`` and ``T`` (default: this network's), without calibrating
+        again (a sweep over T and B costs one calibration).
+
+        Raises
+        ------
+        ValueError
+            For a network without its captured model (loaded from a file).
+        """
+        if self.graph is None or self.sigmas is None:
+            raise ValueError("this network has no captured model (it was "
+                             "loaded from a file): convert the model again "
+                             "with the new B and T")
+        from lava_spiked.plan import lower
+        return SpikingNetwork(
+            lower(self.graph, self.sigmas, self.B if B is None else B,
+                  self.T if T is None else T), self.graph, self.sigmas,
+            self.record)
+
     # ------------------------------------------------------------- golden
     def golden_float(self, sample: ty.Any,
                      attention_mask: ty.Any = None) -> np.ndarray:

@@ -107,7 +107,9 @@ class Synapse:
         """The weight applied to source values ``x`` (batch, src size);
         exact for integers (int64)."""
         g = np.where(self.rows >= 0, x[:, np.maximum(self.rows, 0)], 0)
-        y = (g @ self.weight.T.astype(g.dtype)).reshape(len(x), -1)
+        # one (batch * R, K) product: a stacked one calls BLAS per sample
+        y = (g.reshape(-1, g.shape[-1]) @ self.weight.T.astype(g.dtype)
+             ).reshape(len(x), -1)
         return np.where(self.out >= 0, y[:, np.maximum(self.out, 0)], 0)
 
     def fan_out(self, src_size: int) -> np.ndarray:
