@@ -178,6 +178,8 @@ def _figure(errs):
 
 
 def _write(args, rows, best, t, errs):
+    verdict = "met" if t["ann_acc"] - t["test_acc"] <= 0.01 else \
+        "**not met**"
     cmd = "python benchmarks/minilm_sentiment.py" + \
         (f" --val {args.val}" if args.val != 500 else "") + \
         (f" --test {args.test}" if args.test != 2000 else "")
@@ -210,8 +212,9 @@ def _write(args, rows, best, t, errs):
         f"| SNN (engine, fixed) | {t['test_acc']:.1%} | "
         f"{t['test_agree']:.1%} |", "",
         f"Drop: {(t['ann_acc'] - t['test_acc']) * 100:.1f} pp (target: <= 1 "
-        f"pp; **not met**). Steps per sample {t['steps']}; engine "
-        f"{t['test_s'] * 1000:.0f} ms per tweet. Energy per tweet (16 test "
+        f"pp; {verdict}). Steps per sample {t['steps']}; engine "
+        f"{t['test_s'] * 1000:.0f} ms per tweet (timings taken while other "
+        f"jobs shared the 2 cores vary 2-3x). Energy per tweet (16 test "
         f"tweets, `lava_spiked.energy`, LayerNorm and GELU stages counted "
         f"as MACs): SNN {t['snn_nj']:.0f} nJ, ANN {t['ann_nj']:.0f} nJ.", "",
         "## Where the error comes from", "",
