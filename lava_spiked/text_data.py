@@ -95,9 +95,11 @@ def convert_minilm(model: ty.Any = None, tokenizer: ty.Any = None,
 
 
 @torch.no_grad()
-def embed(texts: ty.Sequence[str], model: ty.Any, tokenizer: ty.Any,
-          batch_size: int = 64) -> np.ndarray:
-    """Mean-pooled sentence embeddings, as sentence-transformers computes them.
+def sentence_embeddings(texts: ty.Sequence[str], model: ty.Any,
+                        tokenizer: ty.Any, batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled sentence embeddings, as sentence-transformers computes
+    them (the head's training features; the SNN's input encoder is
+    :func:`lava_spiked.huggingface.embed`).
 
     Parameters
     ----------

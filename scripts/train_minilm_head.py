@@ -16,7 +16,8 @@ import time
 import numpy as np
 import torch
 
-from lava_spiked.text_data import HEAD, embed, load_minilm, tweets
+from lava_spiked.text_data import (HEAD, load_minilm, sentence_embeddings,
+                                   tweets)
 
 
 def fit_head(x: torch.Tensor, y: torch.Tensor, weight_decay: float,
@@ -74,8 +75,8 @@ def main() -> None:
         texts, labels = tweets(split)
         if split == "train":
             texts, labels = texts[:args.n_train], labels[:args.n_train]
-        data[split] = (torch.from_numpy(embed(texts, model, tokenizer)),
-                       torch.from_numpy(labels))
+        features = sentence_embeddings(texts, model, tokenizer)
+        data[split] = (torch.from_numpy(features), torch.from_numpy(labels))
         print(f"encoded {split}: {len(labels)} tweets "
               f"({time.perf_counter() - start:.0f} s)")
 

@@ -36,8 +36,9 @@ def test_unknown_split_is_refused():
 
 def test_minilm_matches_upstream_sanity_value(minilm):
     assert not minilm[0].training
-    a, b = text_data.embed(["A man is eating food.",
-                            "A man is eating a piece of bread."], *minilm)
+    a, b = text_data.sentence_embeddings(
+        ["A man is eating food.", "A man is eating a piece of bread."],
+        *minilm)
     cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
     # the value documented on the upstream model card
     assert float(cosine) == pytest.approx(0.7553, abs=5e-4)
@@ -46,9 +47,9 @@ def test_minilm_matches_upstream_sanity_value(minilm):
 def test_embedding_ignores_padding(minilm):
     # a sentence alone and next to a much longer one gets the same embedding
     short = "good morning"
-    alone = text_data.embed([short], *minilm)
-    padded = text_data.embed([short, "a much longer tweet " * 5], *minilm,
-                             batch_size=2)
+    alone = text_data.sentence_embeddings([short], *minilm)
+    padded = text_data.sentence_embeddings(
+        [short, "a much longer tweet " * 5], *minilm, batch_size=2)
     np.testing.assert_allclose(padded[0], alone[0], atol=1e-5)
 
 
@@ -60,10 +61,10 @@ def test_shipped_head(minilm):
     assert int(head["n_train"]) <= len(text_data.tweets("train")[0])
     assert 0.8 < float(head["val_accuracy"]) <= 1
     assert 0.8 < float(head["test_accuracy"]) <= 1
-    # the head fits the features that embed() computes: the first 100 val
+    # the head fits the features of sentence_embeddings: the first 100 val
     # tweets (about 3 s to encode) beat their majority class clearly
     texts, labels = text_data.tweets("val")
-    x = torch.from_numpy(text_data.embed(texts[:100], *minilm))
+    x = torch.from_numpy(text_data.sentence_embeddings(texts[:100], *minilm))
     logits = x @ torch.from_numpy(head["weight"]).T \
         + torch.from_numpy(head["bias"])
     accuracy = (logits.argmax(1).numpy() == labels[:100]).mean()
