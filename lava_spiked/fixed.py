@@ -192,6 +192,16 @@ def quantize_rows(weight: ty.Any) -> ty.Tuple[np.ndarray, np.ndarray]:
         (C, K) mantissas ``2k``.
     weight_exp : numpy.ndarray of int64
         (C,) exponent of each row.
+
+    Examples
+    --------
+    A row 100x smaller than the other keeps its own exponent (2, not 9),
+    so its mantissa is 164 instead of 0 (weights are normalised: 1.0 is
+    2**16 state units, and Dense holds ``2k``):
+
+    >>> dense, exp = quantize_rows([[1.0, -0.5], [0.01, 0.0]])
+    >>> dense.tolist(), exp.tolist()
+    ([[128, -64], [164, 0]], [9, 2])
     """
     w = check_finite("weights", weight)
     dense = np.zeros(w.shape, np.int32)

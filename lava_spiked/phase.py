@@ -58,14 +58,22 @@ def threshold_factor(B: float) -> float:
 
 def quantization_bound(B: float) -> float:
     """Return ``(B - 1) / (B + 1)``, the largest relative rounding error of Q
-    for inputs between the dead zone and the clipping level."""
+    for inputs between the dead zone and the clipping level.
+
+    >>> round(quantization_bound(1.15), 4)
+    0.0698
+    """
     B = check_base(B)
     return (B - 1.0) / (B + 1.0)
 
 
 def dead_zone(B: float, T: int, sigma: float = 1.0) -> float:
     """Return the magnitude below which Q emits no spike:
-    ``c_B * sigma * B**-(T-1)``."""
+    ``c_B * sigma * B**-(T-1)``.
+
+    >>> dead_zone(2.0, 4)          # 3/4 * 2**-3
+    0.09375
+    """
     return threshold_factor(B) * sigma * check_base(B) ** -(check_steps(T) - 1)
 
 
@@ -95,6 +103,16 @@ def quantize(x: ty.Any, B: float, T: int, sigma: ty.Any = 1.0,
     ------
     ValueError
         If B, T, x or sigma are invalid.
+
+    Examples
+    --------
+    At B = 2 the levels are 1, 1/2, 1/4, 1/8 and the decision points 3/4,
+    3/8, 3/16, 3/32: 0.3 fires at step 2 (1/4), -1.5 clips to -1 and 0.01
+    lies in the dead zone.
+
+    >>> code = quantize([0.3, -1.5, 0.01], B=2.0, T=4)
+    >>> code.value.tolist(), code.step.tolist(), code.sign.tolist()
+    ([0.25, -1.0, 0.0], [2, 0, -1], [1, -1, 0])
     """
     B, T = check_base(B), check_steps(T)
     x = check_finite("x", x)
@@ -129,6 +147,11 @@ def decode(step: ty.Any, sign: ty.Any, B: float,
         Base, 1 < B <= 2.
     sigma : array_like, optional
         Positive scale. Default 1.
+
+    Examples
+    --------
+    >>> decode([0, 2, -1], [1, -1, 1], B=2.0, sigma=3.0).tolist()
+    [3.0, -0.75, 0.0]
     """
     B = check_base(B)
     step = np.asarray(step)
