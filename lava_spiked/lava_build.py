@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse
 
 from lava_spiked import fixed, phase
+from lava_spiked.progress import bar
 from lava_spiked.plan import (ActivationStage, Attention, Layer, NormStage,
                               Plan, Synapse)
 
@@ -142,6 +143,9 @@ class _LavaNetwork:
         #: population -> clipped neurons since the previous check_counts
         #: (see :meth:`check_counts`)
         self.clipped: ty.Dict[str, int] = {}
+        #: samples enter every ``period`` steps (:meth:`infer`)
+        self.streams = not plan.runtime_inputs and not record
+        self.steps = 0  # steps run so far, a multiple of the period
         self._build()
         if record:
             self._add_probes()
@@ -150,7 +154,11 @@ class _LavaNetwork:
     # --------------------------------------------------------------- build
     def _build(self) -> None:
         plan, T = self.plan, self.plan.T
-        self.kw = dict(B=plan.B, T=T, period=plan.num_steps)
+        # samples stream in every stream_period steps, unless each needs
+        # its own runtime inputs (masks set between samples) or probes
+        self.period = plan.stream_period if self.streams else \
+            plan.num_steps
+        self.kw = dict(B=plan.B, T=T, period=self.period)
         first = plan[plan.input]
         self.encoder = PhaseEncoder(data=np.zeros(first.shape),
                                     scale=first.scale.reshape(first.shape),
@@ -251,6 +259,49 @@ class _LavaNetwork:
     def run(self, condition, run_cfg) -> None:
         """Run the network (:meth:`Runner.run`)."""
         self.runner.run(condition, run_cfg)
+        self.steps += getattr(condition, "num_steps", 0)
+
+    def _set(self, var, value) -> None:
+        """Set a Var before the next run (its initial value before the
+        first)."""
+        if not self.runner.started:
+            var.init = value  # read at compile time
+        else:
+            var.set(value)
+
+    def infer(self, samples: np.ndarray, run_cfg,
+              progress: bool = False) -> ty.List[np.ndarray]:
+        """Readout membranes in state units (``value / sigma * 2**16``) of
+        ``samples``, streamed: a new sample enters the encoder every
+        ``period`` steps while the earlier ones are still in the network,
+        so n samples take ``(n - 1) * period + num_steps`` steps rather than
+        ``n * num_steps`` (each chunk of ``period`` steps is one Lava run;
+        the encoder's data is set between them). A network left inside a
+        period (by a run of another length) first runs to its end."""
+        if not self.streams:
+            raise RuntimeError("this network takes one sample at a time "
+                               "(runtime masks or probes): use infer_one")
+        period, buffer = self.period, self.plan.num_steps
+        silent = np.zeros_like(samples[0])
+        if self.steps % period:  # after a run of another length
+            self._set(self.encoder.data, silent)
+            self.run(RunSteps(num_steps=-self.steps % period), run_cfg)
+        first = self.steps
+        fire = self.plan[self.plan.output].window.fire
+        last = first + (len(samples) - 1) * period + fire  # last readout
+        states: ty.List[np.ndarray] = []
+        for c in bar(range((last - first) // period + 1), "Lava streaming",
+                     progress):
+            self._set(self.encoder.data,
+                      samples[c] if c < len(samples) else silent)
+            self.run(RunSteps(num_steps=min(period, last + 1 - self.steps)),
+                     run_cfg)
+            while len(states) < len(samples):
+                at = first + len(states) * period + fire
+                if at >= self.steps:
+                    break
+                states.append(self.sink.data.get()[..., at % buffer])
+        return states
 
     def infer_one(self, sample: np.ndarray, run_cfg,
                   valid: ty.Optional[np.ndarray] = None) -> np.ndarray:
@@ -258,6 +309,8 @@ class _LavaNetwork:
         (``value / sigma * 2**16``). ``valid`` (N,) bool is the sample's
         token mask, for a Plan that takes one: it sets the mask Vars of the
         key-masked softmaxes and the token-masked neurons."""
+        if self.streams:
+            return self.infer(sample[None], run_cfg)[0]
         values = [(self.encoder.data, sample)]
         if valid is not None:
             pad = ~valid
@@ -274,10 +327,7 @@ class _LavaNetwork:
         for var, value in values:
             if var is not self.encoder.data:
                 value = np.asarray(value, np.int32)
-            if not self.runner.started:
-                var.init = value  # read at compile time
-            else:
-                var.set(value)
+            self._set(var, value)
         self.run(RunSteps(num_steps=self.plan.num_steps), run_cfg)
         out = self.plan[self.plan.output]
         return self.sink.data.get()[..., out.window.fire]

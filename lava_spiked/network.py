@@ -141,7 +141,14 @@ class SpikingNetwork:
 
     def infer(self, samples: ty.Any, run_cfg, progress: bool = True,
               attention_mask: ty.Any = None) -> np.ndarray:
-        """Run samples one after another through Lava; decoded logits.
+        """Run samples through Lava; decoded logits.
+
+        Samples stream: a new one enters every ``plan.stream_period``
+        steps while the earlier ones are still in the network (n samples
+        take ``(n - 1) * stream_period + num_steps`` steps), with the same
+        results as one at a time. A network with a runtime token mask or
+        ``record=True`` takes one sample at a time (its masks and probes
+        are per sample).
 
         Parameters
         ----------
@@ -169,8 +176,12 @@ class SpikingNetwork:
         lava = self.lava(tag)
         logits = []
         try:
-            for i, sample in enumerate(bar(x, f"Lava {tag or ''}",
-                                           progress)):
+            if lava.streams:
+                logits = [self.plan.decode_readout(state) for state in
+                          lava.infer(x, run_cfg, progress)]
+            for i, sample in enumerate(bar(
+                    [] if lava.streams else x, f"Lava {tag or ''}",
+                    progress)):
                 logits.append(self.plan.decode_readout(lava.infer_one(
                     sample, run_cfg, None if valid is None else valid[i])))
                 if self.record:

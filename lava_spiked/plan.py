@@ -330,6 +330,21 @@ class Plan:
             out.scale.reshape(out.shape)
 
     @property
+    def stream_period(self) -> int:
+        """Steps between two samples that enter one after another without
+        waiting for the previous one to leave (streaming): the longest
+        time a population holds one sample's state. A neuron holds it over
+        its input and fire windows (2T); the P V product of an attention
+        holds V's latched traces from V's fire window to the end of the
+        softmax's (3T + 1 or more). Residual delays are delay lines: they
+        hold spikes of several samples at once, in order."""
+        period = 2 * self.T
+        for op in self.attention:
+            period = max(period, op.logit_start + 3 * self.T -
+                         self[op.v].window.fire)
+        return min(period, self.num_steps)
+
+    @property
     def tokens(self) -> int:
         """N of the runtime token mask, 0 without one."""
         return self.runtime_inputs[0].shape[0] if self.runtime_inputs else 0

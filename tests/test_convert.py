@@ -701,3 +701,37 @@ def test_outlier_channel_keeps_the_other_rows(tag):
     got = _assert_lava_equals_golden(net, data[:2].numpy(), tag)
     if tag == "fixed_pt":
         np.testing.assert_array_equal(np.stack(got), res.logits.numpy())
+
+
+@pytest.mark.slow
+def test_samples_stream_through_lava(small_vit):
+    """A new sample enters every stream_period (3T + 1 here: V's traces
+    wait for the softmax) steps: 3 samples take 2 periods plus the
+    readout's latency, not 3 whole sample lengths, and give the golden
+    model's logits, also after a run of another length; with probes,
+    samples go one at a time and agree."""
+    from lava.magma.core.run_conditions import RunSteps
+
+    from lava_spiked.network import SpikingNetwork
+    model, calib, test = small_vit
+    net = convert(model, calib, T=12, B=1.25, progress=False)
+    period, fire = net.plan.stream_period, \
+        net.plan[net.plan.output].window.fire
+    assert period == 3 * 12 + 1 < net.num_steps
+    x = test[:3]
+    cfg = Loihi2SimCfg(select_tag="fixed_pt")
+    with net:
+        got = net.infer(x, cfg, progress=False)
+        assert net.lava("fixed_pt").steps == 2 * period + fire + 1
+        again = net.infer(x[2:], cfg, progress=False)  # after a stream
+        net.run(RunSteps(num_steps=5), cfg)  # a user's run of odd length
+        last = net.infer(x[:1], cfg, progress=False)
+    for out, sample in zip(got, x):
+        np.testing.assert_array_equal(out, net.golden_fixed(sample))
+    np.testing.assert_array_equal(again[0], got[2])
+    np.testing.assert_array_equal(last[0], got[0])
+    probed = SpikingNetwork(net.plan, record=True)
+    with probed:
+        np.testing.assert_array_equal(
+            probed.infer(x, cfg, progress=False), got)
+    assert not probed.lava("fixed_pt").streams and len(probed.recorded) == 3
