@@ -145,7 +145,9 @@ class _LavaNetwork:
         self.clipped: ty.Dict[str, int] = {}
         #: samples enter every ``period`` steps (:meth:`infer`)
         self.streams = not plan.runtime_inputs and not record
-        self.steps = 0  # steps run so far, a multiple of the period
+        self.steps = 0  # steps run so far
+        #: event counts of the last stream's samples (see check_counts)
+        self._deltas: ty.Optional[ty.Dict[str, ty.Dict[str, int]]] = None
         self._build()
         if record:
             self._add_probes()
@@ -274,10 +276,14 @@ class _LavaNetwork:
         """Readout membranes in state units (``value / sigma * 2**16``) of
         ``samples``, streamed: a new sample enters the encoder every
         ``period`` steps while the earlier ones are still in the network,
-        so n samples take ``(n - 1) * period + num_steps`` steps rather than
-        ``n * num_steps`` (each chunk of ``period`` steps is one Lava run;
-        the encoder's data is set between them). A network left inside a
-        period (by a run of another length) first runs to its end."""
+        so n samples take about ``(n - 1) * period + num_steps`` steps
+        rather than ``n * num_steps``. Runs stop at each period, where the
+        encoder's data is set, and where a process's event counters are
+        read: when the first sample enters it and when the last has left,
+        so that :meth:`check_counts` counts these samples' events only (the
+        network also carries samples of zeros before and after them). A
+        network left inside a period (by a run of another length) first
+        runs to its end."""
         if not self.streams:
             raise RuntimeError("this network takes one sample at a time "
                                "(runtime masks or probes): use infer_one")
@@ -286,22 +292,62 @@ class _LavaNetwork:
         if self.steps % period:  # after a run of another length
             self._set(self.encoder.data, silent)
             self.run(RunSteps(num_steps=-self.steps % period), run_cfg)
-        first = self.steps
+        first, n = self.steps, len(samples)
         fire = self.plan[self.plan.output].window.fire
-        last = first + (len(samples) - 1) * period + fire  # last readout
+        last = first + (n - 1) * period + fire  # the last readout
+        # the encoder runs on between samples and after the last one, so
+        # each process also sees samples of zeros: read its counters when
+        # the first real sample enters it and when the last has left
+        reads: ty.Dict[int, ty.List[ty.Tuple[str, int]]] = {}
+        for name, proc in self.processes.items():
+            if any(hasattr(proc, var) for var in COUNTERS):
+                start, length = self._activity(proc)
+                reads.setdefault(first + start, []).append((name, 0))
+                reads.setdefault(first + (n - 1) * period + start + length,
+                                 []).append((name, 1))
+        end = max(last + 1, max(reads, default=0))
+        stops = sorted(set(reads) | {end} | set(range(first, end, period)))
+        seen: ty.Dict[ty.Tuple[str, int], ty.Dict[str, int]] = {}
         states: ty.List[np.ndarray] = []
-        for c in bar(range((last - first) // period + 1), "Lava streaming",
-                     progress):
-            self._set(self.encoder.data,
-                      samples[c] if c < len(samples) else silent)
-            self.run(RunSteps(num_steps=min(period, last + 1 - self.steps)),
-                     run_cfg)
-            while len(states) < len(samples):
-                at = first + len(states) * period + fire
-                if at >= self.steps:
-                    break
-                states.append(self.sink.data.get()[..., at % buffer])
+        with bar(total=end - first, desc="Lava streaming",
+                 progress=progress) as shown:
+            for stop in stops:
+                if stop > self.steps:
+                    steps = self.steps
+                    self.run(RunSteps(num_steps=stop - steps), run_cfg)
+                    shown.update(stop - steps)
+                for name, which in reads.get(stop, []):
+                    seen[name, which] = self._counters(self.processes[name])
+                if (stop - first) % period == 0 and stop < end:
+                    c = (stop - first) // period
+                    self._set(self.encoder.data,
+                              samples[c] if c < n else silent)
+                while len(states) < n and \
+                        first + len(states) * period + fire < self.steps:
+                    at = first + len(states) * period + fire
+                    states.append(self.sink.data.get()[..., at % buffer])
+        self._deltas = {var: {name: counts[var] - seen[name, 0][var]
+                              for (name, which), counts in seen.items()
+                              if which == 1 and var in counts}
+                        for var in COUNTERS}
         return states
+
+    def _activity(self, proc) -> ty.Tuple[int, int]:
+        """First step and number of steps of one sample at a process,
+        counted from the sample's entry: its input and fire windows."""
+        params, T = proc.proc_params, self.plan.T
+        if params.get("x_start") is not None:  # TraceMatMul: 2 operands
+            start = min(params["x_start"], params["y_start"])
+            length = max(params["x_start"], params["y_start"]) + T - start
+        else:
+            start, length = params["start"], 2 * T
+        return start, min(length, self.period)
+
+    def _counters(self, proc) -> ty.Dict[str, int]:
+        """The event counters of a process now (0 before the first run)."""
+        return {var: int(getattr(proc, var).get()[0])
+                if self.runner.started else 0
+                for var in COUNTERS if hasattr(proc, var)}
 
     def infer_one(self, sample: np.ndarray, run_cfg,
                   valid: ty.Optional[np.ndarray] = None) -> np.ndarray:
@@ -346,16 +392,24 @@ class _LavaNetwork:
         see :mod:`lava_spiked.golden`). It does not warn on clipping:
         :meth:`lava_spiked.network.SpikingNetwork.infer` does, once per
         call."""
-        counts = count_events(self.processes)
-        totals = {var: sum(c.values()) for var, c in counts.items()}
-        sat = totals["sat_count"] - self._counted["sat_count"]
-        stray = totals["stray_count"] - self._counted["stray_count"]
-        self._counted = totals
-        clips = {name: n for name, n in counts["clip_count"].items()
-                 if name != self.plan.output}  # the readout never clips
-        self.clipped = {name: n - self._clip_seen.get(name, 0)
-                        for name, n in clips.items()}
-        self._clip_seen = clips
+        if self._deltas is not None:  # a stream's own samples
+            deltas, self._deltas = self._deltas, None
+            sat, stray = (sum(deltas[var].values())
+                          for var in ("sat_count", "stray_count"))
+            self.clipped = {name: n for name, n in
+                            deltas["clip_count"].items()
+                            if name != self.plan.output}
+        else:
+            counts = count_events(self.processes)
+            totals = {var: sum(c.values()) for var, c in counts.items()}
+            sat = totals["sat_count"] - self._counted["sat_count"]
+            stray = totals["stray_count"] - self._counted["stray_count"]
+            self._counted = totals
+            clips = {name: n for name, n in counts["clip_count"].items()
+                     if name != self.plan.output}  # the readout never clips
+            self.clipped = {name: n - self._clip_seen.get(name, 0)
+                            for name, n in clips.items()}
+            self._clip_seen = clips
         if stray:
             raise RuntimeError(f"{stray} spikes arrived outside their "
                                "window: the schedule is wrong (a bug)")
@@ -369,6 +423,9 @@ class _LavaNetwork:
         self.runner.stop()
 
 
+COUNTERS = ("sat_count", "stray_count", "clip_count")
+
+
 def count_events(processes: ty.Mapping[str, ty.Any]
                  ) -> ty.Dict[str, ty.Dict[str, int]]:
     """Saturation, stray-input and clipping events of ``processes`` (name
@@ -377,7 +434,7 @@ def count_events(processes: ty.Mapping[str, ty.Any]
     runs)."""
     return {var: {name: int(getattr(proc, var).get()[0])
                   for name, proc in processes.items() if hasattr(proc, var)}
-            for var in ("sat_count", "stray_count", "clip_count")}
+            for var in COUNTERS}
 
 
 class Runner:

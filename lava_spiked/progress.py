@@ -10,10 +10,11 @@ import typing as ty
 from tqdm.auto import tqdm
 
 
-def bar(iterable: ty.Iterable, desc: str, progress: bool = True,
-        **kwargs) -> ty.Iterable:
-    """``iterable`` wrapped in a transient tqdm bar (``kwargs`` for tqdm),
-    or unwrapped where it would be disabled."""
+def bar(iterable: ty.Optional[ty.Iterable] = None, desc: str = "",
+        progress: bool = True, **kwargs) -> tqdm:
+    """``iterable`` wrapped in a transient tqdm bar (``kwargs`` for tqdm,
+    e.g. ``total`` for a bar updated by hand), disabled where it would
+    not show."""
     show = progress and os.environ.get("CI", "").lower() != "true"
     return tqdm(iterable, desc=desc, disable=not show, leave=False,
                 **kwargs)
