@@ -76,8 +76,9 @@ def main():
     lines += ["", f"Streaming is {o / s:.2f}x faster in wall time "
               f"(mean of the repeats); in steps "
               f"{rows['one at a time'][0][0] / rows['streamed'][0][0]:.2f}x "
-              f"(expected: n (fire + 1) against (n - 1) period + fire + 1, "
-              "plus the padding of each single call to a whole period)."]
+              "(a call runs on until every process has finished its last "
+              "sample, so one sample alone takes more than its "
+              f"{plan.num_steps} steps)."]
     OUT.write_text("\n".join(lines) + "\n")
     print(OUT.read_text())
 
