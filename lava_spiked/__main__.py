@@ -2,7 +2,7 @@
 
 ``python -m lava_spiked`` calibrates the bundled ViT (scikit-learn digits,
 BatchNorm + ReLU, one block) on its calibration split, converts it into
-phase-coded Lava processes, runs K test samples one after another through
+phase-coded Lava processes, streams K test samples through
 Lava (``fixed_pt`` by default) and prints ANN and SNN logits, predictions,
 their agreement, the steps per sample and the wall time.
 
