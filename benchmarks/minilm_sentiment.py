@@ -27,11 +27,9 @@ from lava_spiked import Engine, phase
 from lava_spiked.capture import evaluate
 from lava_spiked.energy import energy
 from lava_spiked.fixed import usable_steps
-from lava_spiked.huggingface import convert_bert, embed
-from lava_spiked.network import SpikingNetwork
-from lava_spiked.plan import lower
-from lava_spiked.text_data import (MAX_LENGTH, load_minilm, sentiment_head,
-                                   tweets)
+from lava_spiked.huggingface import embed
+from lava_spiked.text_data import (MAX_LENGTH, convert_minilm, load_minilm,
+                                   sentiment_head, tweets)
 
 GRID = [(T, B) for T in (16, 24, 40) for B in (1.1, 1.15, 1.2, 1.4)]
 OUT = pathlib.Path(__file__).parent / "results"
@@ -94,11 +92,8 @@ def main(argv=None):
     t_start = time.time()
     model, tok = load_minilm()
     head = sentiment_head()
-    cal, _ = tweets("calibration")
     t0 = time.time()
-    net = convert_bert(model, tok(cal, padding=True, truncation=True,
-                                  max_length=MAX_LENGTH),
-                       length=MAX_LENGTH, head=head, progress=False)
+    net = convert_minilm(model, tok, progress=False)
     convert_s = time.time() - t0
     val_x, val_y = tweets("val")
     test_x, test_y = tweets("test")
@@ -119,8 +114,7 @@ def main(argv=None):
     rows = []
     nets = {}
     for T, B in GRID:
-        n = SpikingNetwork(lower(net.graph, net.sigmas, B, T), net.graph,
-                           net.sigmas)
+        n = net.recode(B, T)
         nets[T, B] = n
         t0 = time.time()
         pred = logits(n, vh, vm).argmax(1)

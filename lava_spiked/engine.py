@@ -428,8 +428,9 @@ class Engine:
         exact (and in float64 too, for full-precision fallback), and
         whether the layer's summed accumulator is exact in float32."""
         # each input adds at most |w| * 4096 (trace of step 0)
-        bounds = [float(np.abs(s.scaled()).sum(-1).max(initial=0)) * 4096.0
-                  for s in layer.synapses]
+        row_bounds = [np.abs(s.scaled()).sum(-1) * 4096.0
+                      for s in layer.synapses]
+        bounds = [float(r.max(initial=0)) for r in row_bounds]
         # state units per accumulator unit; Dense mantissas 2k are even
         unit = 2.0 ** (layer.weight_exp - fixed.GAIN_FRAC_BITS)
         self._prove(sum(bounds), layer.name, unit=unit)
@@ -437,13 +438,13 @@ class Engine:
         if 2 * unit >= 1:
             self.integral.add(layer.name)
         synapses = []
-        for s, bound in zip(layer.synapses, bounds):
+        for s, rows in zip(layer.synapses, row_bounds):
             w = self._weights(s.weight, layer.weight_exp + s.shift[:, None])
             # a row's products share its power of two: exact per shift
             f32 = self.mode == "fixed" and all(
-                _exact_in_f32(float(np.abs(part.scaled()).sum(-1).max(
-                    initial=0)) * 4096.0 * unit, 2 * unit * 2.0 ** e)
-                for e, part in s.split())
+                _exact_in_f32(float(rows[s.shift == e].max()) * unit,
+                              2 * unit * 2.0 ** e)
+                for e in np.unique(s.shift))
             synapses.append(dict(
                 f64=_Synapse(s, w, self.device),
                 f32=_Synapse(s, w, self.device, torch.float32)

@@ -345,9 +345,9 @@ class _LavaNetwork:
 
     def _counters(self, proc) -> ty.Dict[str, int]:
         """The event counters of a process now (0 before the first run)."""
-        return {var: int(getattr(proc, var).get()[0])
-                if self.runner.started else 0
-                for var in COUNTERS if hasattr(proc, var)}
+        if self.runner.started:
+            return process_events(proc)
+        return {var: 0 for var in COUNTERS if hasattr(proc, var)}
 
     def infer_one(self, sample: np.ndarray, run_cfg,
                   valid: ty.Optional[np.ndarray] = None) -> np.ndarray:
@@ -426,14 +426,21 @@ class _LavaNetwork:
 COUNTERS = ("sat_count", "stray_count", "clip_count")
 
 
+def process_events(proc: ty.Any) -> ty.Dict[str, int]:
+    """The counters of :data:`COUNTERS` that ``proc`` has -> their value
+    (cumulative over runs)."""
+    return {var: int(getattr(proc, var).get()[0])
+            for var in COUNTERS if hasattr(proc, var)}
+
+
 def count_events(processes: ty.Mapping[str, ty.Any]
                  ) -> ty.Dict[str, ty.Dict[str, int]]:
     """Saturation, stray-input and clipping events of ``processes`` (name
     -> process): ``sat_count``, ``stray_count`` and ``clip_count`` -> name
     -> count, for the processes that have the counter (cumulative over
     runs)."""
-    return {var: {name: int(getattr(proc, var).get()[0])
-                  for name, proc in processes.items() if hasattr(proc, var)}
+    counts = {name: process_events(proc) for name, proc in processes.items()}
+    return {var: {name: c[var] for name, c in counts.items() if var in c}
             for var in COUNTERS}
 
 

@@ -179,13 +179,14 @@ class SpikingNetwork:
             if lava.streams:
                 logits = [self.plan.decode_readout(state) for state in
                           lava.infer(x, run_cfg, progress)]
-            for i, sample in enumerate(bar(
-                    [] if lava.streams else x, f"Lava {tag or ''}",
-                    progress)):
-                logits.append(self.plan.decode_readout(lava.infer_one(
-                    sample, run_cfg, None if valid is None else valid[i])))
-                if self.record:
-                    self.recorded.append(lava.read_probes())
+            else:
+                for i, sample in enumerate(bar(x, f"Lava {tag or ''}",
+                                               progress)):
+                    logits.append(self.plan.decode_readout(lava.infer_one(
+                        sample, run_cfg,
+                        None if valid is None else valid[i])))
+                    if self.record:
+                        self.recorded.append(lava.read_probes())
         except BaseException:  # an interrupt between runs, a failed read
             self.stop()
             raise
