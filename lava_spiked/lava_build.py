@@ -54,7 +54,9 @@ try:
 
     from lava_spiked.processes import (
         ActivationPhaseNeuron, LayerNormPhaseNeuron, NormalizedPhaseNeuron,
-        PhaseEncoder, PhaseNeuron, SpikeDelay, TraceMatMul, WOSSSoftmax)
+        PhaseEncoder, PhaseNeuron, SpikeDelay, SpikingBlock, TraceMatMul,
+        WOSSSoftmax)
+    from lava_spiked.processes.spiking_block import COUNTERS, connect
 except (ImportError, ValueError) as err:  # ValueError: unpatched lava
     raise ImportError(
         "Lava runs need lava-nc 0.10.0, installed and patched for Python "
@@ -85,6 +87,7 @@ def sparse_weights(syn: Synapse, dst_size: int,
 def wire_attention(x, y, v, *, x_fire: int, v_fire: int, logit_start: int,
                    out_start: int, qk, qk_exp: int, logit_bias, logit_scale,
                    mask, av, av_exp: int, out_scale, y_transposed: bool,
+                   link: ty.Callable[[ty.Any, ty.Any], None] = connect,
                    **kw) -> ty.Dict[str, ty.Any]:
     """The Lava processes of one attention, fed by the spiking processes
     ``x``, ``y`` (the product operands, firing from ``x_fire``) and ``v``
@@ -118,14 +121,11 @@ def wire_attention(x, y, v, *, x_fire: int, v_fire: int, logit_start: int,
     out = NormalizedPhaseNeuron(shape=np.shape(av), start=out_start,
                                 weight_exp=av_exp - fixed.GAIN_FRAC_BITS,
                                 scale=out_scale, **kw)
-    x.s_out.connect(qk_proc.x_in)
-    y.s_out.connect(qk_proc.y_in)
-    qk_proc.a_out.connect(logits.a_in)
-    logits.s_out.connect(soft.s_in)
-    soft.s_out.connect(av_proc.x_in)
-    v.s_out.connect(av_proc.y_in)
-    av_proc.a_out.connect(out.a_in)
-    soft.r_out.connect(out.r_in)
+    for src, dst in [(x.s_out, qk_proc.x_in), (y.s_out, qk_proc.y_in),
+                     (qk_proc.a_out, logits.a_in), (logits.s_out, soft.s_in),
+                     (soft.s_out, av_proc.x_in), (v.s_out, av_proc.y_in),
+                     (av_proc.a_out, out.a_in), (soft.r_out, out.r_in)]:
+        link(src, dst)
     return dict(qk=qk_proc, logits=logits, softmax=soft, av=av_proc,
                 out=out)
 
@@ -151,7 +151,7 @@ class _LavaNetwork:
         self._build()
         if record:
             self._add_probes()
-        self.runner = Runner(self.readout)
+        self.runner = Runner(self.encoder)  # never inside a block
 
     # --------------------------------------------------------------- build
     def _build(self) -> None:
@@ -161,41 +161,60 @@ class _LavaNetwork:
         self.period = plan.stream_period if self.streams else \
             plan.num_steps
         self.kw = dict(B=plan.B, T=T, period=self.period)
+        #: (OutPort, InPort) of every connection, made by _wire
+        self._links: ty.List[ty.Tuple[ty.Any, ty.Any]] = []
+        #: process name -> index of its block (streaming networks)
+        self._home: ty.Dict[str, int] = {}
+        block_of = {name: k for k, (_, names) in
+                    enumerate(plan.blocks() if self.streams else [])
+                    for name in names}
         first = plan[plan.input]
         self.encoder = PhaseEncoder(data=np.zeros(first.shape),
                                     scale=first.scale.reshape(first.shape),
                                     start=0, **self.kw)
         self.processes[first.name] = self.encoder
         for layer in plan.layers[1:]:
-            op = plan.attention_of(layer.name)
-            if op is not None:
-                self._attention(op, layer)
-                continue
-            kw = dict(shape=layer.shape, start=layer.window.start,
-                      weight_exp=layer.weight_exp,
-                      bias=(layer.bias * layer.membrane_scale).reshape(
-                          layer.shape),
-                      scale=layer.scale.reshape(layer.shape), **self.kw)
-            stage = layer.stage
-            if isinstance(stage, ActivationStage):
-                neuron = ActivationPhaseNeuron(
-                    fn=stage.fn, pre_scale=stage.pre_scale.reshape(
-                        layer.shape), **kw)
-            elif isinstance(stage, NormStage):
-                neuron = LayerNormPhaseNeuron(
-                    eps=stage.eps, pre_scale=stage.pre_scale, **kw)
-            else:
-                neuron = PhaseNeuron(unipolar=layer.kind == "relu",
-                                     readout=layer.kind == "readout", **kw)
-            self.processes[layer.name] = neuron
-            for syn in layer.synapses:
-                self._connect(syn, layer, neuron)
+            self._block = block_of.get(layer.name)
+            known = set(self.processes)
+            self._layer(layer)
+            if self._block is not None:
+                self._home.update({name: self._block for name in
+                                   self.processes if name not in known})
         self.readout = self.processes[plan.output]
         # the readout sends its membrane once, when its fire window opens;
         # the sink keeps a whole sample period
         self.sink = RingBuffer(shape=plan[plan.output].shape,
                                buffer=plan.num_steps)
-        self.readout.s_out.connect(self.sink.a_in)
+        self._links.append((self.readout.s_out, self.sink.a_in))
+        self._wire()
+
+    def _layer(self, layer: Layer) -> None:
+        """The processes of one layer (and of its synapses)."""
+        op = self.plan.attention_of(layer.name)
+        if op is not None:
+            self._attention(op, layer)
+            return
+        kw = dict(shape=layer.shape, start=layer.window.start,
+                  weight_exp=layer.weight_exp,
+                  bias=(layer.bias * layer.membrane_scale).reshape(
+                      layer.shape),
+                  scale=layer.scale.reshape(layer.shape), **self.kw)
+        stage = layer.stage
+        if isinstance(stage, ActivationStage):
+            neuron = ActivationPhaseNeuron(
+                fn=stage.fn, pre_scale=stage.pre_scale.reshape(layer.shape),
+                **kw)
+        elif isinstance(stage, NormStage):
+            neuron = LayerNormPhaseNeuron(eps=stage.eps,
+                                          pre_scale=stage.pre_scale, **kw)
+        else:
+            neuron = PhaseNeuron(unipolar=layer.kind == "relu",
+                                 readout=layer.kind == "readout", **kw)
+        self.processes[layer.name] = neuron
+        for syn in layer.synapses:
+            self._connect(syn, layer, neuron)
+        # after its synapses: every process comes after those it reads
+        self.processes[layer.name] = self.processes.pop(layer.name)
 
     def _connect(self, syn: Synapse, layer: Layer, neuron) -> None:
         src = self.plan[syn.src]
@@ -203,9 +222,11 @@ class _LavaNetwork:
         delay = layer.window.start - src.window.fire - 1
         if delay > 0:
             key = f"{src.name}->delay{delay}"
+            if self._home.get(key, self._block) != self._block:
+                key += f"@block{self._block}"  # one delay line per block
             if key not in self.processes:
                 self.processes[key] = SpikeDelay(shape=src.shape, delay=delay)
-                port.connect(self.processes[key].s_in)
+                self._links.append((port, self.processes[key].s_in))
             port = self.processes[key].s_out
         # one Sparse per exponent of the synapse's output channels above
         # the neuron's: Sparse's own weight_exp under fixed_pt (8-bit
@@ -223,8 +244,7 @@ class _LavaNetwork:
                             num_message_bits=fixed.SPIKE_PAYLOAD_BITS,
                             sign_mode=SignMode.MIXED)
             self.processes[key] = sparse
-            port.flatten().connect(sparse.s_in)
-            sparse.a_out.reshape(layer.shape).connect(neuron.a_in)
+            self._links += [(port, sparse.s_in), (sparse.a_out, neuron.a_in)]
 
     def _attention(self, op: Attention, layer: Layer) -> None:
         plan = self.plan
@@ -236,11 +256,64 @@ class _LavaNetwork:
             logit_bias=op.logit_bias * op.logit_scale,
             logit_scale=op.logit_scale, mask=op.mask, av=op.av,
             av_exp=op.av_exp, out_scale=layer.scale.reshape(layer.shape),
-            y_transposed=True, **self.kw)
+            y_transposed=True, link=lambda *ports: self._links.append(ports),
+            **self.kw)
         self.processes.update({
             f"{op.out}:qk": stages["qk"], op.logits: stages["logits"],
             op.softmax: stages["softmax"], f"{op.out}:av": stages["av"],
             op.out: stages["out"]})
+
+    def _wire(self) -> None:
+        """Make the connections; in a streaming network, first group the
+        processes of each of the Plan's blocks into a :class:`SpikingBlock`
+        (Lava's run configuration then runs each block fused in one OS
+        process, or its members one per OS process)."""
+        #: the SpikingBlocks, in order (empty: every process on its own)
+        self.blocks: ty.List[SpikingBlock] = []
+        if not self._home:
+            for src, dst in self._links:
+                connect(src, dst)
+            return
+        plan = self.plan
+        groups = plan.blocks()
+        members: ty.List[ty.Dict[str, ty.Any]] = [{} for _ in groups]
+        for name, k in self._home.items():
+            members[k][name] = self.processes[name]
+        home = {id(self.processes[name]): k
+                for name, k in self._home.items()}
+        # a block's output: the next block's input, the readout for the last
+        outputs = [self.processes[inp].s_out for inp, _ in groups[1:]] + \
+            [self.readout.s_out]
+        edges: ty.List[list] = [[] for _ in groups]
+        inputs: ty.List[list] = [[] for _ in groups]
+        crossing = []
+        for src, dst in self._links:
+            a, b = home.get(id(src.process)), home.get(id(dst.process))
+            if a is not None and a == b:
+                connect(src, dst)
+                edges[a].append((src, dst))
+                continue
+            if a is not None and src is not outputs[a] or b is not None and \
+                    src.process is not self.processes[groups[b][0]]:
+                raise AssertionError(f"{src.process.name} -> "
+                                     f"{dst.process.name} crosses a block "
+                                     "boundary other than its ports (a bug)")
+            if b is not None:
+                inputs[b].append(dst)
+            crossing.append((a, src, b, dst))
+        self.blocks = [
+            SpikingBlock(members=members[k], edges=edges[k],
+                         inputs=inputs[k], output=outputs[k],
+                         in_shape=plan[groups[k][0]].shape,
+                         out_shape=tuple(outputs[k].shape), name=f"block{k}")
+            for k in range(len(groups))]
+        made = set()
+        for a, src, b, dst in crossing:
+            src = src if a is None else self.blocks[a].s_out
+            dst = dst if b is None else self.blocks[b].s_in
+            if (id(src), id(dst)) not in made:
+                made.add((id(src), id(dst)))
+                connect(src, dst)
 
     def _add_probes(self) -> None:
         """A RingBuffer on every spiking layer (and on the logits and
@@ -317,7 +390,7 @@ class _LavaNetwork:
                     self.run(RunSteps(num_steps=stop - steps), run_cfg)
                     shown.update(stop - steps)
                 for name, which in reads.get(stop, []):
-                    seen[name, which] = self._counters(self.processes[name])
+                    seen[name, which] = self._counters(name)
                 if (stop - first) % period == 0 and stop < end:
                     c = (stop - first) // period
                     self._set(self.encoder.data,
@@ -343,11 +416,25 @@ class _LavaNetwork:
             start, length = params["start"], 2 * T
         return start, min(length, self.period)
 
-    def _counters(self, proc) -> ty.Dict[str, int]:
-        """The event counters of a process now (0 before the first run)."""
-        if self.runner.started:
-            return process_events(proc)
-        return {var: 0 for var in COUNTERS if hasattr(proc, var)}
+    def _counters(self, name: str) -> ty.Dict[str, int]:
+        """The event counters of process ``name`` now (0 before the first
+        run), from its block where it has one."""
+        proc = self.processes[name]
+        if not self.runner.started:
+            return {var: 0 for var in COUNTERS if hasattr(proc, var)}
+        if name in self._home:
+            block = self.blocks[self._home[name]]
+            return block.member_events(list(block.members).index(name))
+        return process_events(proc)
+
+    def events(self) -> ty.Dict[str, ty.Dict[str, int]]:
+        """Saturation, stray-input and clipping events so far (cumulative
+        over runs): ``sat_count``, ``stray_count`` and ``clip_count`` ->
+        process name -> count, for the processes that have the counter,
+        fused in a block or not."""
+        counts = {name: self._counters(name) for name in self.processes}
+        return {var: {name: c[var] for name, c in counts.items()
+                      if var in c} for var in COUNTERS}
 
     def infer_one(self, sample: np.ndarray, run_cfg,
                   valid: ty.Optional[np.ndarray] = None) -> np.ndarray:
@@ -400,7 +487,7 @@ class _LavaNetwork:
                             deltas["clip_count"].items()
                             if name != self.plan.output}
         else:
-            counts = count_events(self.processes)
+            counts = self.events()
             totals = {var: sum(c.values()) for var, c in counts.items()}
             sat = totals["sat_count"] - self._counted["sat_count"]
             stray = totals["stray_count"] - self._counted["stray_count"]
@@ -421,9 +508,6 @@ class _LavaNetwork:
     def stop(self) -> None:
         """Stop all Lava processes (idempotent)."""
         self.runner.stop()
-
-
-COUNTERS = ("sat_count", "stray_count", "clip_count")
 
 
 def process_events(proc: ty.Any) -> ty.Dict[str, int]:

@@ -15,6 +15,19 @@ every token: block-diagonal, ``tokens x C x K`` stored weights), SpikeDelays
 where a source fired earlier than the others, and per attention the
 TraceMatMul / PhaseNeuron / WOSSSoftmax / TraceMatMul /
 NormalizedPhaseNeuron wiring of :func:`lava_spiked.lava_build.wire_attention`.
+
+A streaming network (no runtime mask, no probes) groups these processes by
+the Plan's blocks (:meth:`lava_spiked.plan.Plan.blocks`: one attention
+each) into :class:`lava_spiked.processes.SpikingBlock` processes, and the
+run configuration chooses how Lava runs a block:
+
+- ``Loihi2SimCfg(select_tag="fixed_pt")``: fused, the whole block in one OS
+  process (Lava's default for a Process with a leaf model of the tag);
+- ``Loihi2SimCfg(select_tag="fixed_pt", select_sub_proc_model=True)``:
+  neuron level, every process in its own OS process.
+
+Both give the same readout and event counts bit for bit; fused is several
+times faster (``benchmarks/lava_fused.py``).
 """
 import typing as ty
 
@@ -50,7 +63,9 @@ class SpikingNetwork:
     processes : dict
         After the first Lava run: layer name -> its Lava process (synapses
         and delays under ``src->dst`` keys; attention stages under
-        ``<attention>:qk``, ``:logits``, ``:softmax``, ``:av``).
+        ``<attention>:qk``, ``:logits``, ``:softmax``, ``:av``). In a block
+        that runs fused these are not compiled: read the event counters
+        with :meth:`events`.
     recorded : list of dict
         With ``record=True``: per inferred sample, layer name (and
         ``<attention>:logits`` / ``:softmax``) -> (fire steps, signs).
@@ -155,8 +170,9 @@ class SpikingNetwork:
         samples : array_like
             (n, *sample_shape) inputs (finite).
         run_cfg : lava RunConfig
-            E.g. ``Loihi2SimCfg(select_tag="fixed_pt")``. Another tag than
-            the running network's stops it and builds it anew.
+            E.g. ``Loihi2SimCfg(select_tag="fixed_pt")`` (blocks fused;
+            ``select_sub_proc_model=True``: every process on its own). Another
+            tag than the running network's stops it and builds it anew.
         attention_mask : array_like, optional
             (n, N) token masks, for a network that takes one (set in the
             running network before each sample; nothing is rebuilt).
@@ -195,6 +211,16 @@ class SpikingNetwork:
         golden.warn_clipped(self.clipped, golden.clip_sizes(self.plan),
                             len(x))
         return self.plan.pool(np.array(logits), valid)
+
+    def events(self) -> ty.Dict[str, ty.Dict[str, int]]:
+        """The running Lava network's event counters, cumulative over its
+        runs: ``sat_count``, ``stray_count`` and ``clip_count`` -> process
+        name (as in :attr:`processes`) -> count, read from each process or,
+        when its block runs fused, from the block."""
+        if self._lava is None:
+            raise RuntimeError("no Lava network is running: run or infer "
+                               "first")
+        return self._lava.events()
 
     def stop(self) -> None:
         """Stop all Lava processes (idempotent); a later run or infer builds

@@ -321,6 +321,46 @@ class Plan:
         """The attention whose output layer is ``name``, or None."""
         return self._attention.get(name)
 
+    def sources(self, name: str) -> ty.List[str]:
+        """The populations that layer ``name`` reads (an attention's
+        operands)."""
+        op = self.attention_of(name)
+        if op is not None:
+            return [op.x, op.y, op.v]
+        return [syn.src for syn in self[name].synapses]
+
+    def blocks(self) -> ty.List[ty.Tuple[str, ty.List[str]]]:
+        """The layers after the input grouped into blocks, each read by the
+        later ones through a single population: ``(input population,
+        layers)`` per block, in order.
+
+        A cut lies before a layer where the layers from it on read only one
+        earlier population (in a transformer: the residual stream between
+        two blocks). A block starts at every cut where the layers up to the
+        next cut hold an attention and the current block holds one already,
+        so each block holds one attention (the head joins the last)."""
+        index = {layer.name: i for i, layer in enumerate(self.layers)}
+        crossing: ty.Dict[int, str] = {}
+        reads: ty.Set[str] = set()
+        for i in range(len(self.layers) - 1, 0, -1):
+            reads |= set(self.sources(self.layers[i].name))
+            before = {src for src in reads if index[src] < i}
+            if len(before) == 1:
+                crossing[i] = before.pop()
+        cuts = sorted(crossing) + [len(self.layers)]
+        out: ty.List[ty.Tuple[str, ty.List[str]]] = []
+        has_attention = False
+        for a, b in zip(cuts, cuts[1:]):
+            names = [layer.name for layer in self.layers[a:b]]
+            attention = any(self.attention_of(n) for n in names)
+            if not out or (attention and has_attention):
+                out.append((crossing[a], names))
+                has_attention = attention
+            else:
+                out[-1][1].extend(names)
+                has_attention |= attention
+        return out
+
     def decode_readout(self, state: ty.Any) -> np.ndarray:
         """Logits from readout membranes in state units (``A / sigma *
         2**16``, what the readout neuron reports), shaped ``(...,

@@ -32,4 +32,5 @@ def register(*models: type) -> None:
 
 
 from lava_spiked.proc_models import (  # noqa: E402,F401
-    phase_encoder, phase_neuron, spike_delay, trace_matmul, woss_softmax)
+    phase_encoder, phase_neuron, spike_delay, spiking_block, trace_matmul,
+    woss_softmax)

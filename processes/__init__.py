@@ -5,6 +5,7 @@ from lava_spiked.processes.phase_neuron import (
     ActivationPhaseNeuron, LayerNormPhaseNeuron, NormalizedPhaseNeuron,
     PhaseNeuron)
 from lava_spiked.processes.spike_delay import SpikeDelay
+from lava_spiked.processes.spiking_block import SpikingBlock
 from lava_spiked.processes.trace_matmul import TraceMatMul
 from lava_spiked.processes.woss_softmax import WOSSSoftmax
 
@@ -14,4 +15,4 @@ import lava_spiked.proc_models  # noqa: E402,F401  (registration side effect)
 
 __all__ = ["ActivationPhaseNeuron", "LayerNormPhaseNeuron",
            "NormalizedPhaseNeuron", "PhaseEncoder", "PhaseNeuron", "SpikeDelay",
-           "TraceMatMul", "WOSSSoftmax"]
+           "SpikingBlock", "TraceMatMul", "WOSSSoftmax"]

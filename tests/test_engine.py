@@ -83,9 +83,7 @@ def test_engine_counts_saturation_like_lava_and_stays_exact():
         with pytest.warns(RuntimeWarning, match="saturation"):
             lava = net.infer(x, Loihi2SimCfg(select_tag="fixed_pt"),
                              progress=False)
-        lava_count = sum(int(p.sat_count.get()[0])
-                         for p in net.processes.values()
-                         if hasattr(p, "sat_count"))
+        lava_count = sum(net.events()["sat_count"].values())
     res = Engine(net, "fixed")(x)
     assert lava_count > 0
     assert int(res.saturated.sum()) == lava_count

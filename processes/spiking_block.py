@@ -1,0 +1,105 @@
+# Copyright (C) 2026 lava-spiked contributors
+# SPDX-License-Identifier: BSD-3-Clause
+"""SpikingBlock: a hierarchical Process holding one block of a network."""
+import typing as ty
+
+import numpy as np
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess, LogConfig
+from lava.magma.core.process.variable import Var
+
+#: The event counters a block reports per member process (see ``events``)
+COUNTERS = ("sat_count", "stray_count", "clip_count")
+
+
+def connect(src: OutPort, dst: InPort) -> None:
+    """Connect ``src`` to ``dst``, reshaping ``src`` to ``dst``'s shape if
+    it has another one (same size)."""
+    if tuple(src.shape) != tuple(dst.shape):
+        src = src.reshape(dst.shape)
+    src.connect(dst)
+
+
+class SpikingBlock(AbstractProcess):
+    """A group of neuron-level Processes with one input and one output port,
+    e.g. one transformer block: the members are built and wired to each
+    other already; only their connections to ``s_in`` and ``s_out`` are
+    made by the model that Lava's run configuration selects:
+
+    - the SubProcessModel (``select_sub_proc_model=True`` in the run
+      configuration) connects the ports to the members, and Lava runs every
+      member as its own OS process: the structure a Loihi mapping sees;
+    - the fused models (``floating_pt``, ``fixed_pt``; Lava's default for a
+      Process that has both) run all members in this block's one OS
+      process, step by step, with the members' own ProcessModels, so the
+      spikes at both ports are the same bit for bit.
+
+    Parameters
+    ----------
+    members : dict
+        Name -> Process, in an order where every member comes after the
+        members it reads (its wiring already made).
+    edges : list of tuple
+        ``(src OutPort, dst InPort)`` of the connections among the members
+        (made already; the fused models redo them in memory). A source
+        whose shape differs from its destination's is reshaped.
+    inputs : list
+        The members' InPorts that read ``s_in``.
+    output : OutPort
+        The member port that drives ``s_out``.
+    in_shape, out_shape : tuple of int
+        Shapes of ``s_in`` and ``s_out``.
+    name : str, optional
+    log_config : LogConfig, optional
+
+    Attributes
+    ----------
+    events : Var
+        (members, 3) int32: each member's :data:`COUNTERS` (0 where it has
+        none), kept by the fused models; under the SubProcessModel read the
+        members' own Vars.
+    """
+
+    def __init__(self, *, members: ty.Dict[str, AbstractProcess],
+                 edges: ty.List[ty.Tuple[ty.Any, ty.Any]],
+                 inputs: ty.List[InPort], output: OutPort,
+                 in_shape: ty.Tuple[int, ...], out_shape: ty.Tuple[int, ...],
+                 name: ty.Optional[str] = None,
+                 log_config: ty.Optional[LogConfig] = None) -> None:
+        super().__init__(name=name, log_config=log_config)
+        order = list(members.values())
+        for src, dst in edges:
+            if order.index(src.process) >= order.index(dst.process):
+                raise ValueError(f"member {dst.process.name!r} comes before "
+                                 f"{src.process.name!r}, which it reads")
+        self.proc_params["members"] = members
+        self.proc_params["edges"] = edges
+        self.proc_params["inputs"] = inputs
+        self.proc_params["output"] = output
+        self.proc_params["in_shape"] = tuple(in_shape)
+        self.s_in = InPort(shape=tuple(in_shape))
+        self.s_out = OutPort(shape=tuple(out_shape))
+        self.events = Var(shape=(len(members), len(COUNTERS)),
+                          init=np.zeros((len(members), len(COUNTERS)), int))
+
+    @property
+    def members(self) -> ty.Dict[str, AbstractProcess]:
+        """Name -> member Process."""
+        return self.proc_params["members"]
+
+    @property
+    def expanded(self) -> bool:
+        """Whether Lava runs the members as Processes of their own (the
+        SubProcessModel was selected; known once compiled)."""
+        return any(p.parent_proc is self for p in self.members.values())
+
+    def member_events(self, index: int) -> ty.Dict[str, int]:
+        """The :data:`COUNTERS` of member ``index`` that it has -> their
+        cumulative value, from wherever the running model keeps them."""
+        member = list(self.members.values())[index]
+        names = [var for var in COUNTERS if hasattr(member, var)]
+        if self.expanded:
+            return {var: int(getattr(member, var).get()[0]) for var in names}
+        row = self.events.get()[index]
+        return {var: int(row[COUNTERS.index(var)]) for var in names}
+
