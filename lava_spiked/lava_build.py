@@ -145,6 +145,7 @@ class _LavaNetwork:
         self.clipped: ty.Dict[str, int] = {}
         #: samples enter every ``period`` steps (:meth:`infer`)
         self.streams = not plan.runtime_inputs and not record
+        self.record = record  # probes need every process on its own
         self.steps = 0  # steps run so far
         #: event counts of the last stream's samples (see check_counts)
         self._deltas: ty.Optional[ty.Dict[str, ty.Dict[str, int]]] = None
@@ -166,7 +167,7 @@ class _LavaNetwork:
         #: process name -> index of its block (streaming networks)
         self._home: ty.Dict[str, int] = {}
         block_of = {name: k for k, (_, names) in
-                    enumerate(plan.blocks() if self.streams else [])
+                    enumerate(plan.blocks() if not self.record else [])
                     for name in names}
         first = plan[plan.input]
         self.encoder = PhaseEncoder(data=np.zeros(first.shape),
@@ -264,7 +265,7 @@ class _LavaNetwork:
             op.out: stages["out"]})
 
     def _wire(self) -> None:
-        """Make the connections; in a streaming network, first group the
+        """Make the connections; unless probed, first group the
         processes of each of the Plan's blocks into a :class:`SpikingBlock`
         (Lava's run configuration then runs each block fused in one OS
         process, or its members one per OS process)."""
@@ -284,6 +285,8 @@ class _LavaNetwork:
         # a block's output: the next block's input, the readout for the last
         outputs = [self.processes[inp].s_out for inp, _ in groups[1:]] + \
             [self.readout.s_out]
+        masked = list(self._masks(np.zeros(plan.tokens, bool))) \
+            if plan.runtime_inputs else []
         edges: ty.List[list] = [[] for _ in groups]
         inputs: ty.List[list] = [[] for _ in groups]
         crossing = []
@@ -305,7 +308,9 @@ class _LavaNetwork:
             SpikingBlock(members=members[k], edges=edges[k],
                          inputs=inputs[k], output=outputs[k],
                          in_shape=plan[groups[k][0]].shape,
-                         out_shape=tuple(outputs[k].shape), name=f"block{k}")
+                         out_shape=tuple(outputs[k].shape),
+                         masked=[name for name in masked
+                                 if self._home[name] == k], name=f"block{k}")
             for k in range(len(groups))]
         made = set()
         for a, src, b, dst in crossing:
@@ -444,26 +449,37 @@ class _LavaNetwork:
         key-masked softmaxes and the token-masked neurons."""
         if self.streams:
             return self.infer(sample[None], run_cfg)[0]
-        values = [(self.encoder.data, sample)]
+        self._set(self.encoder.data, sample)
         if valid is not None:
-            pad = ~valid
-            for op in self.plan.attention:
-                if op.key_mask:
-                    values.append((self.processes[op.softmax].mask,
-                                   op.mask | pad[None, None, :]))
-            for layer in self.plan.layers:
-                if layer.token_mask:
-                    values.append((self.processes[layer.name].mask,
-                                   np.broadcast_to(pad.reshape(
-                                       (-1,) + (1,) * (len(layer.shape) - 1)),
-                                       layer.shape)))
-        for var, value in values:
-            if var is not self.encoder.data:
-                value = np.asarray(value, np.int32)
-            self._set(var, value)
+            self._set_masks(self._masks(~valid))
         self.run(RunSteps(num_steps=self.plan.num_steps), run_cfg)
         out = self.plan[self.plan.output]
         return self.sink.data.get()[..., out.window.fire]
+
+    def _masks(self, pad: np.ndarray) -> ty.Dict[str, np.ndarray]:
+        """Process name -> its ``mask`` for a sample whose padded tokens
+        are ``pad`` (N,) bool: the key-masked softmaxes and the
+        token-masked neurons."""
+        masks = {op.softmax: op.mask | pad[None, None, :]
+                 for op in self.plan.attention if op.key_mask}
+        for layer in self.plan.layers:
+            if layer.token_mask:
+                masks[layer.name] = np.broadcast_to(pad.reshape(
+                    (-1,) + (1,) * (len(layer.shape) - 1)), layer.shape)
+        return masks
+
+    def _set_masks(self, masks: ty.Dict[str, np.ndarray]) -> None:
+        """Set the processes' masks, through their block where they have
+        one."""
+        for k, block in enumerate(self.blocks):
+            mine = {name: mask for name, mask in masks.items()
+                    if self._home.get(name) == k}
+            if mine:
+                block.set_masks(mine, self.runner.started)
+        for name, mask in masks.items():
+            if name not in self._home:
+                self._set(self.processes[name].mask,
+                          np.asarray(mask, np.int32))
 
     def read_probes(self) -> ty.Dict[str, ty.Tuple[np.ndarray, np.ndarray]]:
         return {name: phase.first_spikes(sink.data.get(), fire, self.plan.T)

@@ -104,6 +104,7 @@ class AbstractFusedBlockModel(PyLoihiProcessModel):
 
     s_in = s_out = None
     events: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    masks: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=1)
     member_tag = ""
 
     def __init__(self, proc_params) -> None:
@@ -132,6 +133,15 @@ class AbstractFusedBlockModel(PyLoihiProcessModel):
                     port.shape, getattr(cls, port.name).d_type,
                     sources.get(id(port), [])))
         self.output = sent[id(proc_params["output"])]
+        #: (model, its slice of ``masks``) per masked member
+        self.masked, offset = [], 0
+        by_name = dict(zip(proc_params["members"], self.members))
+        for name in proc_params["masked"]:
+            model = by_name[name][1]
+            self.masked.append((model, slice(offset,
+                                             offset + model.mask.size)))
+            offset += model.mask.size
+        self.applied = None  # the masks applied to the members
         #: (row, model, counter columns) of the members with counters
         self.counted = [
             (i, model, [(j, var) for j, var in enumerate(COUNTERS)
@@ -143,6 +153,11 @@ class AbstractFusedBlockModel(PyLoihiProcessModel):
         """The run function that performs the actual computation during
         execution orchestrated by a PyLoihiProcessModel using the
         LoihiProtocol."""
+        if self.masked and not np.array_equal(self.masks, self.applied):
+            # the host set the masks between runs
+            for model, part in self.masked:
+                model.mask[...] = self.masks[part].reshape(model.mask.shape)
+            self.applied = self.masks.copy()
         self.source.send(self.s_in.recv())
         for _, model in self.members:
             model.time_step = self.time_step

@@ -49,6 +49,9 @@ class SpikingBlock(AbstractProcess):
         The member port that drives ``s_out``.
     in_shape, out_shape : tuple of int
         Shapes of ``s_in`` and ``s_out``.
+    masked : list of str, optional
+        Members whose ``mask`` Var the host sets at run time (padded
+        tokens); the fused models take them from ``masks``.
     name : str, optional
     log_config : LogConfig, optional
 
@@ -58,12 +61,17 @@ class SpikingBlock(AbstractProcess):
         (members, 3) int32: each member's :data:`COUNTERS` (0 where it has
         none), kept by the fused models; under the SubProcessModel read the
         members' own Vars.
+    masks : Var
+        The ``mask`` Vars of the ``masked`` members, flattened and
+        concatenated ((1,) if none): set it, not theirs, when the block
+        runs fused (see :meth:`set_masks`).
     """
 
     def __init__(self, *, members: ty.Dict[str, AbstractProcess],
                  edges: ty.List[ty.Tuple[ty.Any, ty.Any]],
                  inputs: ty.List[InPort], output: OutPort,
                  in_shape: ty.Tuple[int, ...], out_shape: ty.Tuple[int, ...],
+                 masked: ty.Sequence[str] = (),
                  name: ty.Optional[str] = None,
                  log_config: ty.Optional[LogConfig] = None) -> None:
         super().__init__(name=name, log_config=log_config)
@@ -77,10 +85,38 @@ class SpikingBlock(AbstractProcess):
         self.proc_params["inputs"] = inputs
         self.proc_params["output"] = output
         self.proc_params["in_shape"] = tuple(in_shape)
+        self.proc_params["masked"] = list(masked)
         self.s_in = InPort(shape=tuple(in_shape))
         self.s_out = OutPort(shape=tuple(out_shape))
         self.events = Var(shape=(len(members), len(COUNTERS)),
                           init=np.zeros((len(members), len(COUNTERS)), int))
+        self.masks = Var(shape=(max(1, sum(members[m].mask.size
+                                              for m in masked)),), init=0)
+        if masked:
+            self.masks.init = self._joined(
+                {m: members[m].mask.init for m in masked})
+
+    def _joined(self, masks: ty.Mapping[str, np.ndarray]) -> np.ndarray:
+        """The ``masks`` Var's value for the masked members' masks."""
+        return np.concatenate([
+            np.broadcast_to(masks[m], self.members[m].mask.shape).ravel()
+            for m in self.proc_params["masked"]]).astype(np.int32)
+
+    def set_masks(self, masks: ty.Mapping[str, np.ndarray],
+                  started: bool) -> None:
+        """Set the ``mask`` of every masked member (name -> mask): before
+        the first run (``started`` False) their initial values, then the
+        members' own Vars or ``masks``, whichever the running model reads.
+        """
+        if not started:
+            for name, mask in masks.items():
+                self.members[name].mask.init = np.asarray(mask, np.int32)
+            self.masks.init = self._joined(masks)
+        elif self.expanded:
+            for name, mask in masks.items():
+                self.members[name].mask.set(np.asarray(mask, np.int32))
+        else:
+            self.masks.set(self._joined(masks))
 
     @property
     def members(self) -> ty.Dict[str, AbstractProcess]:
