@@ -8,6 +8,9 @@ Networks:
 - vit: the bundled DigitsViT converted at T = 40, B = 1.15; seconds per
   sample = steps x ms/step (compile and start-up are paid once per run).
 
+Every Process runs in its own OS process (``select_sub_proc_model=True``;
+``benchmarks/lava_fused.py`` measures the fused blocks).
+
 Each point is the median over fresh interpreters (Lava forks its processes
 per run), both tags.
 
@@ -50,7 +53,7 @@ def build(network: str, tag: str):
         from lava_spiked.lava_build import _LavaNetwork
         lava = _LavaNetwork(chain.plan, tag, record=False)
         lava.encoder.data.init = rng.uniform(-1, 1, width)
-        return lava.readout, chain.plan.num_steps
+        return lava.encoder, chain.plan.num_steps
     if network == "vit":
         from lava_spiked.models import digits_splits, load_default
         from lava_spiked import convert
@@ -59,7 +62,7 @@ def build(network: str, tag: str):
                       progress=False)
         lava = net.lava(tag)
         lava.encoder.data.init = splits["test"][0][0]
-        return lava.readout, net.num_steps
+        return lava.encoder, net.num_steps
     from lava_spiked.attention import SpikingSelfAttention
     q, k, v = (rng.normal(0, 1, (4, 16, 16)) for _ in range(3))
     att = SpikingSelfAttention(
@@ -78,7 +81,8 @@ def measure(network: str, tag: str) -> dict:
     from lava.magma.core.run_configs import Loihi2SimCfg
 
     proc, steps = build(network, tag)
-    cfg = Loihi2SimCfg(select_tag=tag)
+    # every process on its own (benchmarks/lava_fused.py compares blocks)
+    cfg = Loihi2SimCfg(select_tag=tag, select_sub_proc_model=True)
     t0 = time.perf_counter()
     exe = proc.compile(cfg)
     t1 = time.perf_counter()

@@ -552,6 +552,9 @@ class Runner:
     def __init__(self, process: ty.Any) -> None:
         self.process = process
         self.started = self.stopped = False
+        #: seconds taken by Lava's compile and by its runtime's start-up
+        #: (forking the processes, building the models), once started
+        self.timings: ty.Dict[str, float] = {}
         self._finalizer: ty.Optional[weakref.finalize] = None
 
     def run(self, condition, run_cfg) -> None:
@@ -578,9 +581,13 @@ class Runner:
     def _start(self, run_cfg) -> None:
         """Compile, then fork the children with SIGINT ignored (they
         inherit the disposition); register the exit-time stop."""
+        t0 = time.perf_counter()
         executable = self.process.compile(run_cfg)
+        t1 = time.perf_counter()
         with _children_ignore_sigint():
             self.process.create_runtime(executable=executable)
+        self.timings = dict(compile_s=t1 - t0,
+                            start_s=time.perf_counter() - t1)
         self._finalizer = weakref.finalize(self, _stop_runtime,
                                            self.process.runtime)
 

@@ -7,7 +7,8 @@ The fused models run the members' own ProcessModels (the ones Lava would
 select for them under the same tag) as plain objects in one OS process.
 Lava's channels become in-memory ports that keep the last value sent, cast
 to the sending port's type as a channel is, and a receive sums its sources
-into the receiving port's type as Lava's ``PyInPort`` does. The network
+into the receiving port's type as Lava's ``PyInPort`` does (a Sparse skips
+the inputs that did not spike: :class:`_ActiveColumns`). The network
 inside a block is feed-forward, so running the members once per step in an
 order where each comes after the members it reads gives every receive the
 value sent in the same step, which is what Lava's synchronised channels give
@@ -27,6 +28,7 @@ from lava.magma.core.model.sub.model import AbstractSubProcessModel
 from lava.magma.core.resources import CPU
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.sparse.models import PySparseModelBitAcc, PySparseModelFloat
 from scipy.sparse import csr_matrix
 
 from lava_spiked.proc_models import register
@@ -72,11 +74,66 @@ class _Received:
             self.sources, np.zeros(self.shape, self.dtype))
 
 
+class _ActiveColumns:
+    """Lava's Sparse model, skipping the inputs that did not spike: a
+    source fires during one window of a sample period, so most steps are
+    silent and cost nothing, and a large weight matrix multiplies only the
+    columns of the active inputs. The same sums of the same terms in the
+    same order, less the zero ones.
+
+    Slicing columns costs about 0.1 ms, a full product of 20 k weights
+    0.02 ms: only matrices of :data:`COLUMNS_MIN_WEIGHTS` or more, with
+    under a quarter of their inputs active, are sliced."""
+
+    columns = None  # the prepared weights by column (large matrices)
+
+    def run_spk(self):
+        s_in = self.s_in.recv()  # an in-memory port: receiving is reading
+        active = np.flatnonzero(s_in)
+        if not len(active):
+            self.a_out.send(self.a_buff)
+            self.a_buff = np.zeros_like(self.a_buff)
+        elif self.columns is None or 4 * len(active) >= len(s_in):
+            super().run_spk()  # the first time, it prepares the weights
+            if self.weights.nnz >= COLUMNS_MIN_WEIGHTS and \
+                    self.num_message_bits.item():
+                self.columns = self.weights.tocsc()
+        else:
+            self.a_out.send(self.a_buff)
+            self.a_buff = self.finish(self.columns[:, active] @ s_in[active])
+
+
+#: Weights from which a Sparse multiplies the active columns only
+COLUMNS_MIN_WEIGHTS = 1 << 20
+
+
+class _ActiveColumnsFixed(_ActiveColumns, PySparseModelBitAcc):
+
+    def finish(self, a_accum):
+        """As the model's own step: the weight exponent, by shifting."""
+        return np.left_shift(a_accum, self.weight_exp) \
+            if self.weight_exp > 0 else \
+            np.right_shift(a_accum, -self.weight_exp)
+
+
+class _ActiveColumnsFloat(_ActiveColumns, PySparseModelFloat):
+
+    def finish(self, a_accum):
+        return a_accum
+
+
+#: Lava's models -> the same computation, skipping silent inputs
+_ACTIVE = {PySparseModelBitAcc: _ActiveColumnsFixed,
+           PySparseModelFloat: _ActiveColumnsFloat}
+
+
 def _model_class(proc, select_tag: str) -> type:
     """The ProcessModel class that Lava selects for ``proc`` under
-    ``Loihi2SimCfg(select_tag=select_tag)``."""
+    ``Loihi2SimCfg(select_tag=select_tag)`` (Sparse: its
+    :class:`_ActiveColumns` form)."""
     models = ProcGroupDiGraphs._find_proc_models(proc)
-    return Loihi2SimCfg(select_tag=select_tag).select(proc, models)
+    cls = Loihi2SimCfg(select_tag=select_tag).select(proc, models)
+    return _ACTIVE.get(cls, cls)
 
 
 def _instantiate(proc, cls: type):
