@@ -2,17 +2,18 @@
 
 ``python -m lava_spiked`` calibrates the bundled ViT (scikit-learn digits,
 BatchNorm + ReLU, one block) on its calibration split, converts it into
-phase-coded Lava processes, streams K test samples through
-Lava (``fixed_pt`` by default) and prints ANN and SNN logits, predictions,
-their agreement, the steps per sample and the wall time.
+phase-coded Lava processes, streams K test samples through Lava
+(``fixed_pt`` by default; each block fused in one OS process) and prints
+ANN and SNN logits, predictions, their agreement, the steps per sample and
+the wall time.
 
 ``python -m lava_spiked --model minilm-sentiment`` converts the stock
 all-MiniLM-L6-v2 (a Hugging Face BERT: LayerNorm, GELU, 6 layers) with the
 shipped sentiment head, calibrated on 512 held-out tweets, and prints K test
 tweets with their label and the ANN's and SNN's predictions. The SNN runs on
-the engine in fixed mode, which equals Lava's ``fixed_pt`` bit for bit: the
-whole model at neuron level in Lava takes minutes per tweet, until fused
-per-block Lava models exist.
+the engine in fixed mode, which equals Lava's ``fixed_pt`` bit for bit
+(in Lava, even fused, one MiniLM layer takes seconds per tweet:
+``benchmarks/results/lava_fused.md``).
 """
 import argparse
 import time
@@ -41,6 +42,10 @@ def main(argv=None) -> None:
                         default=1.15, help="base (1, 2]")
     parser.add_argument("--tag", default="fixed_pt",
                         choices=["fixed_pt", "floating_pt"])
+    parser.add_argument("--neuron-level", action="store_true",
+                        help="run every Lava process in its own OS process "
+                        "(select_sub_proc_model=True) instead of one fused "
+                        "process per block")
     args = parser.parse_args(argv)
     if args.model == "minilm-sentiment":
         minilm(args.samples or 8, args.T, args.B, args.tag)
@@ -63,10 +68,17 @@ def main(argv=None) -> None:
     with torch.no_grad():
         ann = model(torch.from_numpy(x)).numpy()
     t0 = time.perf_counter()
+    cfg = Loihi2SimCfg(select_tag=args.tag,
+                       select_sub_proc_model=args.neuron_level)
     with net:
-        snn = net.infer(x, Loihi2SimCfg(select_tag=args.tag))
+        snn = net.infer(x, cfg)
+        leaves = net.lava(args.tag).leaves()
     wall = time.perf_counter() - t0
-    print(f"Lava ran {len(net.processes)} processes")
+    blocks = len(net.plan.blocks())
+    print(f"Lava ran {len(net.processes)} processes in {leaves} OS processes"
+          + (" (neuron level)" if args.neuron_level else
+             f" ({blocks} block{'s' * (blocks > 1)} fused; --neuron-level "
+             "runs each process on its own)"))
 
     print(f"\n{'#':>3} {'label':>5} {'ANN':>4} {'SNN':>4}  ANN logits | SNN "
           f"logits ({args.tag})")

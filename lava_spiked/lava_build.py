@@ -164,7 +164,7 @@ class _LavaNetwork:
         self.kw = dict(B=plan.B, T=T, period=self.period)
         #: (OutPort, InPort) of every connection, made by _wire
         self._links: ty.List[ty.Tuple[ty.Any, ty.Any]] = []
-        #: process name -> index of its block (streaming networks)
+        #: process name -> index of its block (none when probed)
         self._home: ty.Dict[str, int] = {}
         block_of = {name: k for k, (_, names) in
                     enumerate(plan.blocks() if not self.record else [])
@@ -183,9 +183,10 @@ class _LavaNetwork:
                                    self.processes if name not in known})
         self.readout = self.processes[plan.output]
         # the readout sends its membrane once, when its fire window opens;
-        # the sink keeps a whole sample period
+        # the sink keeps a whole sample period (streaming: a stream period,
+        # read once per period; Lava reads a Var element by element)
         self.sink = RingBuffer(shape=plan[plan.output].shape,
-                               buffer=plan.num_steps)
+                               buffer=self.period)
         self._links.append((self.readout.s_out, self.sink.a_in))
         self._wire()
 
@@ -365,7 +366,7 @@ class _LavaNetwork:
         if not self.streams:
             raise RuntimeError("this network takes one sample at a time "
                                "(runtime masks or probes): use infer_one")
-        period, buffer = self.period, self.plan.num_steps
+        period = self.period
         silent = np.zeros_like(samples[0])
         if self.steps % period:  # after a run of another length
             self._set(self.encoder.data, silent)
@@ -394,8 +395,10 @@ class _LavaNetwork:
                     steps = self.steps
                     self.run(RunSteps(num_steps=stop - steps), run_cfg)
                     shown.update(stop - steps)
+                now = self._counters(name for name, _ in
+                                     reads.get(stop, []))
                 for name, which in reads.get(stop, []):
-                    seen[name, which] = self._counters(name)
+                    seen[name, which] = now[name]
                 if (stop - first) % period == 0 and stop < end:
                     c = (stop - first) // period
                     self._set(self.encoder.data,
@@ -403,7 +406,7 @@ class _LavaNetwork:
                 while len(states) < n and \
                         first + len(states) * period + fire < self.steps:
                     at = first + len(states) * period + fire
-                    states.append(self.sink.data.get()[..., at % buffer])
+                    states.append(self.sink.data.get()[..., at % period])
         self._deltas = {var: {name: counts[var] - seen[name, 0][var]
                               for (name, which), counts in seen.items()
                               if which == 1 and var in counts}
@@ -421,23 +424,36 @@ class _LavaNetwork:
             start, length = params["start"], 2 * T
         return start, min(length, self.period)
 
-    def _counters(self, name: str) -> ty.Dict[str, int]:
-        """The event counters of process ``name`` now (0 before the first
-        run), from its block where it has one."""
-        proc = self.processes[name]
+    def _counters(self, names: ty.Iterable[str]
+                  ) -> ty.Dict[str, ty.Dict[str, int]]:
+        """Process name -> its event counters now (0 before the first run),
+        for ``names``; from its block where it has one."""
+        names = list(names)
         if not self.runner.started:
-            return {var: 0 for var in COUNTERS if hasattr(proc, var)}
-        if name in self._home:
-            block = self.blocks[self._home[name]]
-            return block.member_events(list(block.members).index(name))
-        return process_events(proc)
+            return {name: {var: 0 for var in COUNTERS
+                           if hasattr(self.processes[name], var)}
+                    for name in names}
+        out = {name: process_events(self.processes[name])
+               for name in names if name not in self._home}
+        for k, block in enumerate(self.blocks):
+            mine = [name for name in names if self._home.get(name) == k]
+            if mine:
+                out.update(block.member_events(mine))
+        return out
+
+    def leaves(self) -> int:
+        """Processes that Lava runs, one OS process each (once compiled):
+        a fused block counts once."""
+        fused = sum(len(b.members) - 1 for b in self.blocks
+                    if not b.expanded)
+        return len(self.processes) + 1 - fused  # + 1: the sink
 
     def events(self) -> ty.Dict[str, ty.Dict[str, int]]:
         """Saturation, stray-input and clipping events so far (cumulative
         over runs): ``sat_count``, ``stray_count`` and ``clip_count`` ->
         process name -> count, for the processes that have the counter,
         fused in a block or not."""
-        counts = {name: self._counters(name) for name in self.processes}
+        counts = self._counters(self.processes)
         return {var: {name: c[var] for name, c in counts.items()
                       if var in c} for var in COUNTERS}
 

@@ -129,13 +129,21 @@ class SpikingBlock(AbstractProcess):
         SubProcessModel was selected; known once compiled)."""
         return any(p.parent_proc is self for p in self.members.values())
 
-    def member_events(self, index: int) -> ty.Dict[str, int]:
-        """The :data:`COUNTERS` of member ``index`` that it has -> their
-        cumulative value, from wherever the running model keeps them."""
-        member = list(self.members.values())[index]
-        names = [var for var in COUNTERS if hasattr(member, var)]
-        if self.expanded:
-            return {var: int(getattr(member, var).get()[0]) for var in names}
-        row = self.events.get()[index]
-        return {var: int(row[COUNTERS.index(var)]) for var in names}
+    def member_events(self, names: ty.Iterable[str]
+                      ) -> ty.Dict[str, ty.Dict[str, int]]:
+        """Member name -> the :data:`COUNTERS` it has -> their cumulative
+        value, for ``names``, from wherever the running model keeps them
+        (one read of ``events`` when fused: Lava reads a Var element by
+        element)."""
+        order = list(self.members)
+        rows = None if self.expanded else self.events.get()
+        out = {}
+        for name in names:
+            member = self.members[name]
+            have = [var for var in COUNTERS if hasattr(member, var)]
+            out[name] = {var: int(getattr(member, var).get()[0])
+                         if rows is None else
+                         int(rows[order.index(name), COUNTERS.index(var)])
+                         for var in have}
+        return out
 

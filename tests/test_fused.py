@@ -76,6 +76,8 @@ def test_fused_blocks_equal_the_neuron_level_network(build, tag):
     assert all(b.expanded for b in neuron[4].blocks)
     # one OS process per block instead of one per member
     assert neuron[3] - fused[3] == sum(len(b.members) - 1 for b in blocks)
+    assert fused[4].leaves() == len(blocks) + 2  # + encoder and sink
+    assert neuron[4].leaves() == len(net.processes) + 1
 
 
 def test_blocks_hold_one_attention_each_and_read_one_population():
