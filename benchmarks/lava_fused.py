@@ -137,8 +137,10 @@ def main() -> None:
         "and neuron level alternating in one interpreter. Build, compile "
         "and start-up are paid once per network; s/sample is warm, over the "
         "samples after the first (streamed unless the network takes a "
-        "token mask); steps/sample likewise. Readouts equal bit for bit in "
-        "every run.",
+        "token mask); steps/sample likewise. OS processes: Lava's children "
+        "of the interpreter, its runtime service and shared-memory manager "
+        "included (2 of the 5 of a fused one-block network). Readouts equal "
+        "bit for bit in every run.",
         "",
         "| network | mode | OS processes | blocks | steps/sample | build s "
         "| compile s | start-up s | warm s/sample | speed-up |",
