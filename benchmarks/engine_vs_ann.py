@@ -26,6 +26,7 @@ time steps.
 
 Usage: .venv/bin/python benchmarks/engine_vs_ann.py [--threads N]
        [--batch 64 256] [--repeats R] [--models digits fashion-vit]
+       [--keep-freed-memory]
 Appends a section to benchmarks/results/engine_vs_ann.md.
 """
 import argparse
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 
 from lava_spiked import convert
-from lava_spiked.engine import Engine
+from lava_spiked.engine import Engine, keep_freed_memory
 from lava_spiked.models import TokenBatchNorm, digits_splits, load_default
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -104,9 +105,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--models", nargs="+",
                         default=["digits", "fashion-vit"])
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="lava_spiked.engine.keep_freed_memory() first "
+                        "(for the ANN as for the engine)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        assert keep_freed_memory(), "glibc's mallopt is not available"
     # nn.TransformerEncoderLayer's inference fast path assumes its norms
     # are LayerNorms (it would apply layer_norm with the BatchNorms'
     # weights); the BatchNorm model runs only on the ordinary path

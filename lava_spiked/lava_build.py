@@ -8,7 +8,9 @@ first runs. A terminal's Ctrl+C reaches the whole process group; a child
 that dies of it leaves the parent waiting forever on a channel. So the
 children are forked ignoring SIGINT and only this (parent) process handles
 it: the interrupt stops the network (bounded wait, then the children are
-terminated) and propagates. SIGTERM during a run does the same, and a
+terminated) and propagates; one that arrives while the host reads or
+writes a Var waits until that exchange is complete. SIGTERM during a run
+or an inference call does the same, and a
 finaliser stops a network still running when the interpreter exits. If the
 parent dies without a word (``kill -9``, a crash), Linux kills the
 children (``PR_SET_PDEATHSIG``), so none is left orphaned.
@@ -348,7 +350,8 @@ class _LavaNetwork:
         if not self.runner.started:
             var.init = value  # read at compile time
         else:
-            var.set(value)
+            with _uninterrupted():
+                var.set(value)
 
     def infer(self, samples: np.ndarray, run_cfg,
               progress: bool = False) -> ty.List[np.ndarray]:
@@ -406,7 +409,9 @@ class _LavaNetwork:
                 while len(states) < n and \
                         first + len(states) * period + fire < self.steps:
                     at = first + len(states) * period + fire
-                    states.append(self.sink.data.get()[..., at % period])
+                    with _uninterrupted():
+                        data = self.sink.data.get()
+                    states.append(data[..., at % period])
         self._deltas = {var: {name: counts[var] - seen[name, 0][var]
                               for (name, which), counts in seen.items()
                               if which == 1 and var in counts}
@@ -433,12 +438,13 @@ class _LavaNetwork:
             return {name: {var: 0 for var in COUNTERS
                            if hasattr(self.processes[name], var)}
                     for name in names}
-        out = {name: process_events(self.processes[name])
-               for name in names if name not in self._home}
-        for k, block in enumerate(self.blocks):
-            mine = [name for name in names if self._home.get(name) == k]
-            if mine:
-                out.update(block.member_events(mine))
+        with _uninterrupted():
+            out = {name: process_events(self.processes[name])
+                   for name in names if name not in self._home}
+            for k, block in enumerate(self.blocks):
+                mine = [name for name in names if self._home.get(name) == k]
+                if mine:
+                    out.update(block.member_events(mine))
         return out
 
     def leaves(self) -> int:
@@ -470,7 +476,8 @@ class _LavaNetwork:
             self._set_masks(self._masks(~valid))
         self.run(RunSteps(num_steps=self.plan.num_steps), run_cfg)
         out = self.plan[self.plan.output]
-        return self.sink.data.get()[..., out.window.fire]
+        with _uninterrupted():
+            return self.sink.data.get()[..., out.window.fire]
 
     def _masks(self, pad: np.ndarray) -> ty.Dict[str, np.ndarray]:
         """Process name -> its ``mask`` for a sample whose padded tokens
@@ -491,15 +498,18 @@ class _LavaNetwork:
             mine = {name: mask for name, mask in masks.items()
                     if self._home.get(name) == k}
             if mine:
-                block.set_masks(mine, self.runner.started)
+                with _uninterrupted():
+                    block.set_masks(mine, self.runner.started)
         for name, mask in masks.items():
             if name not in self._home:
                 self._set(self.processes[name].mask,
                           np.asarray(mask, np.int32))
 
     def read_probes(self) -> ty.Dict[str, ty.Tuple[np.ndarray, np.ndarray]]:
-        return {name: phase.first_spikes(sink.data.get(), fire, self.plan.T)
-                for name, (sink, fire) in self.probes.items()}
+        with _uninterrupted():
+            return {name: phase.first_spikes(sink.data.get(), fire,
+                                             self.plan.T)
+                    for name, (sink, fire) in self.probes.items()}
 
     def check_counts(self) -> int:
         """Raise on stray input, warn on saturation since the last check
@@ -585,7 +595,7 @@ class Runner:
             raise RuntimeError("this Lava network was stopped; build a new "
                                "one (SpikingNetwork.run and infer do)")
         try:
-            with _terminate_raises():
+            with terminate_raises():
                 if self.process.runtime is None:
                     self._start(run_cfg)
                 self.process.run(condition=condition)
@@ -700,13 +710,43 @@ def _children_ignore_sigint() -> ty.Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the children inherit these: Ctrl+C is the parent's to handle, and
+    # SIGTERM (the fallback stop's terminate) ends a child at once
+    previous = (signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.signal(signal.SIGTERM, signal.SIG_DFL))
     _forking_parent = os.getpid()
     try:
         yield
     finally:
         _forking_parent = None
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> ty.Iterator[None]:
+    """Hold a Ctrl+C back while the host reads or writes Vars (main thread
+    only), then deliver it: Lava moves a Var one element per message, and
+    an exchange cut short leaves the runtime service waiting, so the
+    network could not stop cleanly. A second Ctrl+C interrupts at once
+    (the children ignore SIGINT, so the exchange normally completes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: ty.List[int] = []
+
+    def hold(signum, frame) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
         signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # as it would have been
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -714,10 +754,10 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def _terminate_raises() -> ty.Iterator[None]:
-    """During a run, SIGTERM interrupts like Ctrl+C, so the network stops
-    instead of orphaning its children (main thread, default handler only).
-    """
+def terminate_raises() -> ty.Iterator[None]:
+    """During a run (or a whole inference call), SIGTERM interrupts like
+    Ctrl+C, so the network stops instead of dying with the parent (main
+    thread, default handler only)."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield

@@ -190,6 +190,19 @@ class SpikingNetwork:
         valid = self.plan.check_mask(attention_mask, len(x))
         tag = getattr(run_cfg, "select_tag", None)
         lava = self.lava(tag)
+        from lava_spiked.lava_build import terminate_raises
+        with terminate_raises():
+            logits = self._infer(lava, x, valid, run_cfg, progress)
+        self.clipped = dict(lava.clipped)
+        golden.warn_clipped(self.clipped, golden.clip_sizes(self.plan),
+                            len(x))
+        return self.plan.pool(np.array(logits), valid)
+
+    def _infer(self, lava, x: np.ndarray, valid: ty.Optional[np.ndarray],
+               run_cfg, progress: bool) -> ty.List[np.ndarray]:
+        """The readouts of ``x`` in Lava, decoded (a failure or interrupt
+        stops the network), then the event checks."""
+        tag = getattr(run_cfg, "select_tag", None)
         logits = []
         try:
             if lava.streams:
@@ -207,10 +220,7 @@ class SpikingNetwork:
             self.stop()
             raise
         lava.check_counts()
-        self.clipped = dict(lava.clipped)
-        golden.warn_clipped(self.clipped, golden.clip_sizes(self.plan),
-                            len(x))
-        return self.plan.pool(np.array(logits), valid)
+        return logits
 
     def events(self) -> ty.Dict[str, ty.Dict[str, int]]:
         """The running Lava network's event counters, cumulative over its
