@@ -310,3 +310,25 @@ def test_unrecorded_run_keeps_logits_and_counts(mode):
     op = net.plan.attention[0]
     syn = eng.layers[op.x]["synapses"][0]["f64"]
     assert syn.w.shape[1] < net.plan[op.x].synapses[0].weight.shape[0]
+
+
+def test_keep_freed_memory_takes_effect_in_a_fresh_process():
+    """glibc's mallopt is reachable here (Linux CI), in a process of its
+    own since the setting is process-wide; results are unchanged."""
+    import subprocess
+    import sys
+    script = ("import numpy as np\n"
+              "from lava_spiked.engine import Engine, keep_freed_memory\n"
+              "from lava_spiked.models import digits_splits, load_default\n"
+              "from lava_spiked import convert\n"
+              "s = digits_splits()\n"
+              "net = convert(load_default(), s['calibration'][0][:32],"
+              " progress=False)\n"
+              "x = s['test'][0][:16]\n"
+              "before = Engine(net, 'fixed')(x, warn=False).logits\n"
+              "assert keep_freed_memory()\n"
+              "after = Engine(net, 'fixed')(x, warn=False).logits\n"
+              "assert (before == after).all()\n")
+    done = subprocess.run([sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
