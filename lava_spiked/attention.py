@@ -61,13 +61,14 @@ def woss(z_hat: ty.Any, B: float, T: int,
 
 
 def woss_fixed(step: np.ndarray, sign: np.ndarray, scale: ty.Any, B: float,
-               T: int, mask: ty.Any = None
+               T: int, mask: ty.Any = None, bits: int = fixed.GAIN_FRAC_BITS
                ) -> ty.Tuple[np.ndarray, np.ndarray, int]:
     """Integer WOSS from the logit spikes (fire steps and signs).
 
-    Logits are ``s * round(round(scale * 2**16) * G_m / 4096)`` (2**-16
-    units, 12-bit trace G); the shift subtracts the largest positive unmasked
-    one per row; entry c fires at the first m with
+    Logits are ``s * round(round(scale * 2**16) * G_m / 2**bits)``
+    (2**-16 units, ``bits``-bit trace G, :func:`lava_spiked.fixed.
+    layer_gains`); the shift subtracts the largest positive unmasked one
+    per row; entry c fires at the first m with
     ``z_c - z_max >= -round((m + 1/2) ln B 2**16)``.
 
     Returns
@@ -75,23 +76,26 @@ def woss_fixed(step: np.ndarray, sign: np.ndarray, scale: ty.Any, B: float,
     p_step : numpy.ndarray
         Fire steps (-1 = silent).
     row_sum : numpy.ndarray
-        ``sum_c G[p_step_c]`` per row (12-bit trace units).
+        ``sum_c G[p_step_c] * 2**(12 - bits)`` per row (12-bit trace
+        units).
     n_saturated : int
     """
-    G = fixed.trace(B, T)
+    G = fixed.layer_gains(B, T, bits)
     step, sign = np.asarray(step), np.asarray(sign)
     mask = np.zeros(step.shape, bool) if mask is None else \
         np.broadcast_to(np.asarray(mask, bool), step.shape)
     fired = (step >= 0) & ~mask
     unit = fixed.to_state(np.broadcast_to(scale, step.shape))[0]
-    z = fixed.woss_logit(sign * fired, unit, G[np.maximum(step, 0)])
+    z = fixed.woss_logit(sign * fired, unit, G[np.maximum(step, 0)], bits)
     positive = fired & (sign > 0)
     z_max = np.where(positive, z, 0).max(-1, keepdims=True)
     z, n_sat = fixed.saturate(z - z_max)
     never = np.iinfo(np.int64).min // 2  # masked entries never fire
     p_step, _ = fixed.first_spike(np.where(mask, never, z),
                                   fixed.woss_thresholds(B, T), unipolar=True)
-    row_sum = np.where(p_step >= 0, G[np.maximum(p_step, 0)], 0).sum(-1)
+    row_unit = G << (fixed.GAIN_FRAC_BITS - bits)
+    row_sum = np.where(p_step >= 0, row_unit[np.maximum(p_step, 0)],
+                       0).sum(-1)
     return p_step, row_sum, n_sat
 
 
@@ -414,8 +418,13 @@ class IntegerAttention(ty.NamedTuple):
 
 def attention_fixed(x_step, x_sign, y_step, y_sign, v_step, v_sign,
                     qk_weights, qk_exp, logit_bias_norm, logit_scale, mask,
-                    av_weights, av_exp, B, T,
-                    y_transposed: bool) -> IntegerAttention:
+                    av_weights, av_exp, B, T, y_transposed: bool,
+                    qk_bits: int = fixed.GAIN_FRAC_BITS,
+                    v_bits: int = fixed.GAIN_FRAC_BITS,
+                    out_gain_bits: int = fixed.GAIN_FRAC_BITS,
+                    acc_bits: int = fixed.ACC_BITS,
+                    woss_bits: int = fixed.GAIN_FRAC_BITS
+                    ) -> IntegerAttention:
     """Integer golden model of one attention operation, step by step.
 
     X and Y fire in one window, so a pair's current lands at the later of
@@ -445,17 +454,22 @@ def attention_fixed(x_step, x_sign, y_step, y_sign, v_step, v_sign,
         Code parameters.
     y_transposed : bool
         Whether y is given as (h, M, K).
+    qk_bits, v_bits, out_gain_bits, acc_bits, woss_bits : int
+        ``fixed_pt`` formats (:class:`lava_spiked.plan.Attention`):
+        operand traces and logit gains, V's traces, the output's gains,
+        the accumulators' width and the softmax's traces.
 
     Returns
     -------
     IntegerAttention
     """
-    G = fixed.trace(B, T)
-    gains, thresholds = fixed.gain_table(B, T), fixed.threshold_table(B, T)
+    thresholds = fixed.threshold_table(B, T)
+    qk_table = fixed.layer_gains(B, T, qk_bits)
+    limit = (1 << (acc_bits - 1)) - 1
 
-    def latched(step, sign, upto):
+    def latched(step, sign, upto, table=qk_table):
         return np.where((step >= 0) & (step <= upto),
-                        sign * G[np.maximum(step, 0)], 0)
+                        sign * table[np.maximum(step, 0)], 0)
 
     def now(step, sign, j):
         return np.where(step == j, sign, 0)
@@ -466,24 +480,29 @@ def attention_fixed(x_step, x_sign, y_step, y_sign, v_step, v_sign,
             now(x_step, x_sign, j), latched(y_step, y_sign, j),
             latched(x_step, x_sign, j - 1), now(y_step, y_sign, j),
             y_transposed)
-        acc, n = fixed.accumulate(acc, qk_weights * raw, int(gains[j]))
+        acc, n = fixed.accumulate(acc, qk_weights * raw, int(qk_table[j]),
+                                  limit)
         sat += n
-    v_log, n = fixed.close_window(acc, logit_bias_norm,
-                                  qk_exp - fixed.GAIN_FRAC_BITS)
+    v_log, n = fixed.close_window(acc, logit_bias_norm, qk_exp - qk_bits,
+                                  qk_bits)
     sat += n
     l_step, l_sign = fixed.first_spike(v_log, thresholds, unipolar=False)
-    p_step, row_sum, n = woss_fixed(l_step, l_sign, logit_scale, B, T, mask)
+    p_step, row_sum, n = woss_fixed(l_step, l_sign, logit_scale, B, T, mask,
+                                    woss_bits)
     sat += n
-    v_all = latched(np.asarray(v_step), np.asarray(v_sign), T)
+    v_all = latched(np.asarray(v_step), np.asarray(v_sign), T,
+                    fixed.layer_gains(B, T, v_bits))
+    gains = fixed.layer_gains(B, T, out_gain_bits)
     out_shape = p_step.shape[:-1] + v_all.shape[-1:]
     acc = np.zeros(out_shape, np.int64)
     for j in range(T):
         raw = fixed.product_current(np.where(p_step == j, 1, 0), v_all,
                                     np.zeros(p_step.shape),
                                     np.zeros(v_all.shape), y_transposed=True)
-        acc, n = fixed.accumulate(acc, av_weights * raw, int(gains[j]))
+        acc, n = fixed.accumulate(acc, av_weights * raw, int(gains[j]),
+                                  limit)
         sat += n
-    v_out, n = fixed.close_window(acc, 0.0, av_exp - fixed.GAIN_FRAC_BITS)
+    v_out, n = fixed.close_window(acc, 0.0, av_exp - v_bits, out_gain_bits)
     sat += n
     return IntegerAttention(v_log, l_step, l_sign, p_step, row_sum,
                             fixed.normalize(v_out, row_sum), sat)

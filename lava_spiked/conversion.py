@@ -22,7 +22,7 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
             output: ty.Union[int, str] = 0,
             input_name: ty.Optional[str] = None, progress: bool = True,
             record: bool = False, attention_mask: ty.Any = None,
-            mean_pool: bool = False) -> SpikingNetwork:
+            mean_pool: bool = False, target: str = "lava") -> SpikingNetwork:
     """Convert a PyTorch transformer into a phase-coded spiking network.
 
     Parameters
@@ -55,6 +55,11 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     mean_pool : bool
         With ``attention_mask``: the readout is a mean over the tokens, to
         be taken over the real ones.
+    target : {'lava', 'loihi2'}
+        Integer formats of ``fixed_pt``: Lava's (default), or conformant
+        to Loihi 2 where this library can make them so
+        (:func:`lava_spiked.loihi2.conform`; what still does not fit:
+        :func:`lava_spiked.loihi2.check`).
 
     Raises
     ------
@@ -75,7 +80,8 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     sigmas = calibrate(graph, calibration_data, statistic, percentile,
                        granularity, progress=progress,
                        attention_mask=attention_mask)
-    return SpikingNetwork(lower(graph, sigmas, B, T), graph, sigmas, record)
+    return SpikingNetwork(lower(graph, sigmas, B, T, target), graph, sigmas,
+                          record)
 
 
 def _first_batch(data: ty.Any) -> ty.Iterator[np.ndarray]:

@@ -272,6 +272,17 @@ def _round_to_int(x: torch.Tensor) -> torch.Tensor:
     return x.add_(x.sign(), alpha=0.5).int()
 
 
+def _regain(trace: torch.Tensor, bits: int) -> torch.Tensor:
+    """Fixed traces ``s * G_j`` (integers) as a layer with ``bits``-bit
+    gains weighs them, ``round_shift(s * G_j, 12 - bits)``
+    (fixed.layer_gains; exact in floating point: small integers and
+    powers of two); 12 bits: the traces themselves."""
+    if bits == fixed.GAIN_FRAC_BITS:
+        return trace
+    out = trace.abs().mul_(2.0 ** (bits - fixed.GAIN_FRAC_BITS))
+    return out.add_(0.5).floor_().mul_(trace.sign())
+
+
 def _f32_products_exact(device: torch.device) -> bool:
     """Whether float32 matrix products on ``device`` round like IEEE
     float32 (no TF32 or bfloat16 inner products), as the float32 path's
@@ -418,12 +429,13 @@ class Engine:
             for unipolar, t in ((False, trace),
                                 (True, np.where(v > 0, trace, 0.0)))}
 
-    def _weights(self, dense: np.ndarray, exp: ty.Any) -> np.ndarray:
+    def _weights(self, dense: np.ndarray, exp: ty.Any,
+                 gain_bits: int = fixed.GAIN_FRAC_BITS) -> np.ndarray:
         """Weights whose product is the accumulator times the shift of
-        fixed.close_window, ``2**(e - 12)`` (exact: a power of two), or the
-        dequantised weights (float)."""
+        fixed.close_window, ``2**(e - gain_bits)`` (exact: a power of two),
+        or the dequantised weights (float)."""
         if self.mode == "fixed":
-            return dense * 2.0 ** (exp - fixed.GAIN_FRAC_BITS)
+            return dense * 2.0 ** (exp - gain_bits)
         return fixed.dequantize_weights(dense, exp)
 
     def _bias(self, name: str, bias_norm: np.ndarray) -> torch.Tensor:
@@ -456,19 +468,22 @@ class Engine:
         """Synapses of a layer, each in float32 where fixed mode proves it
         exact (and in float64 too, for full-precision fallback), and
         whether the layer's summed accumulator is exact in float32."""
-        # each input adds at most |w| * 4096 (trace of step 0)
-        row_bounds = [np.abs(s.scaled()).sum(-1) * 4096.0
+        # each input adds at most |w| * 2**gain_bits (gain of step 0)
+        g = layer.gain_bits if self.mode == "fixed" else fixed.GAIN_FRAC_BITS
+        row_bounds = [np.abs(s.scaled()).sum(-1) * 2.0 ** g
                       for s in layer.synapses]
         bounds = [float(r.max(initial=0)) for r in row_bounds]
         # state units per accumulator unit; Dense mantissas 2k are even
-        unit = 2.0 ** (layer.weight_exp - fixed.GAIN_FRAC_BITS)
-        self._prove(sum(bounds), layer.name, unit=unit)
+        unit = 2.0 ** (layer.weight_exp - g)
+        self._prove(sum(bounds), layer.name, unit=unit,
+                    limit=min((1 << (layer.acc_bits - 1)) - 1, EXACT))
         self.reach[layer.name] = sum(bounds) * unit
         if 2 * unit >= 1:
             self.integral.add(layer.name)
         synapses = []
         for s, rows in zip(layer.synapses, row_bounds):
-            w = self._weights(s.weight, layer.weight_exp + s.shift[:, None])
+            w = self._weights(s.weight, layer.weight_exp + s.shift[:, None],
+                              g)
             # a row's products share its power of two: exact per shift
             f32 = self.mode == "fixed" and all(
                 _exact_in_f32(float(rows[s.shift == e].max()) * unit,
@@ -485,33 +500,49 @@ class Engine:
 
     def _attention_layer(self, op):
         t = self._tensor
-        # an element sums at most K pairs of 4096 * 4096 (logits) or M
-        # softmax spikes times 4096 * 4096 (output), times its weight; a
-        # step's product current at most twice K (or M) times 4096
-        g = float(1 << fixed.GAIN_FRAC_BITS)
-        for w, exp, k, name in (
-                (op.qk, op.qk_exp, self.plan[op.x].shape[-1], ":logits"),
-                (op.av, op.av_exp, self.plan[op.v].shape[-2], "")):
-            unit = 2.0 ** (exp - 2 * fixed.GAIN_FRAC_BITS)
-            self._prove(np.abs(w).max() * k * g * g, op.out + name,
+        fixed_mode = self.mode == "fixed"
+        # the bits of traces and gains (fixed; float: 12, as the weights)
+        full = fixed.GAIN_FRAC_BITS
+        qk_bits, v_bits, out_bits, woss_bits = (
+            (op.qk_bits, op.v_bits, self.plan[op.out].gain_bits,
+             op.woss_bits) if fixed_mode else (full,) * 4)
+        acc_max = min((1 << (op.acc_bits - 1)) - 1, EXACT)
+        current_max = fixed.STATE_MAX if op.acc_bits == fixed.STATE_BITS \
+            else INT32_MAX
+        # an element sums at most K pairs of a trace times a gain (logits)
+        # or M softmax spikes times V's trace (output), times its weight; a
+        # step's product current at most twice K (or M) traces
+        for w, exp, k, name, bits in (
+                (op.qk, op.qk_exp, self.plan[op.x].shape[-1], ":logits",
+                 (qk_bits, qk_bits)),
+                (op.av, op.av_exp, self.plan[op.v].shape[-2], "",
+                 (v_bits, out_bits))):
+            pair = 2.0 ** sum(bits)
+            unit = 2.0 ** (exp - sum(bits))
+            self._prove(np.abs(w).max() * k * pair, op.out + name, acc_max,
                         unit=unit)
-            self.reach[op.out + name] = np.abs(w).max() * k * g * g * unit
-            self._prove(np.abs(w).max() * 2 * k * g, op.out + name +
-                        " (product current)", INT32_MAX)
+            self.reach[op.out + name] = np.abs(w).max() * k * pair * unit
+            self._prove(np.abs(w).max() * 2 * k * 2.0 ** bits[0],
+                        op.out + name + " (product current)", current_max)
         if self.mode == "fixed" and np.abs(op.logit_scale).max() >= 2 ** (
                 fixed.STATE_BITS - 1 - fixed.STATE_FRAC_BITS - 1):
             raise ValueError(f"{op.out}: logit scales of 64 or more "
                              "could saturate the WOSS membrane mid-window")
-        # fixed: the neurons apply e - 12 to products of 12-bit traces
-        g_bits = fixed.GAIN_FRAC_BITS if self.mode == "fixed" else 0
-        # WOSS logit: round(unit * G / 4096), the shift folded into the unit
-        unit = t(fixed.to_state(op.logit_scale)[0] *
-                 2.0 ** -fixed.GAIN_FRAC_BITS if self.mode == "fixed"
-                 else op.logit_scale)
-        return dict(w_qk=t(self._weights(op.qk, op.qk_exp - g_bits)),
-                    w_av=t(self._weights(op.av, op.av_exp - g_bits)),
+        # WOSS logit: round(unit * G / 2**woss_bits), the shift folded into
+        # the unit
+        unit = t(fixed.to_state(op.logit_scale)[0] * 2.0 ** -woss_bits
+                 if fixed_mode else op.logit_scale)
+        # fixed: the neurons apply 2**(e - trace bits - gain bits) to
+        # products of a trace and a gain; float: the weights' exponents
+        w_qk, w_av = (
+            (self._weights(op.qk, op.qk_exp - qk_bits, qk_bits),
+             self._weights(op.av, op.av_exp - v_bits, out_bits))
+            if fixed_mode else (self._weights(op.qk, op.qk_exp),
+                                self._weights(op.av, op.av_exp)))
+        return dict(w_qk=t(w_qk), w_av=t(w_av),
                     bias=self._bias(op.logits, op.logit_bias), unit=unit,
-                    mask=torch.as_tensor(op.mask, device=self.device))
+                    mask=torch.as_tensor(op.mask, device=self.device),
+                    bits=(qk_bits, v_bits, out_bits, woss_bits))
 
     # ------------------------------------------------------------- forward
     @torch.no_grad()
@@ -577,10 +608,15 @@ class Engine:
                                           pad)
             else:
                 a = self.layers[layer.name]
-                acc = None
+                acc, regained = None, {}
                 for syn, s in zip(a["synapses"], layer.synapses):
+                    x = traces[s.src]
+                    if fixed_mode and layer.gain_bits < fixed.GAIN_FRAC_BITS:
+                        if s.src not in regained:
+                            regained[s.src] = _regain(x, layer.gain_bits)
+                        x = regained[s.src]
                     y = (syn["f32"] if f32 and syn["f32"] is not None
-                         else syn["f64"])(traces[s.src])
+                         else syn["f64"])(x)
                     if acc is None:
                         acc = y if (f32 and a["sum_f32"]) or \
                             y.dtype == torch.float64 else y.double()
@@ -634,15 +670,17 @@ class Engine:
         plan, name = self.plan, op.out
         # fixed: a logit sums products of two 13-bit traces, beyond
         # float32's exact range
-        xs, ys, vs = (traces[k].double().view((-1,) + plan[k].shape)
-                      for k in (op.x, op.y, op.v))
+        qk_bits, v_bits, out_bits, woss_bits = a["bits"]
+        xs, ys, vs = (_regain(traces[k], bits).double().view(
+            (-1,) + plan[k].shape) for k, bits in (
+                (op.x, qk_bits), (op.y, qk_bits), (op.v, v_bits)))
         n = xs.shape[0]
         v = self._close(a["w_qk"] * (xs @ ys), a["bias"], op.logits)
         saturated = self._saturated(v, op.logits)
         clipped[op.logits] = self._clipped(v, False)
         membranes[op.logits] = (v, "bipolar")
         # WOSS: decoded logits, shift by the largest positive unmasked one
-        z = self._trace(v, False).double() * a["unit"]
+        z = _regain(self._trace(v, False), woss_bits).double() * a["unit"]
         if self.mode == "fixed":
             z = _round(z)
         z = z.masked_fill(mask, 0.0)
@@ -654,8 +692,10 @@ class Engine:
                 self.woss_low).int()).double()
         else:
             p = _lookup(self.gains, self.woss_steps(d))
-        row_sum = p.sum(-1, keepdim=True)
-        out = a["w_av"] * (p @ vs)
+        # 12-bit trace units
+        row_sum = _regain(p, woss_bits).sum(-1, keepdim=True) * \
+            2.0 ** (fixed.GAIN_FRAC_BITS - woss_bits)
+        out = a["w_av"] * (_regain(p, out_bits) @ vs)
         if self.mode == "fixed":  # fixed.normalize: a row without spikes
             # has out = 0, and the exact quotient of integers below 2**53
             # rounds half away from zero as trunc((2 v 4096 +- r) / 2 r)

@@ -29,18 +29,19 @@ import typing as ty
 import h5py
 import numpy as np
 
-from lava_spiked import fixed, nonlinear
+from lava_spiked import fixed, loihi2, nonlinear
 from lava_spiked.network import SpikingNetwork
-from lava_spiked.plan import (KINDS, MASK, ActivationStage, Attention,
-                              Layer, NormStage, Plan, RuntimeInput, Synapse,
-                              Window)
+from lava_spiked.plan import (KINDS, MASK, TARGETS, ActivationStage,
+                              Attention, Layer, NormStage, Plan, RuntimeInput,
+                              Synapse, Window)
 from lava_spiked.validation import check_base, check_steps
 
 FORMAT = "lava-spiked plan"
 # 2 added the stages of activation and LayerNorm layers and a weight
-# exponent per synapse, 3 one per output channel of a synapse
-VERSION = 3
-READABLE = (1, 2, 3)
+# exponent per synapse, 3 one per output channel of a synapse, 4 the
+# gain and accumulator bits of a layer (Loihi 2 conformant Plans)
+VERSION = 4
+READABLE = (1, 2, 3, 4)
 
 
 class ExportError(ValueError):
@@ -64,7 +65,6 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
     """
     plan = getattr(plan, "plan", plan)
     if strict:
-        from lava_spiked import loihi2
         found = loihi2.check(plan)
         if found:
             raise ValueError("the Plan does not fit Loihi 2 (strict=True):\n"
@@ -81,7 +81,9 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
                            weight_exp=layer.weight_exp,
                            window_start=layer.window.start,
                            window_fire=layer.window.fire,
-                           token_mask=layer.token_mask)
+                           token_mask=layer.token_mask,
+                           gain_bits=layer.gain_bits,
+                           acc_bits=layer.acc_bits)
             g["shape"] = np.asarray(layer.shape, np.int64)
             g["scale"] = np.asarray(layer.scale, np.float64)
             g["bias"] = np.asarray(layer.bias, np.float64)
@@ -100,7 +102,9 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
             a = attention.create_group(f"{k:04d}")
             a.attrs.update(x=op.x, y=op.y, v=op.v, out=op.out,
                            qk_exp=op.qk_exp, av_exp=op.av_exp,
-                           logit_start=op.logit_start, key_mask=op.key_mask)
+                           logit_start=op.logit_start, key_mask=op.key_mask,
+                           qk_bits=op.qk_bits, v_bits=op.v_bits,
+                           acc_bits=op.acc_bits, woss_bits=op.woss_bits)
             a["qk"] = np.asarray(op.qk, np.int32)
             a["av"] = np.asarray(op.av, np.int32)
             a["logit_scale"] = np.asarray(op.logit_scale, np.float64)
@@ -230,7 +234,27 @@ def _read_stage(g, kind: str, shape, scale: np.ndarray):
     return stage
 
 
+def _formats(group, version: int, *keys: str) -> ty.List[int]:
+    """The integer formats ``*_bits`` of a layer or an attention: 1..12
+    bits of traces and gains, 24 or 48 of accumulators (files before
+    version 4: 12 and 48)."""
+    out = []
+    for key in keys:
+        acc = key == "acc_bits"
+        if key not in group.attrs and version < 4:
+            out.append(fixed.ACC_BITS if acc else fixed.GAIN_FRAC_BITS)
+            continue
+        value = _attr(group, key, int)
+        if acc and value not in (fixed.STATE_BITS, fixed.ACC_BITS):
+            raise ValueError(f"{group.name}:{key}: {value}, not 24 or 48")
+        if not acc and not 1 <= value <= fixed.GAIN_FRAC_BITS:
+            raise ValueError(f"{group.name}:{key}: {value} outside 1..12")
+        out.append(value)
+    return out
+
+
 def _read(f) -> Plan:
+    version = int(f.attrs["version"])
     layers: ty.List[Layer] = []
     for key in sorted(f["layers"], key=int):
         g = f["layers"][key]
@@ -269,6 +293,7 @@ def _read(f) -> Plan:
                 raise ValueError(f"{s.name}/shift: {shift.min()} < 0")
             synapses.append(Synapse(src, rows, weight, out, shift))
         scale = _array(g, "scale", "f", 1, size)
+        gain_bits, acc_bits = _formats(g, version, "gain_bits", "acc_bits")
         layers.append(Layer(
             _attr(g, "name", str), shape, kind, scale,
             _array(g, "bias", "f", 1, size), synapses,
@@ -276,7 +301,7 @@ def _read(f) -> Plan:
             Window(_attr(g, "window_start", int),
                    _attr(g, "window_fire", int)),
             _read_stage(g, kind, shape, scale),
-            bool(g.attrs.get("token_mask", False))))
+            bool(g.attrs.get("token_mask", False)), gain_bits, acc_bits))
     attention = []
     names = {layer.name: layer for layer in layers}
     for key in sorted(f["attention"], key=int):
@@ -295,7 +320,9 @@ def _read(f) -> Plan:
             _array(a, "logit_scale", "f", 3, qk.size),
             _array(a, "logit_bias", "f", 3, qk.size),
             _array(a, "mask", "b", 3, qk.size), _attr(a, "logit_start", int),
-            bool(a.attrs.get("key_mask", False))))
+            bool(a.attrs.get("key_mask", False)),
+            *_formats(a, version, "qk_bits", "v_bits", "acc_bits",
+                      "woss_bits")))
     for key in ("input", "output"):
         if _attr(f, key, str) not in names:
             raise ValueError(f"attribute {key} names no layer")
@@ -326,7 +353,9 @@ class Resources:
     ----------
     neurons : int
         Spiking and readout neurons, plus two per attention logit (the
-        logit neuron and its WOSS softmax neuron).
+        logit neuron and its WOSS softmax neuron), plus the relays of
+        delays over 62 steps (one population of the source's size every
+        62 steps).
     synapses : int
         Nonzero weights as the chip must store them: a token-shared weight
         once per token (the block-diagonal matrix Lava builds).
@@ -391,6 +420,15 @@ def resources(plan: ty.Any) -> Resources:
         k = plan[op.x].shape[-1]
         m = plan[op.v].shape[-2]
         product_inputs += 2 * k * op.qk.size + 2 * m * op.av.size
+    # a delay beyond MAX_DELAY steps relays through a population every
+    # MAX_DELAY steps (chains of one source share their relays)
+    longest: ty.Dict[str, int] = {}
+    for layer in plan.layers:
+        for syn in layer.synapses:
+            longest[syn.src] = max(longest.get(syn.src, 0),
+                                   plan.delay(syn.src, layer.name))
+    neurons += sum(plan[src].size * ((delay - 1) // loihi2.MAX_DELAY)
+                   for src, delay in longest.items() if delay > 0)
     spikes = neurons - plan[plan.output].size
     chips = max(neurons / LOIHI2_NEURONS_PER_CHIP,
                 synapses / LOIHI2_SYNAPSES_PER_CHIP)
@@ -427,12 +465,17 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
     parser.add_argument("--T", type=cli_type(check_steps, int), default=40)
     parser.add_argument("--B", type=cli_type(check_base, float),
                         default=1.15)
+    parser.add_argument("--target", choices=TARGETS, default="lava",
+                        help="integer formats: Lava's, or conformant to "
+                        "Loihi 2 (lava_spiked.loihi2.conform)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse to write a Plan that does not fit "
+                        "Loihi 2")
     parser.add_argument("--report", metavar="FILE",
                         help="print the resources of a saved file and what "
                         "in it does not fit Loihi 2")
     args = parser.parse_args(argv)
     if args.report:
-        from lava_spiked import loihi2
         try:
             plan = load(args.report).plan
         except ExportError as err:
@@ -452,8 +495,13 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
         net = convert_minilm(B=args.B, T=args.T)
     else:
         net = _convert_checkpoint(parser, args)
-    save(net, args.out)
-    print(f"wrote {args.out} (T = {args.T}, B = {args.B})")
+    try:
+        net = net.recode(target=args.target)
+        save(net, args.out, strict=args.strict)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"wrote {args.out} (T = {args.T}, B = {args.B}, target "
+          f"{args.target})")
     print(resources(net.plan))
 
 

@@ -18,7 +18,10 @@ accumulator
     window closes, the accumulator is rounded once into the membrane
     (:func:`close_window`). One rounding per layer keeps the membrane a
     function of ``W @ (sign * G[step])``, which a batched engine computes
-    with one matrix product.
+    with one matrix product. A Loihi 2 conformant layer
+    (:func:`lava_spiked.loihi2.conform`) sums in 24 bits with gains of
+    fewer bits (:func:`layer_gains`), chosen so that no window can
+    saturate it.
 weights
     8-bit signed mantissas ``k`` in ``[-127, 127]`` with an exponent ``e``
     per output channel of a synapse (:func:`quantize_rows`): the weight in
@@ -107,6 +110,16 @@ def gain_table(B: float, T: int) -> np.ndarray:
     B, T = check_base(B), check_steps(T)
     g = B ** -np.arange(T, dtype=np.float64) * (1 << GAIN_FRAC_BITS)
     return np.floor(g + 0.5).astype(np.int64)
+
+
+def layer_gains(B: float, T: int, bits: int = GAIN_FRAC_BITS) -> np.ndarray:
+    """The integration gains of a layer with ``bits``-bit gains: the 12-bit
+    table rounded to ``bits`` bits, ``round_shift(G_j, 12 - bits)`` (a
+    function of ``G_j``, so a trace maps to its gain one to one)."""
+    if not 0 < bits <= GAIN_FRAC_BITS:
+        raise ValueError(f"gain bits must lie in 1..{GAIN_FRAC_BITS}, got "
+                         f"{bits}")
+    return round_shift(gain_table(B, T), GAIN_FRAC_BITS - bits)
 
 
 def threshold_table(B: float, T: int) -> np.ndarray:
@@ -231,28 +244,30 @@ def dense_current(dense_weights: np.ndarray, spikes: np.ndarray) -> np.ndarray:
         np.asarray(spikes, dtype=np.int64)
 
 
-def accumulate(acc: np.ndarray, a_in: ty.Any,
-               gain: int) -> ty.Tuple[np.ndarray, int]:
+def accumulate(acc: np.ndarray, a_in: ty.Any, gain: int,
+               limit: int = ACC_MAX) -> ty.Tuple[np.ndarray, int]:
     """One input-window step of the dendritic accumulator:
-    ``acc + a_in * G_j``, exact, saturating at 48 bits.
+    ``acc + a_in * G_j``, exact, saturating at ``limit`` (48 bits, or 24
+    in a Loihi 2 conformant layer).
 
     Returns the accumulator and the number of saturated elements.
     """
     a_in = np.asarray(a_in, dtype=np.int64)
-    return saturate(np.asarray(acc, dtype=np.int64) + a_in * gain, ACC_MAX)
+    return saturate(np.asarray(acc, dtype=np.int64) + a_in * gain, limit)
 
 
-def close_window(acc: np.ndarray, bias_norm: ty.Any,
-                 weight_exp: int) -> ty.Tuple[np.ndarray, int]:
+def close_window(acc: np.ndarray, bias_norm: ty.Any, weight_exp: int,
+                 gain_bits: int = GAIN_FRAC_BITS) -> ty.Tuple[np.ndarray, int]:
     """Membrane at the end of the input window:
-    ``to_state(bias) + round(acc * 2**e / 4096)``, saturated to 24 bits.
+    ``to_state(bias) + round(acc * 2**e / 2**gain_bits)``, saturated to 24
+    bits.
 
     This is the only rounding of a layer's integration, so the membrane is a
     function of the summed (not the per-step) input: ``acc`` equals
     ``W @ (sign * G[step])`` exactly.
     """
     bias, n_bias = to_state(np.broadcast_to(bias_norm, np.shape(acc)))
-    v, n_sat = saturate(bias + round_shift(acc, GAIN_FRAC_BITS - weight_exp))
+    v, n_sat = saturate(bias + round_shift(acc, gain_bits - weight_exp))
     return v, n_bias + n_sat
 
 
@@ -321,18 +336,22 @@ def run_layer(in_steps: ty.Sequence[np.ndarray],
 def integrate_layer(current: ty.Callable[[int], np.ndarray], size: int,
                     weight_exp: int, bias_norm: ty.Any, B: float, T: int,
                     unipolar: bool = False,
-                    stage: ty.Optional[ty.Callable] = None) -> IntegerLayer:
+                    stage: ty.Optional[ty.Callable] = None,
+                    gain_bits: int = GAIN_FRAC_BITS,
+                    acc_bits: int = ACC_BITS) -> IntegerLayer:
     """Integer golden model of one phase layer whose Dense current at input
     step ``j`` is ``current(j)`` (int64, (size,)); see :func:`run_layer`.
     ``stage(v) -> (v, n_saturated)`` transforms the closed membrane before
     it fires (:func:`activation`, :func:`layer_norm`); ``v`` in the result
-    is what fired."""
-    gains, thresholds = gain_table(B, T), threshold_table(B, T)
+    is what fired. ``gain_bits`` and ``acc_bits``: the layer's gains
+    (:func:`layer_gains`) and accumulator width."""
+    gains, thresholds = layer_gains(B, T, gain_bits), threshold_table(B, T)
     acc, n_sat = np.zeros(size, np.int64), 0
     for j in range(T):
-        acc, n = accumulate(acc, current(j), int(gains[j]))
+        acc, n = accumulate(acc, current(j), int(gains[j]),
+                            (1 << (acc_bits - 1)) - 1)
         n_sat += n
-    v, n = close_window(acc, bias_norm, weight_exp)
+    v, n = close_window(acc, bias_norm, weight_exp, gain_bits)
     n_sat += n
     if stage is not None:
         v, n = stage(v)
@@ -486,11 +505,10 @@ def woss_thresholds(B: float, T: int) -> np.ndarray:
     return -np.floor(th + 0.5).astype(np.int64)
 
 
-def woss_logit(spikes: np.ndarray, unit: np.ndarray,
-               trace_value: ty.Any) -> np.ndarray:
+def woss_logit(spikes: np.ndarray, unit: np.ndarray, trace_value: ty.Any,
+               bits: int = GAIN_FRAC_BITS) -> np.ndarray:
     """Decoded logit of WOSS input spikes in 2**-16 units,
-    ``s * round(unit * G / 4096)``, where ``unit = to_state(scale)`` is the
-    logit scale in state units."""
+    ``s * round(unit * G / 2**bits)`` for a ``bits``-bit trace ``G``, where
+    ``unit = to_state(scale)`` is the logit scale in state units."""
     return np.asarray(spikes, dtype=np.int64) * \
-        round_shift(np.asarray(unit, dtype=np.int64) * trace_value,
-                    GAIN_FRAC_BITS)
+        round_shift(np.asarray(unit, dtype=np.int64) * trace_value, bits)

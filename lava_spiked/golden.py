@@ -278,7 +278,11 @@ def golden_fixed(plan: Plan, sample: ty.Any,
             res = attention_fixed(xs, xg, ys, yg, vs, vg, op.qk, op.qk_exp,
                                   op.logit_bias, op.logit_scale,
                                   _key_mask(op, valid), op.av, op.av_exp, B,
-                                  T, y_transposed=True)
+                                  T, y_transposed=True, qk_bits=op.qk_bits,
+                                  v_bits=op.v_bits,
+                                  out_gain_bits=layer.gain_bits,
+                                  acc_bits=op.acc_bits,
+                                  woss_bits=op.woss_bits)
             saturated += res.n_saturated
             clipped[op.logits] = _clipped(res.logit_state, one)
             clipped[layer.name] = _clipped(res.out_state, one)
@@ -306,7 +310,8 @@ def golden_fixed(plan: Plan, sample: ty.Any,
         res = fixed.integrate_layer(
             current, layer.size, layer.weight_exp, layer.bias, B, T,
             unipolar=layer.kind == "relu",
-            stage=stage if layer.stage is not None else None)
+            stage=stage if layer.stage is not None else None,
+            gain_bits=layer.gain_bits, acc_bits=layer.acc_bits)
         saturated += res.n_saturated
         if layer.kind == "readout":
             return Golden(_pool(plan, plan.decode_readout(

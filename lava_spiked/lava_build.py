@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse
 
 from lava_spiked import fixed, phase
+from lava_spiked.loihi2 import MAX_DELAY, connections
 from lava_spiked.progress import bar
 from lava_spiked.plan import (ActivationStage, Attention, Layer, NormStage,
                               Plan, Synapse)
@@ -90,6 +91,11 @@ def wire_attention(x, y, v, *, x_fire: int, v_fire: int, logit_start: int,
                    out_start: int, qk, qk_exp: int, logit_bias, logit_scale,
                    mask, av, av_exp: int, out_scale, y_transposed: bool,
                    link: ty.Callable[[ty.Any, ty.Any], None] = connect,
+                   qk_bits: int = fixed.GAIN_FRAC_BITS,
+                   v_bits: int = fixed.GAIN_FRAC_BITS,
+                   out_gain_bits: int = fixed.GAIN_FRAC_BITS,
+                   acc_bits: int = fixed.ACC_BITS,
+                   woss_bits: int = fixed.GAIN_FRAC_BITS,
                    **kw) -> ty.Dict[str, ty.Any]:
     """The Lava processes of one attention, fed by the spiking processes
     ``x``, ``y`` (the product operands, firing from ``x_fire``) and ``v``
@@ -101,7 +107,10 @@ def wire_attention(x, y, v, *, x_fire: int, v_fire: int, logit_start: int,
     B, T and period. Schedule: the logits integrate from ``logit_start``
     (one step after the operands fire), the softmax T steps later, the
     product with V reads the softmax spikes when they fire (``logit_start
-    + 2T``) and the output integrates from ``out_start``.
+    + 2T``) and the output integrates from ``out_start``. The ``*_bits``
+    are the ``fixed_pt`` formats of :class:`lava_spiked.plan.Attention`
+    (``out_gain_bits``: the output neurons' gains); with 24-bit
+    accumulators the products send 24-bit currents too.
 
     Returns
     -------
@@ -109,19 +118,25 @@ def wire_attention(x, y, v, *, x_fire: int, v_fire: int, logit_start: int,
         ``qk``, ``logits``, ``softmax``, ``av`` and ``out`` processes.
     """
     T = kw["T"]
+    out_bits = fixed.STATE_BITS if acc_bits == fixed.STATE_BITS else 32
     qk_proc = TraceMatMul(x_shape=x.s_out.shape, y_shape=y.s_out.shape,
                           weights=qk, x_start=x_fire, y_start=x_fire,
-                          y_transposed=y_transposed, **kw)
+                          y_transposed=y_transposed, trace_bits=qk_bits,
+                          out_bits=out_bits, **kw)
     logits = PhaseNeuron(shape=np.shape(qk), start=logit_start,
-                         weight_exp=qk_exp - fixed.GAIN_FRAC_BITS,
-                         bias=logit_bias, scale=logit_scale, **kw)
+                         weight_exp=qk_exp - qk_bits, gain_bits=qk_bits,
+                         acc_bits=acc_bits, bias=logit_bias,
+                         scale=logit_scale, **kw)
     soft = WOSSSoftmax(shape=np.shape(qk), start=logit_start + T,
-                       scale=logit_scale, mask=mask, **kw)
+                       scale=logit_scale, mask=mask, trace_bits=woss_bits,
+                       **kw)
     av_proc = TraceMatMul(x_shape=np.shape(qk), y_shape=v.s_out.shape,
                           weights=av, x_start=logit_start + 2 * T,
-                          y_start=v_fire, y_transposed=True, **kw)
+                          y_start=v_fire, y_transposed=True,
+                          trace_bits=v_bits, out_bits=out_bits, **kw)
     out = NormalizedPhaseNeuron(shape=np.shape(av), start=out_start,
-                                weight_exp=av_exp - fixed.GAIN_FRAC_BITS,
+                                weight_exp=av_exp - v_bits,
+                                gain_bits=out_gain_bits, acc_bits=acc_bits,
                                 scale=out_scale, **kw)
     for src, dst in [(x.s_out, qk_proc.x_in), (y.s_out, qk_proc.y_in),
                      (qk_proc.a_out, logits.a_in), (logits.s_out, soft.s_in),
@@ -199,7 +214,8 @@ class _LavaNetwork:
             self._attention(op, layer)
             return
         kw = dict(shape=layer.shape, start=layer.window.start,
-                  weight_exp=layer.weight_exp,
+                  weight_exp=layer.weight_exp, gain_bits=layer.gain_bits,
+                  acc_bits=layer.acc_bits,
                   bias=(layer.bias * layer.membrane_scale).reshape(
                       layer.shape),
                   scale=layer.scale.reshape(layer.shape), **self.kw)
@@ -223,21 +239,26 @@ class _LavaNetwork:
     def _connect(self, syn: Synapse, layer: Layer, neuron) -> None:
         src = self.plan[syn.src]
         port = self.processes[src.name].s_out
-        delay = layer.window.start - src.window.fire - 1
-        if delay > 0:
-            key = f"{src.name}->delay{delay}"
+        delay, done = self.plan.delay(src.name, layer.name), 0
+        # a chain of at most MAX_DELAY steps a link (Loihi's synaptic
+        # delays), named by the steps so far: chains of one source share
+        # their first links
+        while done < delay:
+            step = min(MAX_DELAY, delay - done)
+            key = f"{src.name}->delay{done + step}"
             if self._home.get(key, self._block) != self._block:
                 key += f"@block{self._block}"  # one delay line per block
             if key not in self.processes:
-                self.processes[key] = SpikeDelay(shape=src.shape, delay=delay)
+                self.processes[key] = SpikeDelay(shape=src.shape, delay=step)
                 self._links.append((port, self.processes[key].s_in))
-            port = self.processes[key].s_out
+            port, done = self.processes[key].s_out, done + step
         # one Sparse per exponent of the synapse's output channels above
-        # the neuron's: Sparse's own weight_exp under fixed_pt (8-bit
-        # mantissas kept); its floating_pt model ignores weight_exp, so
-        # there the weights carry it
+        # the neuron's (and per part of a wide fan-in, for Loihi 2):
+        # Sparse's own weight_exp under fixed_pt (8-bit mantissas kept);
+        # its floating_pt model ignores weight_exp, so there the weights
+        # carry it
         fixed_tag = self.tag == "fixed_pt"
-        for shift, part in syn.split():
+        for shift, part in connections(self.plan, syn):
             key, i = f"{src.name}->{layer.name}", 1
             while key in self.processes:
                 key, i = f"{src.name}->{layer.name}#{i}", i + 1
@@ -261,7 +282,9 @@ class _LavaNetwork:
             logit_scale=op.logit_scale, mask=op.mask, av=op.av,
             av_exp=op.av_exp, out_scale=layer.scale.reshape(layer.shape),
             y_transposed=True, link=lambda *ports: self._links.append(ports),
-            **self.kw)
+            qk_bits=op.qk_bits, v_bits=op.v_bits,
+            out_gain_bits=layer.gain_bits, acc_bits=op.acc_bits,
+            woss_bits=op.woss_bits, **self.kw)
         self.processes.update({
             f"{op.out}:qk": stages["qk"], op.logits: stages["logits"],
             op.softmax: stages["softmax"], f"{op.out}:av": stages["av"],

@@ -88,9 +88,11 @@ class SpikingNetwork:
         self.clipped: ty.Dict[str, int] = {}
 
     def recode(self, B: ty.Optional[float] = None,
-               T: ty.Optional[int] = None) -> "SpikingNetwork":
-        """The same calibrated model with another phase code: lowered anew
-        at ``B`` and ``T`` (default: this network's), without calibrating
+               T: ty.Optional[int] = None,
+               target: ty.Optional[str] = None) -> "SpikingNetwork":
+        """The same calibrated model with another phase code or integer
+        target: lowered anew at ``B``, ``T`` and ``target`` (default: this
+        network's; see :func:`lava_spiked.plan.lower`), without calibrating
         again (a sweep over T and B costs one calibration).
 
         Raises
@@ -105,8 +107,9 @@ class SpikingNetwork:
         from lava_spiked.plan import lower
         return SpikingNetwork(
             lower(self.graph, self.sigmas, self.B if B is None else B,
-                  self.T if T is None else T), self.graph, self.sigmas,
-            self.record)
+                  self.T if T is None else T,
+                  self.plan.target if target is None else target),
+            self.graph, self.sigmas, self.record)
 
     # ------------------------------------------------------------- golden
     def golden_float(self, sample: ty.Any,

@@ -44,7 +44,7 @@ import warnings
 
 import numpy as np
 
-from lava_spiked import fixed, nonlinear
+from lava_spiked import fixed, loihi2, nonlinear
 from lava_spiked.validation import check_base, check_steps
 
 KINDS = ("input", "neuron", "relu", "activation", "layernorm", "operand",
@@ -52,6 +52,8 @@ KINDS = ("input", "neuron", "relu", "activation", "layernorm", "operand",
 STAGED = ("activation", "layernorm")
 #: Name of the runtime token mask
 MASK = "attention_mask"
+#: Integer formats :func:`lower` can target
+TARGETS = ("lava", "loihi2")
 
 
 @dataclasses.dataclass
@@ -95,13 +97,25 @@ class Synapse:
         the destination's ``weight_exp``."""
         return np.asarray(self.weight, np.int64) << self.shift[:, None]
 
-    def split(self) -> ty.List[ty.Tuple[int, "Synapse"]]:
-        """``(shift, synapse)`` per distinct shift: the channels of that
-        shift, the others' weights 0 (one Lava connection each)."""
-        return [(int(e), dataclasses.replace(
-            self, weight=np.where(self.shift[:, None] == e, self.weight, 0),
-            shift=np.full_like(self.shift, e)))
-            for e in np.unique(self.shift)]
+    def split(self, limit: ty.Optional[int] = None
+              ) -> ty.List[ty.Tuple[int, "Synapse"]]:
+        """``(shift, synapse)`` per Lava connection: one per distinct
+        shift (the channels of that shift, the others' weights 0); with
+        ``limit``, each of those split further so that no output channel
+        sums more than ``limit`` in absolute scaled weight over one
+        connection (a step's current, every source spiking; a single
+        weight above ``limit`` stays alone in its part)."""
+        parts = []
+        for e in np.unique(self.shift):
+            w = np.where(self.shift[:, None] == e, self.weight, 0)
+            group = (np.zeros(w.shape, np.int64) if limit is None else
+                     _fan_in_groups(np.abs(w).astype(np.int64) << int(e),
+                                    limit))
+            parts += [(int(e), dataclasses.replace(
+                self, weight=np.where(group == g, w, 0).astype(w.dtype),
+                shift=np.full_like(self.shift, e)))
+                for g in range(int(group.max(initial=0)) + 1)]
+        return parts
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The weight applied to source values ``x`` (batch, src size);
@@ -121,6 +135,21 @@ class Synapse:
         fan = per_rc @ (self.weight != 0).astype(np.int64)  # (R, K)
         ok = self.rows >= 0
         return np.bincount(self.rows[ok], fan[ok], minlength=src_size)
+
+
+def _fan_in_groups(w: np.ndarray, limit: int) -> np.ndarray:
+    """(C, K) part of every weight: each channel's weights in input order,
+    a new part wherever the running sum would pass ``limit`` (greedy, so
+    a channel uses as few parts as its order allows)."""
+    group = np.zeros(w.shape, np.int64)
+    total = np.zeros(len(w), np.int64)
+    part = np.zeros(len(w), np.int64)
+    for k in range(w.shape[1]):
+        full = (total + w[:, k] > limit) & (total > 0)
+        part += full
+        total = np.where(full, 0, total) + w[:, k]
+        group[:, k] = part
+    return group
 
 
 @dataclasses.dataclass
@@ -203,6 +232,11 @@ class Layer:
     token_mask : bool
         Neurons of padded tokens (the first axis, per the runtime
         :data:`MASK`) never fire.
+    gain_bits, acc_bits : int
+        ``fixed_pt``: bits of the integration gains
+        (:func:`lava_spiked.fixed.layer_gains`) and of the dendritic
+        accumulator; 12 and 48 unless the Plan was lowered for Loihi 2
+        (:func:`lava_spiked.loihi2.conform`).
     """
 
     name: str
@@ -215,6 +249,8 @@ class Layer:
     window: Window
     stage: ty.Optional[Stage] = None
     token_mask: bool = False
+    gain_bits: int = fixed.GAIN_FRAC_BITS
+    acc_bits: int = fixed.ACC_BITS
 
     @property
     def size(self) -> int:
@@ -241,6 +277,16 @@ class Attention:
     neurons' input window start (the softmax integrates T steps later);
     with ``key_mask`` padded keys (the last axis, per the runtime
     :data:`MASK`) never fire in the softmax.
+
+    ``fixed_pt`` formats: the operands' traces and the logit neurons'
+    gains have ``qk_bits`` bits (one number: a logit pair counts the
+    trace of the earlier spike times the gain of the later, so equal
+    tables keep it symmetric), their window sums ``acc_bits``; V's traces
+    in the product with the softmax have ``v_bits`` (the output neurons'
+    gains are the output layer's ``gain_bits``); the WOSS softmax decodes
+    logit spikes with a ``woss_bits`` trace table. 12, 12, 48 and 12
+    unless the Plan was lowered for Loihi 2
+    (:func:`lava_spiked.loihi2.conform`).
     """
 
     x: str
@@ -256,6 +302,10 @@ class Attention:
     mask: np.ndarray
     logit_start: int
     key_mask: bool = False
+    qk_bits: int = fixed.GAIN_FRAC_BITS
+    v_bits: int = fixed.GAIN_FRAC_BITS
+    acc_bits: int = fixed.ACC_BITS
+    woss_bits: int = fixed.GAIN_FRAC_BITS
 
     @property
     def logits(self) -> str:
@@ -321,6 +371,12 @@ class Plan:
         """The attention whose output layer is ``name``, or None."""
         return self._attention.get(name)
 
+    def delay(self, src: str, name: str) -> int:
+        """Steps that spikes of population ``src`` wait before a synapse
+        of layer ``name`` reads them (0: none), so that they arrive in
+        phase with its window (Dense's one step of latency aside)."""
+        return self[name].window.start - self[src].window.fire - 1
+
     def sources(self, name: str) -> ty.List[str]:
         """The populations that layer ``name`` reads (an attention's
         operands)."""
@@ -385,6 +441,13 @@ class Plan:
         return min(period, self.num_steps)
 
     @property
+    def target(self) -> str:
+        """``'loihi2'`` where :func:`lava_spiked.loihi2.conform` made the
+        integer formats, else ``'lava'`` (see :func:`lower`)."""
+        return "loihi2" if any(layer.acc_bits == fixed.STATE_BITS
+                               for layer in self.layers) else "lava"
+
+    @property
     def tokens(self) -> int:
         """N of the runtime token mask, 0 without one."""
         return self.runtime_inputs[0].shape[0] if self.runtime_inputs else 0
@@ -439,7 +502,7 @@ class Plan:
 
 
 def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
-          T: int) -> Plan:
+          T: int, target: str = "lava") -> Plan:
     """Quantise and schedule a calibrated graph into a Plan.
 
     Parameters
@@ -450,7 +513,12 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
         From :func:`lava_spiked.calibrate.calibrate`.
     B, T : float, int
         Base and window length of the phase code.
+    target : {'lava', 'loihi2'}
+        ``'loihi2'``: conformant integer formats where they exist
+        (:func:`lava_spiked.loihi2.conform`).
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     B, T = check_base(B), check_steps(T)
     usable = fixed.usable_steps(B, T)
     if usable < T:
@@ -487,10 +555,11 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
     out = windows[graph.output]
     # a sample ends when the readout has reported; the period must hold an
     # integration and a fire window
-    return Plan(B, T, layers, plan_attention, graph.input, graph.output,
+    plan = Plan(B, T, layers, plan_attention, graph.input, graph.output,
                 max(out.fire + 1, 2 * T), graph.ann_macs,
                 [RuntimeInput(MASK, (graph.tokens,))] if graph.tokens else [],
                 graph.mean_pool)
+    return loihi2.conform(plan) if target == "loihi2" else plan
 
 
 def _stage(pop, sigma: np.ndarray,

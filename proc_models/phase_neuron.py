@@ -140,18 +140,20 @@ class FixedArithmetic(AbstractPhaseNeuronModel):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.gains = fixed.gain_table(self.B, self.T)
+        self.gain_bits = proc_params["gain_bits"]
+        self.gains = fixed.layer_gains(self.B, self.T, self.gain_bits)
+        self.acc_max = (1 << (proc_params["acc_bits"] - 1)) - 1
         self.thresholds = fixed.threshold_table(self.B, self.T)
         self.one = 1 << fixed.STATE_FRAC_BITS  # one sigma in state units
 
     def accumulate(self, a_in, r):
-        self.acc[:], n_sat = fixed.accumulate(self.acc, a_in,
-                                              int(self.gains[r]))
+        self.acc[:], n_sat = fixed.accumulate(
+            self.acc, a_in, int(self.gains[r]), self.acc_max)
         self.sat_count[0] += n_sat
 
     def close_window(self, bias_norm):
         self.v[:], n_sat = fixed.close_window(self.acc, bias_norm,
-                                              self.weight_exp)
+                                              self.weight_exp, self.gain_bits)
         self.sat_count[0] += n_sat
 
     def fire(self, m):

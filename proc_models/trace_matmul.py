@@ -13,7 +13,6 @@ from lava_spiked import fixed
 from lava_spiked.proc_models import register, window_step
 from lava_spiked.processes.trace_matmul import TraceMatMul
 
-INT32_MAX = np.iinfo(np.int32).max
 
 
 class AbstractTraceMatMulModel(PyLoihiProcessModel):
@@ -91,7 +90,8 @@ class PyTraceMatMulModelFloat(AbstractTraceMatMulModel):
 @requires(CPU)
 @tag("fixed_pt")
 class PyTraceMatMulModelFixed(AbstractTraceMatMulModel):
-    """Integer TraceMatMul (12-bit trace table, exact products)."""
+    """Integer TraceMatMul (``trace_bits`` trace table, exact products,
+    ``out_bits`` output)."""
 
     x_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=2)
     y_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=2)
@@ -103,11 +103,13 @@ class PyTraceMatMulModelFixed(AbstractTraceMatMulModel):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.table = fixed.trace(proc_params["B"], self.T)
+        self.table = fixed.layer_gains(proc_params["B"], self.T,
+                                       proc_params["trace_bits"])
+        self.limit = (1 << (proc_params["out_bits"] - 1)) - 1
 
     def output(self, current):
         current = np.asarray(current, dtype=np.int64)
-        clipped = np.clip(current, -INT32_MAX, INT32_MAX)
+        clipped = np.clip(current, -self.limit, self.limit)
         self.sat_count[0] += np.count_nonzero(clipped != current)
         return clipped
 

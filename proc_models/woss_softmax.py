@@ -59,7 +59,7 @@ class AbstractWOSSModel(PyLoihiProcessModel):
             s = (self.v >= self.thresholds[m]) & (self.fired == 0) & \
                 (self.mask == 0)
             self.fired[s] = 1
-            self.r_buff = s.sum(-1) * self.trace[m]
+            self.r_buff = s.sum(-1) * self.row_unit[m]
             self.row_sum += self.r_buff
             self.s_out.send(s.astype(self.silent.dtype))
         else:
@@ -93,7 +93,7 @@ class PyWOSSModelFloat(AbstractWOSSModel):
     def __init__(self, proc_params):
         super().__init__(proc_params)
         steps = np.arange(self.T, dtype=np.float64)
-        self.trace = self.B ** -steps
+        self.trace = self.row_unit = self.B ** -steps
         self.thresholds = -(steps + 0.5) * np.log(self.B)
 
     def logit(self, s, r):
@@ -107,7 +107,8 @@ class PyWOSSModelFloat(AbstractWOSSModel):
 @requires(CPU)
 @tag("fixed_pt")
 class PyWOSSModelFixed(AbstractWOSSModel):
-    """Integer WOSS softmax: membrane in 2**-16 logit units, 12-bit traces."""
+    """Integer WOSS softmax: membrane in 2**-16 logit units, ``trace_bits``
+    traces, row sums in 12-bit trace units."""
 
     s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=2)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
@@ -121,7 +122,9 @@ class PyWOSSModelFixed(AbstractWOSSModel):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.trace = fixed.trace(self.B, self.T)
+        self.bits = proc_params["trace_bits"]
+        self.trace = fixed.layer_gains(self.B, self.T, self.bits)
+        self.row_unit = self.trace << (fixed.GAIN_FRAC_BITS - self.bits)
         self.thresholds = fixed.woss_thresholds(self.B, self.T)
         self.silent = self.silent.astype(np.int32)
         self.r_buff = self.r_buff.astype(np.int64)
@@ -129,7 +132,7 @@ class PyWOSSModelFixed(AbstractWOSSModel):
     def logit(self, s, r):
         if r == 0:  # the scale is constant over a window: convert it once
             self.unit = fixed.to_state(self.scale)[0]
-        return fixed.woss_logit(s, self.unit, int(self.trace[r]))
+        return fixed.woss_logit(s, self.unit, int(self.trace[r]), self.bits)
 
     def add(self, dv):
         self.v[:], n_sat = fixed.saturate(self.v + dv)

@@ -7,7 +7,7 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
-from lava_spiked import nonlinear
+from lava_spiked import fixed, nonlinear
 from lava_spiked.validation import (broadcast, check_base, check_finite,
                                     check_period, check_scale, check_shape,
                                     check_start, check_steps)
@@ -37,10 +37,11 @@ class PhaseNeuron(AbstractProcess):
     ``stray_count``.
 
     ``fixed_pt`` runs the same steps with the functions of
-    :mod:`lava_spiked.fixed`: the 48-bit dendritic accumulator sums
-    ``a_in * G_r`` exactly (12-bit gain table ``G_r``), and when the window
-    closes the signed 24-bit membrane becomes
-    ``round(bias / scale * 2**16) + round(acc * 2**weight_exp / 4096)``, the
+    :mod:`lava_spiked.fixed`: the ``acc_bits`` (48) bit dendritic
+    accumulator sums ``a_in * G_r`` exactly (``gain_bits`` (12) bit gain
+    table ``G_r``), and when the window closes the signed 24-bit membrane
+    becomes ``round(bias / scale * 2**16) +
+    round(acc * 2**weight_exp / 2**gain_bits)``, the
     layer's only rounding; the threshold is the integer table ``theta_m``,
     and every saturation is counted in ``sat_count``.
 
@@ -84,6 +85,12 @@ class PhaseNeuron(AbstractProcess):
         Time step (0-based) at which the input window opens.
     weight_exp : int, optional
         Exponent of the incoming weight mantissas. Default 0.
+    gain_bits : int, optional
+        ``fixed_pt``: bits of the integration gains, 1..12
+        (:func:`lava_spiked.fixed.layer_gains`). Default 12.
+    acc_bits : int, optional
+        ``fixed_pt``: width of the saturating dendritic accumulator, 24
+        (Loihi 2's neuron state) or 48. Default 48.
     bias : float or array_like, optional
         Bias in real units (decoded total). Default 0.
     scale : float or array_like, optional
@@ -105,7 +112,9 @@ class PhaseNeuron(AbstractProcess):
     """
 
     def __init__(self, *, shape: ty.Tuple[int, ...], B: float, T: int,
-                 start: int, weight_exp: int = 0, bias: ty.Any = 0.0,
+                 start: int, weight_exp: int = 0,
+                 gain_bits: int = fixed.GAIN_FRAC_BITS,
+                 acc_bits: int = fixed.ACC_BITS, bias: ty.Any = 0.0,
                  scale: ty.Any = 1.0, unipolar: bool = False,
                  readout: bool = False, period: int = 0,
                  name: ty.Optional[str] = None,
@@ -118,13 +127,19 @@ class PhaseNeuron(AbstractProcess):
         period = check_period(period, T)
         if not isinstance(weight_exp, int) or isinstance(weight_exp, bool):
             raise ValueError(f"weight_exp must be an int, got {weight_exp!r}")
+        if gain_bits not in range(1, fixed.GAIN_FRAC_BITS + 1):
+            raise ValueError(f"gain_bits must be an int in 1..12, got "
+                             f"{gain_bits!r}")
+        if acc_bits not in (fixed.STATE_BITS, fixed.ACC_BITS):
+            raise ValueError(f"acc_bits must be 24 or 48, got {acc_bits!r}")
         scale = check_scale("scale", scale, shape)
         bias = broadcast("bias", check_finite("bias", bias), shape)
         if unipolar and readout:
             raise ValueError("readout neurons do not spike, so unipolar=True "
                              "has no meaning with readout=True")
         for key, value in dict(shape=shape, B=B, T=T, start=check_start(start),
-                               weight_exp=weight_exp, unipolar=bool(unipolar),
+                               weight_exp=weight_exp, gain_bits=gain_bits,
+                               acc_bits=acc_bits, unipolar=bool(unipolar),
                                readout=bool(readout), period=period).items():
             self.proc_params[key] = value
         self.a_in = InPort(shape=shape)

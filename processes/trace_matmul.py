@@ -8,6 +8,7 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
+from lava_spiked import fixed
 from lava_spiked.validation import (broadcast, check_base, check_finite,
                                     check_period, check_shape, check_start,
                                     check_steps)
@@ -40,11 +41,12 @@ class TraceMatMul(AbstractProcess):
     ``sigma_x[i] * sigma_y[j] / (sqrt(d) * sigma_out[i])``); give the
     receiving PhaseNeuron ``weight_exp = exp - 12`` for the 4096.
 
-    ``fixed_pt`` latches the 12-bit trace table ``round(B**-m * 4096)``
-    instead of ``4096 * B**-m``; its products are exact integers, and a
-    current beyond the int32 message range saturates and is counted in
-    ``sat_count``. Spikes that arrive outside an operand's window are not
-    latched.
+    ``fixed_pt`` latches the ``trace_bits`` (12) bit trace table
+    (:func:`lava_spiked.fixed.layer_gains`; 12 bits: ``round(B**-m *
+    4096)``) instead of ``4096 * B**-m``; its products are exact integers,
+    and a current beyond the ``out_bits`` (32) bit message range saturates
+    and is counted in ``sat_count``. Spikes that arrive outside an
+    operand's window are not latched.
 
     Parameters
     ----------
@@ -58,6 +60,11 @@ class TraceMatMul(AbstractProcess):
         0-based arrival steps at which each operand's fire window opens.
     y_transposed : bool, optional
         Y is (h, K, M). Default False.
+    trace_bits : int, optional
+        ``fixed_pt``: bits of the trace table, 1..12. Default 12.
+    out_bits : int, optional
+        ``fixed_pt``: width of the output current, 24 (Loihi 2's graded
+        spikes) or 32. Default 32.
     period : int, optional
         0 for one sample, else windows repeat every ``period`` steps.
     name : str, optional
@@ -72,7 +79,9 @@ class TraceMatMul(AbstractProcess):
     def __init__(self, *, x_shape: ty.Tuple[int, ...],
                  y_shape: ty.Tuple[int, ...], weights: ty.Any, B: float,
                  T: int, x_start: int, y_start: int,
-                 y_transposed: bool = False, period: int = 0,
+                 y_transposed: bool = False,
+                 trace_bits: int = fixed.GAIN_FRAC_BITS, out_bits: int = 32,
+                 period: int = 0,
                  name: ty.Optional[str] = None,
                  log_config: ty.Optional[LogConfig] = None,
                  **kwargs) -> None:
@@ -96,12 +105,17 @@ class TraceMatMul(AbstractProcess):
             raise ValueError("weights must be integer mantissas (see "
                              "lava_spiked.fixed.quantize_weights)")
         B, T = check_base(B), check_steps(T)
+        if trace_bits not in range(1, fixed.GAIN_FRAC_BITS + 1):
+            raise ValueError(f"trace_bits must be an int in 1..12, got "
+                             f"{trace_bits!r}")
+        if out_bits not in (fixed.STATE_BITS, 32):
+            raise ValueError(f"out_bits must be 24 or 32, got {out_bits!r}")
         for key, value in dict(
                 x_shape=x_shape, y_shape=y_shape, out_shape=out_shape, B=B,
                 T=T, x_start=check_start(x_start, "x_start"),
                 y_start=check_start(y_start, "y_start"),
-                y_transposed=bool(y_transposed),
-                period=check_period(period, T)).items():
+                y_transposed=bool(y_transposed), trace_bits=trace_bits,
+                out_bits=out_bits, period=check_period(period, T)).items():
             self.proc_params[key] = value
         self.x_in = InPort(shape=x_shape)
         self.y_in = InPort(shape=y_shape)

@@ -8,6 +8,7 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
+from lava_spiked import fixed
 from lava_spiked.validation import (broadcast, check_base, check_period,
                                     check_scale, check_shape, check_start,
                                     check_steps)
@@ -39,9 +40,11 @@ class WOSSSoftmax(AbstractProcess):
     NormalizedPhaseNeuron that sums it gets ``R = sum_c p_c``.
 
     ``fixed_pt`` holds ``v`` in 2**-16 logit units (24-bit, saturating,
-    counted), adds ``round(round(scale * 2**16) * G_r / 4096)`` per spike with the
-    12-bit trace table ``G``, compares with ``-round((m + 1/2) ln B 2**16)``
-    and sums ``G_m`` into ``row_sum`` (12-bit trace units).
+    counted), adds ``round(round(scale * 2**16) * G_r / 2**b)`` per spike
+    with the ``b = trace_bits`` (12) bit trace table ``G``
+    (:func:`lava_spiked.fixed.layer_gains`), compares with
+    ``-round((m + 1/2) ln B 2**16)`` and sums ``G_m * 2**(12 - b)`` into
+    ``row_sum`` (12-bit trace units whatever ``b``).
 
     Parameters
     ----------
@@ -55,6 +58,8 @@ class WOSSSoftmax(AbstractProcess):
         Scale of the logit neurons, broadcast to the shape (one per row).
     mask : array_like of bool, optional
         True where an entry is masked out. Default: none.
+    trace_bits : int, optional
+        ``fixed_pt``: bits of the trace table, 1..12. Default 12.
     period : int, optional
         0 for one sample, else windows repeat every ``period`` steps.
     name : str, optional
@@ -63,7 +68,7 @@ class WOSSSoftmax(AbstractProcess):
 
     def __init__(self, *, shape: ty.Tuple[int, ...], B: float, T: int,
                  start: int, scale: ty.Any = 1.0, mask: ty.Any = None,
-                 period: int = 0, name: ty.Optional[str] = None,
+                 trace_bits: int = fixed.GAIN_FRAC_BITS, period: int = 0, name: ty.Optional[str] = None,
                  log_config: ty.Optional[LogConfig] = None,
                  **kwargs) -> None:
         super().__init__(name=name, log_config=log_config, **kwargs)
@@ -71,6 +76,9 @@ class WOSSSoftmax(AbstractProcess):
         if len(shape) < 2:
             raise ValueError(f"shape must be (..., rows, M), got {shape}")
         B, T = check_base(B), check_steps(T)
+        if trace_bits not in range(1, fixed.GAIN_FRAC_BITS + 1):
+            raise ValueError(f"trace_bits must be an int in 1..12, got "
+                             f"{trace_bits!r}")
         scale = check_scale("scale", scale, shape)
         if np.any(scale != scale[..., :1]):
             raise ValueError("scale must be one value per row (constant "
@@ -79,6 +87,7 @@ class WOSSSoftmax(AbstractProcess):
             broadcast("mask", np.asarray(mask, dtype=bool), shape) != 0
         for key, value in dict(shape=shape, B=B, T=T,
                                start=check_start(start),
+                               trace_bits=trace_bits,
                                period=check_period(period, T)).items():
             self.proc_params[key] = value
         rows = shape[:-1]

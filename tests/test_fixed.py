@@ -125,6 +125,26 @@ def test_accumulate_and_close_window_hand_values():
     assert v.tolist() == [fixed.STATE_MAX] and n == 1
 
 
+def test_layer_gains_and_24_bit_accumulator_hand_values():
+    """Gains of fewer bits are the 12-bit table rounded half away from
+    zero; a 24-bit accumulator saturates at 2**23 - 1; the close divides
+    by 2**gain_bits."""
+    # B = 1.15: 4096, 3562, 3097 (round(4096 / 1.3225) = round(3097.2));
+    # 9 bits: /8 -> 512, 445.25 -> 445, 387.1 -> 387
+    assert fixed.layer_gains(1.15, 3, 9).tolist() == [512, 445, 387]
+    # B = 2: 4096, 2048, 1024, 512 at 2 bits: 4, 2, 1, 0.5 -> 1 (half up)
+    assert fixed.layer_gains(2.0, 4, 2).tolist() == [4, 2, 1, 1]
+    assert fixed.layer_gains(2.0, 4).tolist() == [4096, 2048, 1024, 512]
+    with pytest.raises(ValueError, match="gain bits"):
+        fixed.layer_gains(2.0, 4, 0)
+    limit = (1 << 23) - 1
+    acc, n = fixed.accumulate(np.array([limit - 5, 7]), [3, -2], 2, limit)
+    assert acc.tolist() == [limit, 3] and n == 1
+    # e = 5, 9-bit gains: 1000 * 2**5 / 2**9 = 62.5 -> 63
+    v, n = fixed.close_window(np.array([1000, -1000]), [0.0, 0.0], 5, 9)
+    assert v.tolist() == [63, -63] and n == 0
+
+
 def test_fire_rules():
     v = np.array([10, -10, 9, -9])
     assert fixed.fire(v, 10, unipolar=False).tolist() == [1, -1, 0, 0]

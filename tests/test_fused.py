@@ -118,3 +118,23 @@ def test_masked_bert_blocks_fused_equal_neuron_level():
     for a, b in zip(fused[2], neuron[2]):
         np.testing.assert_array_equal(a, b)
     assert fused[1] == neuron[1]
+
+
+def test_long_delays_chain_links_of_at_most_62_steps():
+    """The bundled model's 204-step residual delay is built as links of
+    62, 62, 62 and 18 steps (Loihi's synaptic delays stop at 62); the
+    Lava tests of the bundled model show the timing is unchanged."""
+    from lava_spiked.lava_build import _LavaNetwork
+    from lava_spiked.models import digits_splits, load_default
+    from lava_spiked.processes import SpikeDelay
+    net = convert(load_default(), digits_splits()["calibration"][0][:32],
+                  progress=False)
+    assert net.plan.delay("input", "blocks.0.add") == 204
+    lava = _LavaNetwork(net.plan, "fixed_pt", record=False)
+    delays = {name: p.proc_params["delay"]
+              for name, p in lava.processes.items()
+              if isinstance(p, SpikeDelay)}
+    assert max(delays.values()) <= 62
+    assert {k: v for k, v in delays.items() if k.startswith("input->")} == \
+        {"input->delay62": 62, "input->delay124": 62,
+         "input->delay186": 62, "input->delay204": 18}
