@@ -26,7 +26,7 @@ time steps.
 
 Usage: .venv/bin/python benchmarks/engine_vs_ann.py [--threads N]
        [--batch 64 256] [--repeats R] [--models digits fashion-vit]
-       [--keep-freed-memory]
+       [--keep-freed-memory] [--compile]
 Appends a section to benchmarks/results/engine_vs_ann.md.
 """
 import argparse
@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--models", nargs="+",
                         default=["digits", "fashion-vit"])
+    parser.add_argument("--compile", action="store_true",
+                        help="also time Engine(..., compile=True) (its "
+                        "first call, which compiles, reported apart)")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="lava_spiked.engine.keep_freed_memory() first "
                         "(for the ANN as for the engine)")
@@ -117,12 +120,17 @@ def main() -> None:
     # are LayerNorms (it would apply layer_norm with the BatchNorms'
     # weights); the BatchNorm model runs only on the ordinary path
     torch.backends.mha.set_fastpath_enabled(False)
+    compile_s = {}
     rows = ["| model | batch | steps/sample | what | ms | x ANN |",
             "|---|---|---|---|---|---|"]
     for name in args.models:
         model, calib, test = load(name)
         net = convert(model, calib, progress=False)
         engines = {mode: Engine(net, mode) for mode in ("fixed", "float")}
+        if args.compile:
+            engines.update({f"{mode}, compiled": Engine(net, mode,
+                                                         compile=True)
+                            for mode in ("fixed", "float")})
         for batch in args.batch:
             x = torch.from_numpy(np.resize(test, (batch,) + test.shape[1:]))
             x64 = x.double()  # both sides get their input ready
@@ -132,6 +140,12 @@ def main() -> None:
                 for mode, e in engines.items()})
             times = {what: [] for what in runs}
             with torch.inference_mode():
+                for what, fn in runs.items():
+                    if "compiled" in what:  # compiles for this batch size
+                        t0 = time.perf_counter()
+                        fn()
+                        compile_s[f"{name}, batch {batch}, {what}"] = \
+                            time.perf_counter() - t0
                 for i in range(args.repeats + 2):  # two warm-up rounds
                     for what, fn in runs.items():
                         t0 = time.perf_counter()
@@ -144,12 +158,16 @@ def main() -> None:
                 rows.append(f"| {name} | {batch} | {net.plan.num_steps} | "
                             f"{what} | {statistics.median(ts) * 1e3:.2f} | "
                             f"{ratio:.2f} |")
-            print("\n".join(rows[-3:]), flush=True)
+            print("\n".join(rows[-len(runs):]), flush=True)
     threads = torch.get_num_threads()
     lines = [f"## {platform.machine()} CPU, {threads} thread"
              f"{'s' if threads > 1 else ''}, {time.strftime('%Y-%m-%d')}",
              "", "Command: `.venv/bin/python benchmarks/engine_vs_ann.py "
              + " ".join(sys.argv[1:]) + "`", "", *rows]
+    if compile_s:
+        lines += ["", "First call of a compiled engine (compiles; a second "
+                  "batch size compiles with dynamic shapes): " + "; ".join(
+                      f"{k} {v:.1f} s" for k, v in compile_s.items())]
     out = HERE / "results" / "engine_vs_ann.md"
     text = out.read_text() if out.exists() else \
         "# Engine vs ANN forward time\n\n"

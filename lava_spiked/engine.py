@@ -47,6 +47,8 @@ layer, not T steps. Counting clipped neurons (:attr:`EngineResult.clipped`,
 also with ``record=False``) is one of those passes, a comparison of each
 membrane with one sigma: measured at about 10 % of a call (fixed, CPU, the
 bundled DigitsViT, 1191 samples: 10 of 90 ms; float 16 of 199 ms).
+``Engine(..., compile=True)`` fuses those passes with ``torch.compile``
+(same results; README, "Dataset-scale evaluation", has what it saves).
 
 Memory: with ``record=False`` a call keeps only the traces that later
 layers still read (float32 in fixed mode, float64 in float mode), freeing
@@ -325,6 +327,13 @@ class Engine:
         Integer (``fixed_pt``) or floating-point (``floating_pt``) model.
     device : str or torch.device, optional
         Default 'cpu'.
+    compile : bool, optional
+        Run the layers through ``torch.compile`` (TorchInductor), which
+        fuses the elementwise passes between the matrix products: the same
+        results bit for bit, in less time per batch, after a compile on the
+        first call (tens of seconds on CPU; a second batch size recompiles
+        once, in seconds, with a dynamic batch dimension). Worth it for datasets, not for a few
+        batches; ``benchmarks/results/engine_vs_ann.md`` has the numbers.
 
     Raises
     ------
@@ -340,7 +349,8 @@ class Engine:
     """
 
     def __init__(self, plan: ty.Any, mode: str = "fixed",
-                 device: ty.Union[str, torch.device] = "cpu") -> None:
+                 device: ty.Union[str, torch.device] = "cpu",
+                 compile: bool = False) -> None:
         if mode not in ("fixed", "float"):
             raise ValueError(f"mode must be 'fixed' or 'float', got {mode!r}")
         plan = getattr(plan, "plan", plan)
@@ -367,6 +377,10 @@ class Engine:
             else:
                 self.layers[layer.name] = self._dense_layer(layer)
         self.clip_sizes = clip_sizes(plan)
+        self.input_scale = self._tensor(plan[plan.input].scale)
+        self.output_scale = self._tensor(plan[plan.output].scale)
+        if compile:
+            self._forward = torch.compile(self._forward)
 
     # ----------------------------------------------------------- utilities
     def _tensor(self, a) -> torch.Tensor:
@@ -477,7 +491,7 @@ class Engine:
         unit = 2.0 ** (layer.weight_exp - g)
         self._prove(sum(bounds), layer.name, unit=unit,
                     limit=min((1 << (layer.acc_bits - 1)) - 1, EXACT))
-        self.reach[layer.name] = sum(bounds) * unit
+        self.reach[layer.name] = float(sum(bounds) * unit)
         if 2 * unit >= 1:
             self.integral.add(layer.name)
         synapses = []
@@ -521,7 +535,8 @@ class Engine:
             unit = 2.0 ** (exp - sum(bits))
             self._prove(np.abs(w).max() * k * pair, op.out + name, acc_max,
                         unit=unit)
-            self.reach[op.out + name] = np.abs(w).max() * k * pair * unit
+            self.reach[op.out + name] = float(np.abs(w).max() * k * pair *
+                                              unit)
             self._prove(np.abs(w).max() * 2 * k * 2.0 ** bits[0],
                         op.out + name + " (product current)", current_max)
         if self.mode == "fixed" and np.abs(op.logit_scale).max() >= 2 ** (
@@ -585,13 +600,27 @@ class Engine:
                 not torch.isfinite(x).all():  # checked on its own device
             x = check_batch("x", x.cpu(), first.shape)
         x = torch.as_tensor(x, dtype=torch.float64, device=self.device)
-        n = len(x)
-        valid = plan.check_mask(attention_mask, n)
+        valid = plan.check_mask(attention_mask, len(x))
         pad = None if valid is None else torch.as_tensor(~valid,
                                                          device=self.device)
+        f32 = self.mode == "fixed" and _f32_products_exact(self.device)
+        logits, saturated, membranes, clipped = self._forward(
+            x, pad, record, f32)
+        if plan.mean_pool:
+            logits = torch.as_tensor(plan.pool(logits.cpu().numpy(), valid),
+                                     device=self.device)
+        return EngineResult(logits, saturated, membranes if record else None,
+                            self, clipped)
+
+    def _forward(self, x: torch.Tensor, pad: ty.Optional[torch.Tensor],
+                 record: bool, f32: bool):
+        """The layers on a checked batch: logits (before mean pooling),
+        saturation counts, membranes and clipping counts."""
+        plan = self.plan
+        first = plan[plan.input]
+        n = len(x)
         fixed_mode = self.mode == "fixed"
-        f32 = fixed_mode and _f32_products_exact(self.device)
-        u = x.reshape(n, -1) / self._tensor(first.scale)
+        u = x.reshape(n, -1) / self.input_scale
         saturated = torch.zeros(n, dtype=torch.int64, device=self.device)
         if fixed_mode:  # to_state; beyond 2**30 only "saturated" matters
             u = _round_to_int(u.mul_(float(1 << fixed.STATE_FRAC_BITS))
@@ -625,13 +654,8 @@ class Engine:
                 v = self._close(acc, a["bias"], layer.name)
                 saturated += self._saturated(v, layer.name)
                 if layer.kind == "readout":
-                    logits = self._logits(v, layer)
-                    if plan.mean_pool:
-                        logits = torch.as_tensor(plan.pool(
-                            logits.cpu().numpy(), valid), device=self.device)
-                    return EngineResult(
-                        logits, saturated, membranes if record else None,
-                        self, clipped)
+                    return self._logits(v, layer), saturated, membranes, \
+                        clipped
                 kind = "relu" if layer.kind == "relu" else "bipolar"
                 if layer.stage is not None:
                     v, clipped[layer.name], n_sat = self._stage(layer, v)
@@ -640,7 +664,7 @@ class Engine:
                     clipped[layer.name] = self._clipped(v, kind == "relu")
                 if layer.token_mask:  # padded tokens never fire
                     silent = self.top if fixed_mode else 0.0
-                    v = v.reshape(n, len(valid[0]), -1).masked_fill(
+                    v = v.reshape(n, pad.shape[1], -1).masked_fill(
                         pad[..., None], silent).reshape(n, -1)
                 membranes[layer.name] = (v, kind)
                 traces[layer.name] = self._trace(v, kind == "relu", record)
@@ -658,7 +682,7 @@ class Engine:
             v = (v - self.top).clamp_(
                 -fixed.STATE_MAX, fixed.STATE_MAX).double() * \
                 2.0 ** -fixed.STATE_FRAC_BITS
-        return (v * self._tensor(layer.scale)).reshape((n,) + layer.shape)
+        return (v * self.output_scale).reshape((n,) + layer.shape)
 
     def _attend(self, op, traces, membranes, clipped, pad) -> torch.Tensor:
         """Run one attention; return its saturation counts (its clipping
@@ -671,9 +695,9 @@ class Engine:
         # fixed: a logit sums products of two 13-bit traces, beyond
         # float32's exact range
         qk_bits, v_bits, out_bits, woss_bits = a["bits"]
-        xs, ys, vs = (_regain(traces[k], bits).double().view(
+        xs, ys, vs = [_regain(traces[k], bits).double().view(
             (-1,) + plan[k].shape) for k, bits in (
-                (op.x, qk_bits), (op.y, qk_bits), (op.v, v_bits)))
+                (op.x, qk_bits), (op.y, qk_bits), (op.v, v_bits))]
         n = xs.shape[0]
         v = self._close(a["w_qk"] * (xs @ ys), a["bias"], op.logits)
         saturated = self._saturated(v, op.logits)

@@ -332,3 +332,46 @@ def test_keep_freed_memory_takes_effect_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-c", script],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def _same_results(a, b):
+    np.testing.assert_array_equal(a.logits.numpy(), b.logits.numpy())
+    np.testing.assert_array_equal(a.saturated.numpy(), b.saturated.numpy())
+    assert a.clipped.keys() == b.clipped.keys()
+    for name in a.clipped:
+        np.testing.assert_array_equal(a.clipped[name].numpy(),
+                                      b.clipped[name].numpy(), err_msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_engine_is_bit_exact():
+    """compile=True (TorchInductor) gives the eager engine's logits,
+    saturation and clipping counts and spikes: the default model in both
+    modes at two batch sizes (the second compiles with dynamic shapes),
+    also under inference_mode, and a model with LayerNorm and GELU stages
+    (numpy, outside the compiled graph)."""
+    splits = digits_splits()
+    net = convert(load_default(), splits["calibration"][0], progress=False)
+    x = splits["test"][0]
+    x = np.concatenate([x[:39], x[:1] * 400])  # one sample saturates
+    for mode in ("fixed", "float"):
+        eager, compiled = Engine(net, mode), Engine(net, mode, compile=True)
+        for batch in (x, x[:17]):
+            a, b = eager(batch, warn=False), compiled(batch, warn=False)
+            _same_results(a, b)
+            assert mode == "float" or len(batch) < len(x) or \
+                a.saturated.sum() > 0
+            for name, step in a.steps.items():
+                np.testing.assert_array_equal(step.numpy(),
+                                              b.steps[name].numpy())
+        with torch.inference_mode():
+            _same_results(eager(x[:9], record=False, warn=False),
+                          compiled(x[:9], record=False, warn=False))
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.LayerNorm(16), torch.nn.GELU(),
+        torch.nn.Linear(16, 3)).eval()
+    data = torch.randn(40, 6)
+    staged = convert(model, data[:32], progress=False)
+    _same_results(Engine(staged, "fixed")(data[32:].numpy()),
+                  Engine(staged, "fixed", compile=True)(data[32:].numpy()))
