@@ -1,6 +1,6 @@
 """Engine time vs the ANN's own forward time on CPU, same batch and threads.
 
-Two models, each converted at T=40, B=1.15:
+Three models, each converted at T=40, B=1.15:
 
 ``digits``
     The bundled DigitsViT (1x8x8 inputs, 17 tokens x 32 channels, one
@@ -14,6 +14,11 @@ Two models, each converted at T=40, B=1.15:
     statistics come from a few train-mode passes over random images, so
     calibration sees realistic activations; speed does not depend on
     accuracy.
+``minilm`` (only when asked for, ``--models minilm``)
+    The pretrained MiniLM-L6 sentiment pipeline of the stock transformers
+    benchmark (LayerNorm, GELU, attention mask, mean pooling; 64 tokens x
+    384 channels, 6 layers) on test tweets. Its ANN runs from token ids
+    (embeddings included), its engine from the embedding outputs.
 
 The ANN is the user's original module in float32 under
 ``torch.inference_mode``; the engines run with ``record=False`` (logits
@@ -25,7 +30,7 @@ sample (``plan.num_steps``) is the latency of one sample on Loihi, in
 time steps.
 
 Usage: .venv/bin/python benchmarks/engine_vs_ann.py [--threads N]
-       [--batch 64 256] [--repeats R] [--models digits fashion-vit]
+       [--batch 64 256] [--repeats R] [--models digits fashion-vit minilm]
        [--keep-freed-memory] [--compile]
 Appends a section to benchmarks/results/engine_vs_ann.md.
 """
@@ -89,12 +94,50 @@ def fashion_vit(seed: int = 0):
     return model.eval(), x[:256].numpy(), x[512:].numpy()
 
 
+def minilm():
+    """The pretrained MiniLM-L6 sentiment pipeline (mean pooling and the
+    shipped head), converted on its calibration tweets; the ANN and the
+    engine inputs of a batch of test tweets (padded to 64 tokens)."""
+    from lava_spiked.huggingface import embed
+    from lava_spiked.text_data import (MAX_LENGTH, convert_minilm,
+                                       load_minilm, sentiment_head, tweets)
+
+    model, tok = load_minilm()
+    head = sentiment_head()
+    net = convert_minilm(model, tok, progress=False)
+
+    def batch(n):
+        texts = tweets("test")[0][:n]
+        enc = tok(texts, padding="max_length", truncation=True,
+                  max_length=MAX_LENGTH, return_tensors="pt")
+        hidden, mask = embed(model, enc, MAX_LENGTH)
+        w = enc["attention_mask"][..., None].float()
+
+        def ann():  # the user's pipeline from token ids to logits
+            out = model(**enc).last_hidden_state
+            return head((out * w).sum(1) / w.sum(1))
+        return ann, dict(x=torch.from_numpy(hidden),
+                         attention_mask=mask)
+    return net, batch
+
+
 def load(name: str):
-    """Model, calibration images and test images."""
+    """The converted network and ``batch(n) -> (ann, engine_kwargs)``:
+    the ANN's forward on n test samples and the engine's inputs for them
+    (both ready before timing)."""
+    if name == "minilm":
+        return minilm()
     if name == "digits":
         splits = digits_splits()
-        return load_default(), splits["calibration"][0], splits["test"][0]
-    return fashion_vit()
+        model, calib, test = (load_default(), splits["calibration"][0],
+                              splits["test"][0])
+    else:
+        model, calib, test = fashion_vit()
+
+    def batch(n):
+        x = torch.from_numpy(np.resize(test, (n,) + test.shape[1:]))
+        return (lambda: model(x)), dict(x=x.double())
+    return convert(model, calib, progress=False), batch
 
 
 def main() -> None:
@@ -124,19 +167,17 @@ def main() -> None:
     rows = ["| model | batch | steps/sample | what | ms | x ANN |",
             "|---|---|---|---|---|---|"]
     for name in args.models:
-        model, calib, test = load(name)
-        net = convert(model, calib, progress=False)
+        net, make_batch = load(name)
         engines = {mode: Engine(net, mode) for mode in ("fixed", "float")}
         if args.compile:
             engines.update({f"{mode}, compiled": Engine(net, mode,
                                                          compile=True)
                             for mode in ("fixed", "float")})
         for batch in args.batch:
-            x = torch.from_numpy(np.resize(test, (batch,) + test.shape[1:]))
-            x64 = x.double()  # both sides get their input ready
-            runs = {"ANN (float32)": lambda: model(x)}
+            ann, inputs = make_batch(batch)
+            runs = {"ANN (float32)": ann}
             runs.update({f"engine {mode}": (
-                lambda e=e: e(x64, record=False))
+                lambda e=e: e(**inputs, record=False, warn=False))
                 for mode, e in engines.items()})
             times = {what: [] for what in runs}
             with torch.inference_mode():

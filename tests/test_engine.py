@@ -343,6 +343,36 @@ def _same_results(a, b):
                                       b.clipped[name].numpy(), err_msg=name)
 
 
+def _staged_net():
+    """A converted Linear-LayerNorm-GELU-Linear model and its test inputs,
+    two of them large enough to clip."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.LayerNorm(16), torch.nn.GELU(),
+        torch.nn.Linear(16, 3)).eval()
+    data = torch.randn(40, 6)
+    net = convert(model, data[:32], progress=False)
+    x = data[32:].numpy()
+    return net, np.concatenate([x, x[:2] * 30])
+
+
+def test_stages_run_a_few_samples_at_a_time(monkeypatch):
+    """The numpy LayerNorm and GELU stages run on chunks of samples: one
+    sample per chunk gives what the whole batch at once gives (logits,
+    counts, spikes), in both modes."""
+    net, x = _staged_net()
+    for mode in ("fixed", "float"):
+        whole = Engine(net, mode)(x, warn=False)  # 10 x 16: one chunk
+        monkeypatch.setattr(engine_module, "STAGE_CHUNK", 1)
+        chunked = Engine(net, mode)(x, warn=False)
+        monkeypatch.undo()
+        _same_results(whole, chunked)
+        assert sum(int(c.sum()) for c in whole.clipped.values()) > 0
+        for name, step in whole.steps.items():
+            np.testing.assert_array_equal(step.numpy(),
+                                          chunked.steps[name].numpy())
+
+
 @pytest.mark.slow
 def test_compiled_engine_is_bit_exact():
     """compile=True (TorchInductor) gives the eager engine's logits,
@@ -367,11 +397,9 @@ def test_compiled_engine_is_bit_exact():
         with torch.inference_mode():
             _same_results(eager(x[:9], record=False, warn=False),
                           compiled(x[:9], record=False, warn=False))
-    torch.manual_seed(5)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(6, 16), torch.nn.LayerNorm(16), torch.nn.GELU(),
-        torch.nn.Linear(16, 3)).eval()
-    data = torch.randn(40, 6)
-    staged = convert(model, data[:32], progress=False)
-    _same_results(Engine(staged, "fixed")(data[32:].numpy()),
-                  Engine(staged, "fixed", compile=True)(data[32:].numpy()))
+    staged, x = _staged_net()
+    for mode in ("fixed", "float"):  # compiles under inference_mode, as
+        # a user's evaluation loop would (numpy traced there broke Dynamo)
+        with torch.inference_mode():
+            _same_results(Engine(staged, mode)(x, warn=False),
+                          Engine(staged, mode, compile=True)(x, warn=False))

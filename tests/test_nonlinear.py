@@ -38,6 +38,24 @@ def test_activation_table_is_within_its_documented_bound(fn):
         rtol=1e-12, atol=1e-9)
 
 
+def test_activation_interpolates_hand_values():
+    """Two neurons on two knot rows (y = 10 i and y = -3 i**2), values
+    worked by hand: between knots, the half-way rounding (away from 0),
+    clipping at one sigma_pre both ways, and the last knot of the first
+    row (whose right neighbour would be the next row's first knot)."""
+    i = np.arange(fixed.KNOTS)
+    knots = np.stack([10 * i, -3 * i * i])
+    v = np.array([0, 100, -ONE - 5, ONE + 9, -ONE + 128])[:, None]
+    got, n_sat = fixed.activation(v.repeat(2, 1), knots, [0, 1])
+    want = [[2560, -196608],  # knot 256 exactly
+            [2564, -197209],  # offset 100: 3.906 -> 4, -601.17 -> -601
+            [0, 0],  # clipped to knot 0
+            [5120, -786432],  # clipped to knot 512, the last
+            [5, -2]]  # offset 128: 1280/256 = 5, -384/256 = -1.5 -> -2
+    np.testing.assert_array_equal(got, want)
+    assert n_sat == 0
+
+
 def test_gelu_negative_dip_fires_negative_spikes():
     """GELU is not monotone: its minimum, -0.17 at x = -0.75, is a
     negative spike of the right size; far below, the output is 0."""
