@@ -24,9 +24,11 @@ membrane is a closed form of its sources' spikes:
 
 What flows between layers is the trace ``sign * G[step]`` (0 if silent),
 looked up from the membrane in one table gather (fixed, the neurons and
-the WOSS softmax) or from a closed-form estimate of the fire step, kept
-at or one below the true step and corrected by one table comparison
-(float). Fire steps and signs are decoded from the stored membranes only
+the WOSS softmax), from a bucket of the membrane's float64 bit pattern
+and one comparison (float, the neurons: :class:`_ThresholdBuckets`) or
+from a closed-form estimate of the fire step, kept at or one below the
+true step and corrected by one table comparison (float, the WOSS
+softmax). Fire steps and signs are decoded from the stored membranes only
 when a caller reads them.
 
 Fixed mode runs a synapse's product in float32 where that is exact too:
@@ -42,24 +44,30 @@ a gather. Splitting traces into int8 halves for ``torch._int_mm`` was
 measured and not taken: on a CPU without VNNI (AVX2 only) it runs about 25x
 slower than a float32 product.
 
-Cost: one matrix product per synapse plus a few elementwise passes per
-layer, not T steps. Counting clipped neurons (:attr:`EngineResult.clipped`,
-also with ``record=False``) is one of those passes, a comparison of each
-membrane with one sigma: measured at about 10 % of a call (fixed, CPU, the
-bundled DigitsViT, 1191 samples: 10 of 90 ms; float 16 of 199 ms).
+Cost: one matrix product per source and rows (the synapses of every
+layer that reads a source the same way share one wide product, see
+:class:`_Product`) plus a few elementwise passes per layer, not T steps.
+Counting clipped neurons (:attr:`EngineResult.clipped`, also with
+``record=False``) is one of those passes, a comparison of each membrane
+with one sigma: measured at about 10 % of a call (fixed, CPU, the bundled
+DigitsViT, 1191 samples: 10 of 90 ms; float 16 of 199 ms).
 ``Engine(..., compile=True)`` fuses those passes with ``torch.compile``
 (same results; README, "Dataset-scale evaluation", has what it saves).
 
-Memory: with ``record=False`` a call keeps only the traces that later
-layers still read (float32 in fixed mode, float64 in float mode), freeing
-each after its last reader, plus one layer's temporaries (a few tensors of
-the layer's size). Measured as the peak resident memory a call adds, for a
-batch of 256: 13 MB (fixed) / 22 MB (float) on the bundled DigitsViT, 45 /
-75 MB on a 3-layer ViT of 17 tokens x 64 channels (both scale linearly
-with the batch). The default ``record=True`` also keeps every layer's
-membrane for decoding spikes: 43 / 55 MB and 228 / 281 MB, spikes decoded.
+Memory: with ``record=False`` a call keeps only the traces and shared
+products that later layers still read (float32 in fixed mode, float64 in
+float mode), freeing each after its last reader, plus one layer's
+temporaries (a few tensors of the layer's size). Measured as the peak
+resident memory a call adds, for a batch of 256
+(``benchmarks/engine_memory.py``): 14 MB (fixed) / 21 MB (float) on the
+bundled DigitsViT, 59 / 135 MB on a 3-layer ViT of 17 tokens x 64
+channels, whose residual sources' wide products stay until the last
+layer reads them (both scale linearly with the batch). The default
+``record=True`` also keeps every layer's membrane for decoding spikes:
+43 / 42 MB and 221 / 255 MB, spikes decoded.
 """
 import math
+import types
 import typing as ty
 
 import numpy as np
@@ -169,42 +177,128 @@ class _FallingThresholds:
         return e.add_(_lookup(self.before, e) <= x, alpha=-1)
 
 
-class _Synapse:
-    """A Plan synapse on batches (batch, src size) -> (batch, dst size):
-    one product ``(batch, R, K) @ W^T`` over the token-shared weight, with
-    the gather of the rows and the pick of the outputs skipped where they
-    are the identity.
+class _ThresholdBuckets:
+    """Fire step and trace of magnitudes ``x >= 0`` against a falling
+    threshold table (float mode's neurons), with no logarithm: a positive
+    float64 orders as its bit pattern, so that pattern shifted right
+    indexes a bucket, and the shift is the largest that leaves at most one
+    threshold in any bucket. The thresholds above ``x`` are then those
+    above its bucket (a table) plus one comparison with the threshold
+    inside it: exactly a plain count. Compiled, about half the time of a
+    logarithm-based estimate (measured on 557k membranes, one thread).
 
-    Output channels that no destination reads are dropped from ``W`` when
-    it is built: a fused weight (the q, k and v rows of one in-projection)
-    feeds each of its three destinations a third of its products. Sums of
-    integers (times one power of two) below 2**53 in float64, or at most
-    2**24 in float32 (``dtype``), are exact in any order, so every form
-    gives the same bits."""
+    Parameters
+    ----------
+    table : numpy.ndarray
+        (T,) positive thresholds, strictly falling.
+    gains : numpy.ndarray
+        (T + 1,) trace of each fire step, 0 at step T (silent).
+    """
 
-    def __init__(self, syn: Synapse, w: np.ndarray, device,
+    def __init__(self, table: np.ndarray, gains: np.ndarray,
+                 device: torch.device) -> None:
+        T = len(table)
+        bits = np.asarray(table, np.float64).view(np.int64)
+        self.shift = next(s for s in range(63, -1, -1)
+                          if np.all(np.diff(bits >> s) < 0))
+        keys = bits >> self.shift
+        # bucket 0 lies below every threshold, the last one above all
+        self.low = int(keys[-1]) - 1
+        self.size = int(keys[0]) - self.low + 2
+        upper = ((np.arange(self.size) + self.low + 1) << self.shift).view(
+            np.float64)  # each bucket's exclusive upper end
+        above = T - np.searchsorted(table[::-1], upper, side="left")
+        inside = np.full(self.size, -np.inf)
+        inside[keys - self.low] = table
+        self.above = torch.as_tensor(above, device=device)
+        self.inside = _tensor(inside, device)
+        self.at = _tensor(np.asarray(gains)[above], device)
+        self.after = _tensor(np.asarray(gains)[np.minimum(above + 1, T)],
+                             device)
+
+    def _bucket(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.view(torch.int64) >> self.shift).sub_(self.low).clamp_(
+            0, self.size - 1)
+
+    def steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Thresholds strictly above each ``x`` (int64; T: silent)."""
+        b = self._bucket(x)
+        return _lookup(self.above, b).add_(_lookup(self.inside, b) > x)
+
+    def traces(self, x: torch.Tensor) -> torch.Tensor:
+        """``gains[steps(x)]``."""
+        b = self._bucket(x)
+        return torch.where(_lookup(self.inside, b) > x,
+                           _lookup(self.after, b), _lookup(self.at, b))
+
+
+def _pruned(syn: Synapse, w: np.ndarray):
+    """A synapse's rows, weight and output pick without the rows and
+    output channels that no destination reads: a fused weight (the q, k
+    and v rows of one in-projection) feeds each of its three destinations
+    a third of its products, and a head that reads the CLS token needs one
+    row of N. Returns ``(rows, w, out)``, ``out`` indexing the (R', C')
+    product."""
+    rows, c, out = syn.rows, w.shape[0], syn.out
+    # (one row and channel stay where none is read: the pick zeroes it all)
+    read = out >= 0
+    row, ch = np.divmod(np.maximum(out, 0), c)
+    used_rows = np.unique(row[read]) if read.any() else [0]
+    used = np.unique(ch[read]) if read.any() else [0]
+    at_row, at = np.zeros(len(rows), np.int64), np.zeros(c, np.int64)
+    at_row[used_rows], at[used] = np.arange(len(used_rows)), \
+        np.arange(len(used))
+    return rows[used_rows], w[used], np.where(
+        read, at_row[row] * len(used) + at[ch], -1)
+
+
+class _Product:
+    """Synapses that read one source through the same rows, as one
+    token-shared product ``(batch, R, K) @ [W_1^T | W_2^T | ...]`` computed
+    once; member ``i`` takes its outputs with :meth:`pick`. The row gather
+    and a pick are skipped where they are the identity.
+
+    One wide product instead of one per member: five 64-column float64
+    products of 4352 rows (the encoder ViT's residual sources at batch
+    256) run 1.2x (K = 64) to 1.4x (K = 128) faster as one, measured side
+    by side at one thread (float32: no gain, no loss), and a source
+    gathered through rows (image patches) is gathered once. Sums of integers (times one power of
+    two) below 2**53 in float64, or at most 2**24 in float32 (``dtype``),
+    are exact in any order, so every form gives the same bits.
+
+    Parameters
+    ----------
+    rows : numpy.ndarray
+        (R, K) source neuron of every input position (-1: none).
+    members : list of (w, out)
+        Each member's (C_i, K) weight and its output pick into its own
+        (R, C_i) product (-1: none), as :func:`_pruned` gives them.
+    """
+
+    def __init__(self, rows: np.ndarray, members: list, device,
                  dtype: torch.dtype = torch.float64) -> None:
-        r, k = syn.rows.shape
-        c, out = w.shape[0], syn.out
-        # (one channel stays where none is read: the pick zeroes it all)
-        used = np.unique(out[out >= 0] % c) if (out >= 0).any() else [0]
-        if len(used) < c:
-            at = np.zeros(c, np.int64)
-            at[used] = np.arange(len(used))
-            row, ch = np.divmod(np.maximum(out, 0), c)
-            out = np.where(out >= 0, row * len(used) + at[ch], -1)
-            w = w[used]
-        rows = torch.as_tensor(syn.rows, device=device)
+        r, k = rows.shape
         self.rows = None if np.array_equal(
-            syn.rows.ravel(), np.arange(r * k)) else rows
+            rows.ravel(), np.arange(r * k)) else torch.as_tensor(
+                rows, device=device)
         self.r, self.k = r, k
-        self.w = torch.as_tensor(np.asarray(w, np.float64).T, dtype=dtype,
-                                 device=device)
-        self.out = None if np.array_equal(
-            out, np.arange(r * w.shape[0])) else torch.as_tensor(
-                out, device=device)
+        w = np.concatenate([np.asarray(w, np.float64) for w, _ in members])
+        self.w = torch.as_tensor(w.T, dtype=dtype, device=device)
+        # each member: its columns, and its pick (None: all its products
+        # in order) as indices into the flat (R, sum C) product
+        self.columns, self.out, start = [], [], 0
+        for w_i, out in members:
+            c = len(w_i)
+            self.columns.append(slice(start, start + c))
+            row, ch = np.divmod(np.maximum(out, 0), c)
+            self.out.append(None if np.array_equal(out, np.arange(r * c))
+                            else torch.as_tensor(np.where(
+                                out >= 0, row * len(w) + start + ch, -1),
+                                device=device))
+            start += c
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, R * sum C) products of a source batch (batch, size)."""
         n = x.shape[0]
         x = x.to(self.w.dtype)  # fixed traces are float32 (exact)
         if self.rows is None:
@@ -212,11 +306,23 @@ class _Synapse:
         else:
             g = x.index_select(1, self.rows.clamp(min=0).reshape(-1))
             g = g.reshape(n, self.r, self.k).masked_fill_(self.rows < 0, 0.0)
-        y = (g @ self.w).reshape(n, -1)
-        if self.out is None:
-            return y
-        return y.index_select(1, self.out.clamp(min=0)).masked_fill_(
-            self.out < 0, 0.0)
+        if self.r == 1:  # 2-D: Inductor turns a batched product with one
+            # row into a sum of products that recomputes each trace once
+            # per output channel
+            g = g[:, 0]
+        return (g @ self.w).reshape(n, -1)
+
+    def pick(self, y: torch.Tensor, i: int) -> torch.Tensor:
+        """Member ``i``'s outputs (batch, its destination size) from the
+        products ``y``; the member may overwrite them."""
+        out = self.out[i]
+        if out is None:  # a strided slice, not a gather (compiled)
+            if len(self.columns) == 1:
+                return y
+            return y.view(y.shape[0], self.r, -1)[
+                ..., self.columns[i]].reshape(y.shape[0], -1)
+        return y.index_select(1, out.clamp(min=0)).masked_fill_(out < 0,
+                                                                0.0)
 
 
 def keep_freed_memory() -> bool:
@@ -286,6 +392,22 @@ def _regain(trace: torch.Tensor, bits: int) -> torch.Tensor:
     return out.add_(0.5).floor_().mul_(trace.sign())
 
 
+def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of float64 integers whose sums are exact in any order
+    (fixed mode's attention: products of two 13-bit traces). Compiled: a
+    broadcast product summed over the shared axis, which Inductor fuses
+    with the passes around it; measured side by side on the encoder ViT
+    (batch 256, one thread) about 7 % of a call faster than batched
+    products of its (17, 16) heads. Its operands are stored first (an
+    ``as_strided`` view makes Inductor store them: inlined, each would be
+    recomputed once per output column, 1.3x slower) and in float64 (cast
+    inside the sum, 1.4x slower)."""
+    if not torch.compiler.is_compiling():
+        return a @ b
+    a, b = (t.as_strided(t.shape, t.stride()) for t in (a, b))
+    return (a.unsqueeze(-2) * b.transpose(-1, -2).unsqueeze(-3)).sum(-1)
+
+
 def _f32_products_exact(device: torch.device) -> bool:
     """Whether float32 matrix products on ``device`` round like IEEE
     float32 (no TF32 or bfloat16 inner products), as the float32 path's
@@ -332,9 +454,11 @@ class Engine:
         Run the layers through ``torch.compile`` (TorchInductor), which
         fuses the elementwise passes between the matrix products: the same
         results bit for bit, in less time per batch, after a compile on the
-        first call (tens of seconds on CPU; a second batch size recompiles
-        once, in seconds, with a dynamic batch dimension). Worth it for
-        datasets, not for a few batches;
+        first call (tens of seconds on CPU). A second batch size
+        recompiles once, with a dynamic batch dimension, whose code runs
+        up to about 1.1x slower than the first size's (measured on the
+        encoder ViT); an evaluation at one batch size runs the first
+        graph for every full batch. Worth it for datasets, not for a few batches;
         ``benchmarks/results/engine_vs_ann.md`` has the numbers.
 
     Raises
@@ -367,17 +491,31 @@ class Engine:
         # fixed: layers whose accumulator is an integer (weights of even
         # multiples of 2**(e - 12) >= 1/2): rounding is the identity
         self.integral = set()
-        # last layer (index) that reads each trace: freed after it
-        self.last_read = {}
+        # synapses that share a product (_Product), by source, rows, the
+        # gain bits the source is read at and whether float32 is exact
+        self.products = {}
         for i, layer in enumerate(plan.layers[1:]):
             op = plan.attention_of(layer.name)
-            srcs = (op.x, op.y, op.v) if op is not None else \
-                [s.src for s in layer.synapses]
-            self.last_read.update((src, i) for src in srcs)
             if op is not None:
                 self.layers[layer.name] = self._attention_layer(op)
             else:
-                self.layers[layer.name] = self._dense_layer(layer)
+                self.layers[layer.name] = self._dense_layer(layer, i)
+        for p in self.products.values():
+            rows, members = p["rows"], p.pop("members")
+            p["f64"] = _Product(rows, members, self.device)
+            p["f32"] = _Product(rows, members, self.device, torch.float32) \
+                if p["f32"] else None
+        # last layer (index) that reads each trace, or each product: freed
+        # after it (a product reads its source at its first member)
+        self.last_read = {}
+        for i, layer in enumerate(plan.layers[1:]):
+            op = plan.attention_of(layer.name)
+            if op is not None:
+                self.last_read.update((src, i) for src in (op.x, op.y, op.v))
+        for key, p in self.products.items():
+            self.last_read[key] = p["last"]
+            self.last_read[p["src"]] = max(self.last_read.get(p["src"], -1),
+                                           p["first"])
         self.clip_sizes = clip_sizes(plan)
         self.input_scale = self._tensor(plan[plan.input].scale)
         self.output_scale = self._tensor(plan[plan.output].scale)
@@ -386,10 +524,19 @@ class Engine:
             # reads it, recomputing a layer's trace once per reader (a
             # synapse's row gather, a fused weight's three picks):
             # realizing whatever is read more than once computes it once,
-            # measured at about half the compiled call on the 3-layer ViT
-            self._forward = torch.compile(self._forward, options={
-                "realize_reads_threshold": 1,
-                "realize_opcount_threshold": 4})
+            # measured at about half the compiled call on the 3-layer ViT.
+            # Each engine compiles a copy of the code: Dynamo keeps at most
+            # recompile_limit (8) graphs per code object, and engines of
+            # other networks, modes or batch sizes in one process (a sweep,
+            # a benchmark) would use up a shared budget and then run
+            # eagerly, with only a logged warning
+            fn = Engine._forward
+            own = types.FunctionType(fn.__code__.replace(), fn.__globals__,
+                                     fn.__name__, fn.__defaults__)
+            self._forward = torch.compile(types.MethodType(own, self),
+                                          options={
+                                              "realize_reads_threshold": 1,
+                                              "realize_opcount_threshold": 4})
 
     # ----------------------------------------------------------- utilities
     def _tensor(self, a) -> torch.Tensor:
@@ -417,12 +564,9 @@ class Engine:
             gains = B ** -steps
             woss = -(steps + 0.5) * log_b
             woss_unit = log_b
-            log_c = math.log(threshold_factor(B))
-            # |v| >= c_B B**-m  <=>  m >= (ln c_B - ln |v|) / ln B
-            self.neuron_steps = _FallingThresholds(
-                threshold_factor(B) * B ** -steps,
-                lambda a: a.log().mul_(-1.0 / log_b).add_(
-                    log_c / log_b - LOWER).ceil_(), self.device, low=True)
+            self.neurons = _ThresholdBuckets(
+                threshold_factor(B) * B ** -steps, np.append(gains, 0.0),
+                self.device)
         self.gains = self._tensor(np.append(gains, 0.0))
         # d >= -(m + 1/2) ln B  <=>  m >= -d / ln B - 1/2; fixed mode's
         # thresholds are rounded to integers, up to half a unit off that
@@ -487,9 +631,10 @@ class Engine:
                 "where saturation would depend on spike order; the engine "
                 "cannot reproduce fixed_pt bit for bit")
 
-    def _dense_layer(self, layer) -> dict:
-        """Synapses of a layer, each in float32 where fixed mode proves it
-        exact (and in float64 too, for full-precision fallback), and
+    def _dense_layer(self, layer, index: int) -> dict:
+        """Synapses of the layer at ``index``, each a member of a product
+        (registered in :attr:`products`) in float32 where fixed mode proves
+        it exact (and in float64 too, for full-precision fallback), and
         whether the layer's summed accumulator is exact in float32."""
         # each input adds at most |w| * 2**gain_bits (gain of step 0)
         g = layer.gain_bits if self.mode == "fixed" else fixed.GAIN_FRAC_BITS
@@ -512,10 +657,14 @@ class Engine:
                 _exact_in_f32(float(rows[s.shift == e].max()) * unit,
                               2 * unit * 2.0 ** e)
                 for e in np.unique(s.shift))
-            synapses.append(dict(
-                f64=_Synapse(s, w, self.device),
-                f32=_Synapse(s, w, self.device, torch.float32)
-                if f32 else None))
+            rows, w, out = _pruned(s, w)
+            key = (s.src, rows.shape, rows.tobytes(), g, f32)
+            p = self.products.setdefault(key, dict(
+                src=s.src, rows=rows, bits=g, f32=f32, members=[],
+                first=index))
+            p["last"] = index
+            synapses.append((key, len(p["members"])))
+            p["members"].append((w, out))
         return dict(synapses=synapses, bias=self._bias(layer.name,
                                                        layer.bias),
                     sum_f32=self.mode == "fixed" and
@@ -565,7 +714,8 @@ class Engine:
                                 self._weights(op.av, op.av_exp)))
         return dict(w_qk=t(w_qk), w_av=t(w_av),
                     bias=self._bias(op.logits, op.logit_bias), unit=unit,
-                    mask=torch.as_tensor(op.mask, device=self.device),
+                    mask=torch.as_tensor(op.mask, device=self.device)
+                    if op.mask.any() else None,
                     bits=(qk_bits, v_bits, out_bits, woss_bits))
 
     # ------------------------------------------------------------- forward
@@ -639,6 +789,7 @@ class Engine:
         # per layer: membrane and kind (decoded to spikes on demand), trace
         membranes = {first.name: (u, "bipolar")}
         traces = {first.name: self._trace(u, False)}
+        products = {}  # of the synapse groups that later layers still read
         for i, layer in enumerate(plan.layers[1:]):
             op = plan.attention_of(layer.name)
             if op is not None:
@@ -646,15 +797,15 @@ class Engine:
                                           pad)
             else:
                 a = self.layers[layer.name]
-                acc, regained = None, {}
-                for syn, s in zip(a["synapses"], layer.synapses):
-                    x = traces[s.src]
-                    if fixed_mode and layer.gain_bits < fixed.GAIN_FRAC_BITS:
-                        if s.src not in regained:
-                            regained[s.src] = _regain(x, layer.gain_bits)
-                        x = regained[s.src]
-                    y = (syn["f32"] if f32 and syn["f32"] is not None
-                         else syn["f64"])(x)
+                acc = None
+                for key, member in a["synapses"]:
+                    p = self.products[key]
+                    product = p["f32"] if f32 and p["f32"] is not None \
+                        else p["f64"]
+                    if key not in products:  # its first member
+                        products[key] = product(
+                            _regain(traces[p["src"]], p["bits"]))
+                    y = product.pick(products[key], member)
                     if acc is None:
                         acc = y if (f32 and a["sum_f32"]) or \
                             y.dtype == torch.float64 else y.double()
@@ -677,8 +828,9 @@ class Engine:
                         pad[..., None], silent).reshape(n, -1)
                 membranes[layer.name] = (v, kind)
                 traces[layer.name] = self._trace(v, kind == "relu", record)
-            for src in [k for k in traces if self.last_read.get(k) == i]:
-                del traces[src]
+            for done in (traces, products):
+                for k in [k for k in done if self.last_read.get(k) == i]:
+                    del done[k]
             if not record:
                 membranes.clear()
         raise AssertionError("no readout layer")
@@ -698,8 +850,10 @@ class Engine:
         counts go into ``clipped``). ``pad`` (batch, N): padded tokens,
         masked as keys where the attention has ``key_mask``."""
         a = self.layers[op.out]
-        mask = a["mask"] if not op.key_mask else \
-            a["mask"] | pad[:, None, None, :]
+        mask = a["mask"]  # None: nothing masked
+        if op.key_mask:
+            keys = pad[:, None, None, :]
+            mask = keys if mask is None else mask | keys
         plan, name = self.plan, op.out
         # fixed: a logit sums products of two 13-bit traces, beyond
         # float32's exact range
@@ -708,27 +862,33 @@ class Engine:
             (-1,) + plan[k].shape) for k, bits in (
                 (op.x, qk_bits), (op.y, qk_bits), (op.v, v_bits))]
         n = xs.shape[0]
-        v = self._close(a["w_qk"] * (xs @ ys), a["bias"], op.logits)
+        matmul = _exact_matmul if self.mode == "fixed" else torch.matmul
+        v = self._close(a["w_qk"] * matmul(xs, ys), a["bias"], op.logits)
         saturated = self._saturated(v, op.logits)
         clipped[op.logits] = self._clipped(v, False)
         membranes[op.logits] = (v, "bipolar")
-        # WOSS: decoded logits, shift by the largest positive unmasked one
+        # WOSS: decoded logits, shift by the largest positive unmasked
+        # one; masked entries never fire (float: -inf; fixed: int32 at
+        # woss_low, below the last threshold)
         z = _regain(self._trace(v, False), woss_bits).double() * a["unit"]
-        if self.mode == "fixed":
-            z = _round(z)
-        z = z.masked_fill(mask, 0.0)
-        d = z - z.amax(-1, keepdim=True).clamp_(min=0.0)
-        d = d.masked_fill(mask, -math.inf)  # masked entries never fire
+        if self.mode == "fixed":  # int32: half the bytes of each pass
+            z = _round_to_int(z)  # |z| < 2**22: logit scales below 64
+        if mask is not None:
+            z = z.masked_fill(mask, 0)
+        d = z - z.amax(-1, keepdim=True).clamp_(min=0)
+        if mask is not None:
+            d = d.masked_fill(mask, self.woss_low if self.mode == "fixed"
+                              else -math.inf)
         membranes[op.softmax] = (d, "woss")
-        if self.mode == "fixed":  # d: integers <= 0, or -inf (masked)
-            p = _lookup(self.woss_trace, d.clamp(self.woss_low, 0.0).sub_(
-                self.woss_low).int()).double()
+        if self.mode == "fixed":  # d <= 0
+            p = _lookup(self.woss_trace, d.sub(self.woss_low).clamp_(
+                min=0)).double()
         else:
             p = _lookup(self.gains, self.woss_steps(d))
         # 12-bit trace units
         row_sum = _regain(p, woss_bits).sum(-1, keepdim=True) * \
             2.0 ** (fixed.GAIN_FRAC_BITS - woss_bits)
-        out = a["w_av"] * (_regain(p, out_bits) @ vs)
+        out = a["w_av"] * matmul(_regain(p, out_bits), vs)
         if self.mode == "fixed":  # fixed.normalize: a row without spikes
             # has out = 0, and the exact quotient of integers below 2**53
             # rounds half away from zero as trunc((2 v 4096 +- r) / 2 r)
@@ -849,21 +1009,21 @@ class Engine:
         if unipolar:
             sign.clamp_(min=0.0)
         magnitude = v.abs() if keep else v.abs_()
-        return _lookup(self.gains, self.neuron_steps(magnitude)).mul_(sign)
+        return self.neurons.traces(magnitude).mul_(sign)
 
     def _decode(self, v: torch.Tensor, kind: str):
         """Fire steps (-1 = silent) and signs, (batch, size), from a stored
         membrane."""
         v = v.reshape(v.shape[0], -1)
-        if kind == "woss":
-            step = self.woss_steps(v)
+        if kind == "woss":  # fixed: int32
+            step = self.woss_steps(v.double())
             sign = torch.ones_like(v)
         elif self.mode == "fixed":
             step = _lookup(self.lut_steps, v.clamp(0, 2 * self.top))
             v = (v - self.top).double()
             sign = torch.sign(v)
         else:
-            step = self.neuron_steps(v.abs())
+            step = self.neurons.steps(v.abs())
             sign = torch.sign(v)
         silent = step == self.plan.T
         if kind == "relu":

@@ -9,8 +9,9 @@ from conftest import TAGS
 from lava_spiked import engine as engine_module
 from lava_spiked import fixed
 from lava_spiked.engine import (Engine, _exact_in_f32, _round,
-                                _round_to_int, _Synapse)
+                                _round_to_int, _Product, _pruned)
 from lava_spiked.models import DigitsViT, digits_splits, load_default
+from lava_spiked.phase import threshold_factor
 from lava_spiked.conversion import convert
 from lava_spiked.plan import Synapse
 
@@ -129,16 +130,18 @@ def test_fixed_softmax_traces_equal_its_fire_steps_for_every_input():
 
 @pytest.mark.parametrize("mode", ["fixed", "float"])
 def test_closed_form_fire_steps_are_exact_at_every_threshold(mode):
-    """The estimate-and-correct fire step equals a plain count of the
-    thresholds above x, on the thresholds themselves, their neighbours and
-    random values."""
+    """The estimate-and-correct WOSS fire step, and float mode's bucketed
+    neuron step and trace, equal a plain count of the thresholds above x
+    (and the gain at that step), on the thresholds themselves, their
+    neighbours and random values."""
     net, _ = _small_net()
     eng = Engine(net, mode)
     rng = np.random.default_rng(0)
     finders = [(eng.woss_steps, eng.woss_steps.at.numpy()[:-1])]
-    if mode == "float":
-        finders.append((eng.neuron_steps,
-                        eng.neuron_steps.at.numpy()[:-1]))
+    if mode == "float":  # c_B B**-m, by hand
+        B, T = net.plan.B, net.plan.T
+        table = threshold_factor(B) * B ** -np.arange(T, dtype=float)
+        finders.append((eng.neurons.steps, table))
     for find, table in finders:
         if mode == "fixed":  # integer membranes
             edges = np.concatenate([table + k for k in (-2, -1, 0, 1, 2)])
@@ -155,6 +158,11 @@ def test_closed_form_fire_steps_are_exact_at_every_threshold(mode):
         want = (x[:, None] < table[None, :]).sum(1)
         got = find(torch.as_tensor(x, dtype=torch.float64))
         np.testing.assert_array_equal(got.numpy(), want)
+        if find != eng.woss_steps:
+            traces = eng.neurons.traces(torch.as_tensor(x))
+            np.testing.assert_array_equal(
+                traces.numpy(), np.append(B ** -np.arange(T, dtype=float),
+                                          0.0)[want])
 
 
 def test_round_is_half_away_from_zero_like_fixed_round_shift():
@@ -164,10 +172,18 @@ def test_round_is_half_away_from_zero_like_fixed_round_shift():
         np.testing.assert_array_equal(got.numpy(), fixed.round_shift(k, n))
 
 
-@pytest.mark.parametrize("structure", ["plain", "gathered"])
+def _product(syn, w, dtype=torch.float64):
+    """One synapse as the engine's product: ``f(x)`` -> its outputs."""
+    rows, w, out = _pruned(syn, w)
+    p = _Product(rows, [(w, out)], "cpu", dtype)
+    return p, lambda x: p.pick(p(x), 0)
+
+
+@pytest.mark.parametrize("structure", ["plain", "gathered", "two rows"])
 def test_synapse_equals_the_integer_product(structure):
     """The engine's token-shared product (with or without the row gather
-    and the output pick, with unused entries) gives exactly the int64
+    and the output pick, with unused entries; a pick that reads two of
+    the rows, as a CLS head reads one token) gives exactly the int64
     result of the Plan's own Synapse.apply and of a hand-built matrix."""
     rng = np.random.default_rng(2)
     r, k, c, src_size = 5, 4, 3, 20
@@ -179,6 +195,8 @@ def test_synapse_equals_the_integer_product(structure):
         rows[1, 2] = -1
         out = rng.permutation(r * c)
         out[3] = -1
+    if structure == "two rows":  # channels 2, 0 of row 3, channel 1 of 1
+        out = np.array([3 * c + 2, -1, 1 * c + 1, 3 * c])
     syn = Synapse("src", rows, w.astype(np.int32), out)
     x = rng.integers(-4096, 4097, (7, src_size))
     dense = np.zeros((len(out), src_size), np.int64)  # by hand
@@ -191,11 +209,34 @@ def test_synapse_equals_the_integer_product(structure):
                 dense[o, rows[row, kk]] += w[ch, kk]
     want = x @ dense.T
     np.testing.assert_array_equal(syn.apply(x), want)
-    got = _Synapse(syn, w.astype(float), torch.device("cpu"))(
-        torch.as_tensor(x, dtype=torch.float64))
-    assert (got.shape[1], _Synapse(syn, w, "cpu").rows is None) == (
-        len(out), structure == "plain")
+    fast, apply = _product(syn, w.astype(float))
+    got = apply(torch.as_tensor(x, dtype=torch.float64))
+    assert (got.shape[1], fast.rows is None) == (len(out),
+                                                 structure == "plain")
+    assert fast.r == (2 if structure == "two rows" else r)  # rows computed
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_synapses_sharing_a_product_pick_their_own_outputs():
+    """Three synapses on the same rows of one source (a transposed pick,
+    as a key operand's; a permuted pick with an unused entry; a narrower
+    weight) in one product: each member's pick equals its own integer
+    product."""
+    rng = np.random.default_rng(3)
+    r, k = 4, 5
+    rows = rng.permutation(30)[:r * k].reshape(r, k)
+    transposed = np.arange(r * 3).reshape(r, 3).T.ravel()
+    synapses = [Synapse("src", rows, rng.integers(-127, 128, (c, k)) * 2,
+                        out) for c, out in (
+        (3, transposed), (2, np.append(rng.permutation(r * 2), -1)),
+        (1, np.arange(r)))]
+    x = rng.integers(-4096, 4097, (6, 30))
+    members = [_pruned(s, s.weight.astype(float))[1:] for s in synapses]
+    shared = _Product(rows, members, "cpu")
+    y = shared(torch.as_tensor(x, dtype=torch.float64))
+    assert y.shape == (6, r * 6)  # one product, all the members' columns
+    for i, s in enumerate(synapses):
+        np.testing.assert_array_equal(shared.pick(y, i).numpy(), s.apply(x))
 
 
 def test_float32_products_are_exact_up_to_their_bound():
@@ -223,8 +264,8 @@ def test_float32_products_are_exact_up_to_their_bound():
     x = np.concatenate([x, x[:, ::-1]])
     want = syn.apply(x)  # int64 accumulator
     assert np.abs(want).max() == 4095 * 4096 * 2
-    fast = _Synapse(syn, w * unit, "cpu", torch.float32)
-    got = fast(torch.as_tensor(x, dtype=torch.float32))
+    got = _product(syn, w * unit, torch.float32)[1](
+        torch.as_tensor(x, dtype=torch.float32))
     assert got.dtype == torch.float32
     np.testing.assert_array_equal(got.double().numpy(), want * unit)
     # the engine's rounding of that accumulator, and of every tie near it
@@ -259,7 +300,7 @@ def test_fixed_float32_path_equals_float64_path_and_golden(monkeypatch):
     x = np.concatenate([x, rng.uniform(-3, 3, (4, 1, 8, 8)), x[:1] * 400])
     fast = Engine(net, "fixed")
     dense = [a for a in fast.layers.values() if "synapses" in a]
-    assert all(s["f32"] is not None for a in dense for s in a["synapses"])
+    assert all(p["f32"] is not None for p in fast.products.values())
     assert any(a["sum_f32"] for a in dense)
     got = fast(x)
     for a in dense:  # float32 products summed in float64
@@ -297,7 +338,8 @@ def test_float32_products_only_in_ieee_precision():
 @pytest.mark.parametrize("mode", ["fixed", "float"])
 def test_unrecorded_run_keeps_logits_and_counts(mode):
     """record=False gives the same logits and saturation counts and no
-    spikes; a fused weight is trimmed to the channels its layer reads."""
+    spikes; a fused weight is trimmed to the channels each layer reads,
+    in one product for q, k and v."""
     net, x = _small_net()
     x = np.concatenate([x, x[:1] * 400])
     eng = Engine(net, mode)
@@ -308,8 +350,11 @@ def test_unrecorded_run_keeps_logits_and_counts(mode):
     with pytest.raises(ValueError, match="record=True"):
         bare.steps
     op = net.plan.attention[0]
-    syn = eng.layers[op.x]["synapses"][0]["f64"]
-    assert syn.w.shape[1] < net.plan[op.x].synapses[0].weight.shape[0]
+    (key, _), = eng.layers[op.x]["synapses"]
+    s = net.plan[op.x].synapses[0]
+    assert len(_pruned(s, s.weight)[1]) < len(s.weight)
+    assert [eng.layers[k]["synapses"][0][0] for k in (op.y, op.v)] == \
+        [key, key]
 
 
 def test_keep_freed_memory_takes_effect_in_a_fresh_process():
@@ -371,6 +416,21 @@ def test_stages_run_a_few_samples_at_a_time(monkeypatch):
         for name, step in whole.steps.items():
             np.testing.assert_array_equal(step.numpy(),
                                           chunked.steps[name].numpy())
+
+
+@pytest.mark.slow
+def test_compiled_engines_do_not_share_a_recompile_budget(monkeypatch):
+    """With Dynamo allowed one graph per code object, a fixed and a float
+    engine of one network both run compiled (each compiles its own copy
+    of the code), not the second one eagerly."""
+    from torch._dynamo.utils import counters
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    net, x = _small_net()
+    counters.clear()
+    for mode in ("fixed", "float"):
+        Engine(net, mode, compile=True)(x, warn=False)
+    assert counters["stats"]["unique_graphs"] == 2
+    assert not counters["frames"].get("recompile_limit", 0)
 
 
 @pytest.mark.slow
