@@ -67,8 +67,9 @@ def main() -> None:
                             f"{float(out.split()[-1]):.0f} |")
                 print(rows[-1], flush=True)
     lines = [f"## {platform.machine()} CPU, {time.strftime('%Y-%m-%d')}", "",
-             "Command: `.venv/bin/python benchmarks/engine_memory.py "
-             + " ".join(sys.argv[1:]) + "`", "", *rows]
+             "Command: `" + " ".join([".venv/bin/python",
+                                      "benchmarks/engine_memory.py",
+                                      *sys.argv[1:]]) + "`", "", *rows]
     out = HERE / "results" / "engine_memory.md"
     text = out.read_text() if out.exists() else \
         "# Memory of one engine call\n\n"
