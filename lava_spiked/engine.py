@@ -400,8 +400,8 @@ def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (batch 256, one thread) about 7 % of a call faster than batched
     products of its (17, 16) heads. Its operands are stored first (an
     ``as_strided`` view makes Inductor store them: inlined, each would be
-    recomputed once per output column, 1.3x slower) and in float64 (cast
-    inside the sum, 1.4x slower)."""
+    recomputed once per output column, a call 1.3x slower) and in float64
+    (cast inside the sum, a call 1.4x slower)."""
     if not torch.compiler.is_compiling():
         return a @ b
     a, b = (t.as_strided(t.shape, t.stride()) for t in (a, b))
