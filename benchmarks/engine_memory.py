@@ -9,7 +9,8 @@ set size before it. With ``record=False`` a call keeps only the traces and
 shared products that later layers still read; ``record=True`` keeps every
 layer's membrane and decodes the spikes.
 
-Usage: .venv/bin/python benchmarks/engine_memory.py [--models digits fashion-vit]
+Usage: .venv/bin/python benchmarks/engine_memory.py
+       [--models digits fashion-vit]
 Appends a section to benchmarks/results/engine_memory.md.
 """
 import argparse

@@ -262,9 +262,10 @@ class _Product:
     products of 4352 rows (the encoder ViT's residual sources at batch
     256) run 1.2x (K = 64) to 1.4x (K = 128) faster as one, measured side
     by side at one thread (float32: no gain, no loss), and a source
-    gathered through rows (image patches) is gathered once. Sums of integers (times one power of
-    two) below 2**53 in float64, or at most 2**24 in float32 (``dtype``),
-    are exact in any order, so every form gives the same bits.
+    gathered through rows (image patches) is gathered once. Sums of
+    integers (times one power of two) below 2**53 in float64, or at most
+    2**24 in float32 (``dtype``), are exact in any order, so every form
+    gives the same bits.
 
     Parameters
     ----------
@@ -316,7 +317,8 @@ class _Product:
         """Member ``i``'s outputs (batch, its destination size) from the
         products ``y``; the member may overwrite them."""
         out = self.out[i]
-        if out is None:  # a strided slice, not a gather (compiled)
+        if out is None:  # a slice of columns: compiled code reads it in
+            # place, where a gather would be a scalar loop
             if len(self.columns) == 1:
                 return y
             return y.view(y.shape[0], self.r, -1)[
@@ -458,8 +460,8 @@ class Engine:
         recompiles once, with a dynamic batch dimension, whose code runs
         up to about 1.1x slower than the first size's (measured on the
         encoder ViT); an evaluation at one batch size runs the first
-        graph for every full batch. Worth it for datasets, not for a few batches;
-        ``benchmarks/results/engine_vs_ann.md`` has the numbers.
+        graph for every full batch. Worth it for datasets, not for a few
+        batches; ``benchmarks/results/engine_vs_ann.md`` has the numbers.
 
     Raises
     ------
@@ -494,25 +496,21 @@ class Engine:
         # synapses that share a product (_Product), by source, rows, the
         # gain bits the source is read at and whether float32 is exact
         self.products = {}
-        for i, layer in enumerate(plan.layers[1:]):
-            op = plan.attention_of(layer.name)
-            if op is not None:
-                self.layers[layer.name] = self._attention_layer(op)
-            else:
-                self.layers[layer.name] = self._dense_layer(layer, i)
-        for p in self.products.values():
-            rows, members = p["rows"], p.pop("members")
-            p["f64"] = _Product(rows, members, self.device)
-            p["f32"] = _Product(rows, members, self.device, torch.float32) \
-                if p["f32"] else None
         # last layer (index) that reads each trace, or each product: freed
         # after it (a product reads its source at its first member)
         self.last_read = {}
         for i, layer in enumerate(plan.layers[1:]):
             op = plan.attention_of(layer.name)
             if op is not None:
+                self.layers[layer.name] = self._attention_layer(op)
                 self.last_read.update((src, i) for src in (op.x, op.y, op.v))
+            else:
+                self.layers[layer.name] = self._dense_layer(layer, i)
         for key, p in self.products.items():
+            rows, members = p["rows"], p.pop("members")
+            p["f64"] = _Product(rows, members, self.device)
+            p["f32"] = _Product(rows, members, self.device, torch.float32) \
+                if p["f32"] else None
             self.last_read[key] = p["last"]
             self.last_read[p["src"]] = max(self.last_read.get(p["src"], -1),
                                            p["first"])
