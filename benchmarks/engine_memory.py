@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from engine_vs_ann import append_section
+
 HERE = pathlib.Path(__file__).resolve().parent
 
 CHILD = """
@@ -67,14 +69,9 @@ def main() -> None:
                 rows.append(f"| {model} | {mode} | {record} | "
                             f"{float(out.split()[-1]):.0f} |")
                 print(rows[-1], flush=True)
-    lines = [f"## {platform.machine()} CPU, {time.strftime('%Y-%m-%d')}", "",
-             "Command: `" + " ".join([".venv/bin/python",
-                                      "benchmarks/engine_memory.py",
-                                      *sys.argv[1:]]) + "`", "", *rows]
-    out = HERE / "results" / "engine_memory.md"
-    text = out.read_text() if out.exists() else \
-        "# Memory of one engine call\n\n"
-    out.write_text(text + "\n".join(lines) + "\n\n")
+    append_section("engine_memory.md", "Memory of one engine call",
+                   f"## {platform.machine()} CPU, "
+                   f"{time.strftime('%Y-%m-%d')}", rows)
 
 
 if __name__ == "__main__":

@@ -219,19 +219,29 @@ def main() -> None:
                             f"{ratio:.2f} |")
             print("\n".join(rows[-len(runs):]), flush=True)
     threads = torch.get_num_threads()
-    lines = [f"## {platform.machine()} CPU, {threads} thread"
-             f"{'s' if threads > 1 else ''}, {time.strftime('%Y-%m-%d')}",
-             "", "Command: `.venv/bin/python benchmarks/engine_vs_ann.py "
-             + " ".join(sys.argv[1:]) + "`", "", *rows]
+    lines = rows
     if compile_s:
         lines += ["", "First call of a compiled engine at this batch size "
                   "(compiles; Inductor's on-disk cache makes a repeated "
                   "graph fast): " + "; ".join(
                       f"{k} {v:.1f} s" for k, v in compile_s.items())]
-    out = HERE / "results" / "engine_vs_ann.md"
-    text = out.read_text() if out.exists() else \
-        "# Engine vs ANN forward time\n\n"
-    out.write_text(text + "\n".join(lines) + "\n\n")
+    append_section("engine_vs_ann.md", "Engine vs ANN forward time",
+                   f"## {platform.machine()} CPU, {threads} thread"
+                   f"{'s' if threads > 1 else ''}, "
+                   f"{time.strftime('%Y-%m-%d')}", lines)
+
+
+def append_section(results: str, title: str, heading: str,
+                   lines: list) -> None:
+    """Append a section to ``benchmarks/results/<results>`` (created with
+    ``title``): ``heading``, the command that ran, then ``lines``."""
+    command = " ".join([".venv/bin/python",
+                        f"benchmarks/{pathlib.Path(sys.argv[0]).name}",
+                        *sys.argv[1:]])
+    out = HERE / "results" / results
+    text = out.read_text() if out.exists() else f"# {title}\n\n"
+    out.write_text(text + "\n".join(
+        [heading, "", f"Command: `{command}`", "", *lines]) + "\n\n")
 
 
 if __name__ == "__main__":
