@@ -29,11 +29,13 @@ per-repeat ratios (time / the ANN's time in the same repeat). Steps per
 sample (``plan.num_steps``) is the latency of one sample on Loihi, in
 time steps.
 
-With ``--compile``, each batch size gets fresh compiled engines (a graph
-specialised to that size, as an evaluation at one batch size runs) and,
-apart, engines compiled at the other batch size first, which run the
-graph with a dynamic batch dimension that torch.compile makes for a
-second size (the last, smaller batch of a dataset, say).
+Each model and batch size runs in a fresh process, so that no earlier
+round colours its times. With ``--compile``, each batch size gets fresh
+compiled engines (a graph specialised to that size, as an evaluation at
+one batch size runs) and, apart, engines compiled at the other batch
+size first, which run the graph with a dynamic batch dimension that
+torch.compile makes for a second size (the last, smaller batch of a
+dataset, say).
 
 Usage: .venv/bin/python benchmarks/engine_vs_ann.py [--threads N]
        [--batch 64 256] [--repeats R] [--models digits fashion-vit minilm]
@@ -41,9 +43,11 @@ Usage: .venv/bin/python benchmarks/engine_vs_ann.py [--threads N]
 Appends a section to benchmarks/results/engine_vs_ann.md.
 """
 import argparse
+import json
 import pathlib
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -160,65 +164,28 @@ def main() -> None:
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="lava_spiked.engine.keep_freed_memory() first "
                         "(for the ANN as for the engine)")
+    parser.add_argument("--only", nargs=2, metavar=("MODEL", "BATCH"),
+                        help=argparse.SUPPRESS)  # one process's share
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.keep_freed_memory:
-        assert keep_freed_memory(), "glibc's mallopt is not available"
-    # nn.TransformerEncoderLayer's inference fast path assumes its norms
-    # are LayerNorms (it would apply layer_norm with the BatchNorms'
-    # weights); the BatchNorm model runs only on the ordinary path
-    torch.backends.mha.set_fastpath_enabled(False)
-    compile_s = {}
+    if args.only:
+        print(json.dumps(measure(args, args.only[0], int(args.only[1]))))
+        return
+    # each model and batch size in a fresh process: in one process, the
+    # ANN at batch 256 took 1.3x longer after the batch-64 round (36 vs
+    # 28 ms; the engines' times unchanged), which flattered the engines
     rows = ["| model | batch | steps/sample | what | ms | x ANN |",
             "|---|---|---|---|---|---|"]
+    compile_s, threads = {}, None
     for name in args.models:
-        net, make_batch = load(name)
-        eager = {mode: Engine(net, mode) for mode in ("fixed", "float")}
         for batch in args.batch:
-            ann, inputs = make_batch(batch)
-            engines = dict(eager)
-            if args.compile:  # fresh engines: each batch size compiles
-                # its own graph, as an evaluation at one batch size does;
-                # an engine compiled at another size first runs a graph
-                # with a dynamic batch dimension
-                other = next((b for b in args.batch if b != batch), None)
-                for mode in ("fixed", "float"):
-                    engines[f"{mode}, compiled"] = Engine(net, mode,
-                                                          compile=True)
-                    if other is not None:
-                        e = Engine(net, mode, compile=True)
-                        with torch.inference_mode():
-                            e(**make_batch(other)[1], record=False,
-                              warn=False)
-                        engines[f"{mode}, compiled at batch {other} "
-                                "first"] = e
-            runs = {"ANN (float32)": ann}
-            runs.update({f"engine {mode}": (
-                lambda e=e: e(**inputs, record=False, warn=False))
-                for mode, e in engines.items()})
-            times = {what: [] for what in runs}
-            with torch.inference_mode():
-                for what, fn in runs.items():
-                    if "compiled" in what:  # compiles for this batch size
-                        t0 = time.perf_counter()
-                        fn()
-                        compile_s[f"{name}, batch {batch}, {what}"] = \
-                            time.perf_counter() - t0
-                for i in range(args.repeats + 2):  # two warm-up rounds
-                    for what, fn in runs.items():
-                        t0 = time.perf_counter()
-                        fn()
-                        if i >= 2:
-                            times[what].append(time.perf_counter() - t0)
-            ann = times["ANN (float32)"]
-            for what, ts in times.items():
-                ratio = statistics.median(t / a for t, a in zip(ts, ann))
-                rows.append(f"| {name} | {batch} | {net.plan.num_steps} | "
-                            f"{what} | {statistics.median(ts) * 1e3:.2f} | "
-                            f"{ratio:.2f} |")
-            print("\n".join(rows[-len(runs):]), flush=True)
-    threads = torch.get_num_threads()
+            out = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--only", name,
+                 str(batch)], stdout=subprocess.PIPE, text=True, check=True)
+            part = json.loads(out.stdout.splitlines()[-1])
+            rows += part["rows"]
+            compile_s.update(part["compile_s"])
+            threads = part["threads"]
+            print("\n".join(part["rows"]), flush=True)
     lines = rows
     if compile_s:
         lines += ["", "First call of a compiled engine at this batch size "
@@ -229,6 +196,62 @@ def main() -> None:
                    f"## {platform.machine()} CPU, {threads} thread"
                    f"{'s' if threads > 1 else ''}, "
                    f"{time.strftime('%Y-%m-%d')}", lines)
+
+
+def measure(args, name: str, batch: int) -> dict:
+    """Time the ANN and the engines of one model at one batch size,
+    interleaved: the table rows, compile times and threads."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        assert keep_freed_memory(), "glibc's mallopt is not available"
+    # nn.TransformerEncoderLayer's inference fast path assumes its norms
+    # are LayerNorms (it would apply layer_norm with the BatchNorms'
+    # weights); the BatchNorm model runs only on the ordinary path
+    torch.backends.mha.set_fastpath_enabled(False)
+    net, make_batch = load(name)
+    ann, inputs = make_batch(batch)
+    engines = {mode: Engine(net, mode) for mode in ("fixed", "float")}
+    if args.compile:  # fresh engines: each batch size compiles its own
+        # graph, as an evaluation at one batch size does; an engine
+        # compiled at another size first runs a graph with a dynamic
+        # batch dimension
+        other = next((b for b in args.batch if b != batch), None)
+        for mode in ("fixed", "float"):
+            engines[f"{mode}, compiled"] = Engine(net, mode, compile=True)
+            if other is not None:
+                e = Engine(net, mode, compile=True)
+                with torch.inference_mode():
+                    e(**make_batch(other)[1], record=False, warn=False)
+                engines[f"{mode}, compiled at batch {other} first"] = e
+    runs = {"ANN (float32)": ann}
+    runs.update({f"engine {mode}": (
+        lambda e=e: e(**inputs, record=False, warn=False))
+        for mode, e in engines.items()})
+    times = {what: [] for what in runs}
+    compile_s = {}
+    with torch.inference_mode():
+        for what, fn in runs.items():
+            if "compiled" in what:  # compiles for this batch size
+                t0 = time.perf_counter()
+                fn()
+                compile_s[f"{name}, batch {batch}, {what}"] = \
+                    time.perf_counter() - t0
+        for i in range(args.repeats + 2):  # two warm-up rounds
+            for what, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                if i >= 2:
+                    times[what].append(time.perf_counter() - t0)
+    ann = times["ANN (float32)"]
+    rows = []
+    for what, ts in times.items():
+        ratio = statistics.median(t / a for t, a in zip(ts, ann))
+        rows.append(f"| {name} | {batch} | {net.plan.num_steps} | "
+                    f"{what} | {statistics.median(ts) * 1e3:.2f} | "
+                    f"{ratio:.2f} |")
+    return dict(rows=rows, compile_s=compile_s,
+                threads=torch.get_num_threads())
 
 
 def append_section(results: str, title: str, heading: str,

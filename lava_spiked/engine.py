@@ -410,6 +410,35 @@ def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(-2) * b.transpose(-1, -2).unsqueeze(-3)).sum(-1)
 
 
+def _inductor_options(device: torch.device) -> dict:
+    """TorchInductor options of a compiled engine.
+
+    Inductor inlines a pointwise result into every gather that reads it,
+    recomputing a layer's trace once per reader (a synapse's row gather, a
+    fused weight's three picks): realizing whatever is read more than once
+    computes it once, measured at about half the compiled call on the
+    3-layer ViT. On an AVX-512 CPU its C++ code runs 256-bit vectors: with
+    512-bit ones, the engine's mix of int32, int64 and float64 lanes, its
+    17-wide rows and its table gathers (scalar loops either way) made a
+    call 1.3-1.5x slower (the encoder ViT, batch 256, one thread, measured
+    side by side; ``benchmarks/results/engine_vs_ann.md``)."""
+    options = {"realize_reads_threshold": 1, "realize_opcount_threshold": 4}
+    if device.type == "cpu" and \
+            torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        options["cpp.simdlen"] = 256
+    return options
+
+
+def _tensor_guards_of_self(entries) -> ty.List[bool]:
+    """Dynamo guards a compiled engine keeps: those on its arguments and
+    on global state, and of its own state (``self``) only the tensor
+    guards. The rest check Python values that the constructor fixed
+    (layer names, kinds, bounds: about 1,700 guards on the encoder ViT),
+    0.7 ms per call, 4 % of a call at batch 64 (measured)."""
+    return [not e.name.startswith("L['self']") or
+            e.guard_type == "TENSOR_MATCH" for e in entries]
+
+
 def _f32_products_exact(device: torch.device) -> bool:
     """Whether float32 matrix products on ``device`` round like IEEE
     float32 (no TF32 or bfloat16 inner products), as the float32 path's
@@ -518,11 +547,6 @@ class Engine:
         self.input_scale = self._tensor(plan[plan.input].scale)
         self.output_scale = self._tensor(plan[plan.output].scale)
         if compile:
-            # Inductor inlines a pointwise result into every gather that
-            # reads it, recomputing a layer's trace once per reader (a
-            # synapse's row gather, a fused weight's three picks):
-            # realizing whatever is read more than once computes it once,
-            # measured at about half the compiled call on the 3-layer ViT.
             # Each engine compiles a copy of the code: Dynamo keeps at most
             # recompile_limit (8) graphs per code object, and engines of
             # other networks, modes or batch sizes in one process (a sweep,
@@ -531,10 +555,10 @@ class Engine:
             fn = Engine._forward
             own = types.FunctionType(fn.__code__.replace(), fn.__globals__,
                                      fn.__name__, fn.__defaults__)
-            self._forward = torch.compile(types.MethodType(own, self),
-                                          options={
-                                              "realize_reads_threshold": 1,
-                                              "realize_opcount_threshold": 4})
+            self._forward = torch.compile(
+                types.MethodType(own, self),
+                options=dict(_inductor_options(self.device),
+                             guard_filter_fn=_tensor_guards_of_self))
 
     # ----------------------------------------------------------- utilities
     def _tensor(self, a) -> torch.Tensor:
@@ -754,7 +778,9 @@ class Engine:
         if not torch.is_tensor(x):
             x = check_batch("x", x, first.shape)
         elif tuple(x.shape[1:]) != first.shape or \
-                not torch.isfinite(x).all():  # checked on its own device
+                not torch.isfinite(x.sum()):  # NaN and inf propagate: one
+            # pass on the tensor's own device; a sum that overflows takes
+            # the full check, as does any other doubt
             x = check_batch("x", x.cpu(), first.shape)
         x = torch.as_tensor(x, dtype=torch.float64, device=self.device)
         valid = plan.check_mask(attention_mask, len(x))

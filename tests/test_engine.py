@@ -1,5 +1,7 @@
 """The batched torch engine against Lava (every population's spikes and the
 logits) and against the integer and float golden models."""
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -67,8 +69,15 @@ def test_engine_rejects_bad_input_and_unprovable_networks():
     eng = Engine(net, "fixed")
     with pytest.raises(ValueError, match="x must be"):
         eng(x[:, :, :4])
-    with pytest.raises(ValueError, match="NaN or inf"):
-        eng(np.full((1, 1, 8, 8), np.nan))
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            eng(np.full((1, 1, 8, 8), bad))
+        with pytest.raises(ValueError, match="NaN or inf"):  # a tensor
+            eng(torch.full((1, 1, 8, 8), 1.0).index_fill_(3, torch.tensor(
+                [2]), bad))
+    # finite values whose sum overflows are not refused
+    assert eng(torch.full((1, 1, 8, 8), 1e308, dtype=torch.float64),
+               warn=False).saturated.item() > 0
     op = net.plan.attention[0]
     op.logit_scale = op.logit_scale * 0 + 100.0
     with pytest.raises(ValueError, match="logit scales of 64"):
@@ -416,6 +425,27 @@ def test_stages_run_a_few_samples_at_a_time(monkeypatch):
         for name, step in whole.steps.items():
             np.testing.assert_array_equal(step.numpy(),
                                           chunked.steps[name].numpy())
+
+
+def test_compile_options():
+    """256-bit vectors on an AVX-512 CPU; of the Dynamo guards on the
+    engine itself only the tensor guards stay (its Python state is fixed
+    when it is built), every guard on the arguments and globals stays."""
+    cpu = engine_module._inductor_options(torch.device("cpu"))
+    assert ("cpp.simdlen" in cpu) == \
+        torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert "cpp.simdlen" not in engine_module._inductor_options(
+        torch.device("cuda"))
+    entries = [("L['self'].layers['a']['bias']", "TENSOR_MATCH", True),
+               ("L['self'].reach['a']", "CONSTANT_MATCH", False),
+               ("L['self'].plan.layers", "SEQUENCE_LENGTH", False),
+               ("L['record']", "CONSTANT_MATCH", True),
+               ("L['x']", "TENSOR_MATCH", True),
+               ("G['torch'].backends", "ID_MATCH", True)]
+    keep = engine_module._tensor_guards_of_self([
+        types.SimpleNamespace(name=name, guard_type=kind)
+        for name, kind, _ in entries])
+    assert keep == [k for _, _, k in entries]
 
 
 @pytest.mark.slow
