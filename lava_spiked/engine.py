@@ -284,7 +284,11 @@ class _Product:
                 rows, device=device)
         self.r, self.k = r, k
         w = np.concatenate([np.asarray(w, np.float64) for w, _ in members])
-        self.w = torch.as_tensor(w.T, dtype=dtype, device=device)
+        # contiguous (K, C): MKL rounds a product with few columns
+        # differently when its weight is the transpose of a (C, K) array,
+        # and compiled code may lay it out either way
+        self.w = torch.as_tensor(np.ascontiguousarray(w.T), dtype=dtype,
+                                 device=device)
         # each member: its columns, and its pick (None: all its products
         # in order) as indices into the flat (R, sum C) product
         self.columns, self.out, start = [], [], 0
@@ -546,19 +550,28 @@ class Engine:
         self.clip_sizes = clip_sizes(plan)
         self.input_scale = self._tensor(plan[plan.input].scale)
         self.output_scale = self._tensor(plan[plan.output].scale)
+        # runs of layers between numpy stages (one run without stages):
+        # each ends at a staged layer's closed membrane or the readout and
+        # the next begins by finishing that staged layer
+        ends = [i + 1 for i, layer in enumerate(plan.layers[1:])
+                if layer.stage is not None or layer.kind == "readout"]
+        self._segments = list(zip([0] + [e - 1 for e in ends[:-1]], ends))
+        self._runs = [self._layers] * len(self._segments)
         if compile:
-            # Each engine compiles a copy of the code: Dynamo keeps at most
-            # recompile_limit (8) graphs per code object, and engines of
-            # other networks, modes or batch sizes in one process (a sweep,
-            # a benchmark) would use up a shared budget and then run
-            # eagerly, with only a logged warning
-            fn = Engine._forward
-            own = types.FunctionType(fn.__code__.replace(), fn.__globals__,
-                                     fn.__name__, fn.__defaults__)
-            self._forward = torch.compile(
-                types.MethodType(own, self),
+            # Each run compiles its own copy of the code: Dynamo keeps at
+            # most recompile_limit (8) graphs per code object, and the runs
+            # of one network, or engines of other networks, modes or batch
+            # sizes in one process (a sweep, a benchmark) would use up a
+            # shared budget and then run eagerly, with only a logged
+            # warning
+            fn = Engine._layers
+            self._runs = [torch.compile(
+                types.MethodType(types.FunctionType(
+                    fn.__code__.replace(), fn.__globals__, fn.__name__,
+                    fn.__defaults__), self),
                 options=dict(_inductor_options(self.device),
                              guard_filter_fn=_tensor_guards_of_self))
+                for _ in self._segments]
 
     # ----------------------------------------------------------- utilities
     def _tensor(self, a) -> torch.Tensor:
@@ -798,53 +811,71 @@ class Engine:
     def _forward(self, x: torch.Tensor, pad: ty.Optional[torch.Tensor],
                  record: bool, f32: bool):
         """The layers on a checked batch: logits (before mean pooling),
-        saturation counts, membranes and clipping counts."""
+        saturation counts, membranes and clipping counts. The layers run
+        in segments that end at a staged (LayerNorm, activation) layer's
+        closed membrane, whose numpy stage runs between them."""
+        state, staged = None, None
+        for (start, stop), run in zip(self._segments, self._runs):
+            state, v = run(start, stop, x, pad, record, f32, state, staged)
+            layer = self.plan.layers[stop]
+            if layer.kind == "readout":
+                return v, state["saturated"], state["membranes"], \
+                    state["clipped"]
+            staged = self._stage(layer, v)
+        raise AssertionError("no readout layer")
+
+    def _layers(self, start: int, stop: int, x: torch.Tensor,
+                pad: ty.Optional[torch.Tensor], record: bool, f32: bool,
+                state: ty.Optional[dict], staged: ty.Optional[tuple]):
+        """Layers ``start`` to ``stop - 1`` (of ``plan.layers[1:]``):
+        ``state`` (None: start from the input ``x``) carries the
+        saturation and clipping counts, membranes, the traces and products
+        that later layers read; ``staged`` is the stage output of layer
+        ``start`` (see :meth:`_stage`), if it has a stage. Returns the
+        state and the last layer's closed membrane as its stage takes it
+        (:meth:`_stage_input`) or, for the readout, the logits."""
         plan = self.plan
-        first = plan[plan.input]
         n = len(x)
         fixed_mode = self.mode == "fixed"
-        u = x.reshape(n, -1) / self.input_scale
-        saturated = torch.zeros(n, dtype=torch.int64, device=self.device)
-        if fixed_mode:  # to_state; beyond 2**30 only "saturated" matters
-            u = _round_to_int(u.mul_(float(1 << fixed.STATE_FRAC_BITS))
-                              .clamp_(-INT_LIMIT, INT_LIMIT)).add_(self.top)
-            saturated += self._saturated(u)
-        clipped = {first.name: self._clipped(u, False)}
-        # per layer: membrane and kind (decoded to spikes on demand), trace
-        membranes = {first.name: (u, "bipolar")}
-        traces = {first.name: self._trace(u, False)}
-        products = {}  # of the synapse groups that later layers still read
-        for i, layer in enumerate(plan.layers[1:]):
+        if state is None:
+            first = plan[plan.input]
+            u = x.reshape(n, -1) / self.input_scale
+            saturated = torch.zeros(n, dtype=torch.int64, device=self.device)
+            if fixed_mode:  # to_state; beyond 2**30 only "saturated" matters
+                u = _round_to_int(u.mul_(float(1 << fixed.STATE_FRAC_BITS))
+                                  .clamp_(-INT_LIMIT, INT_LIMIT)).add_(
+                                      self.top)
+                saturated += self._saturated(u)
+            # per layer: membrane and kind (decoded to spikes on demand),
+            # trace; products of the synapse groups that later layers
+            # still read
+            state = dict(saturated=saturated,
+                         clipped={first.name: self._clipped(u, False)},
+                         membranes={first.name: (u, "bipolar")},
+                         traces={first.name: self._trace(u, False)},
+                         products={})
+        saturated, clipped, membranes, traces, products = (
+            state["saturated"], state["clipped"], state["membranes"],
+            state["traces"], state["products"])
+        for i in range(start, stop):
+            layer = plan.layers[i + 1]
             op = plan.attention_of(layer.name)
             if op is not None:
-                saturated += self._attend(op, traces, membranes, clipped,
-                                          pad)
+                saturated = saturated + self._attend(op, traces, membranes,
+                                                     clipped, pad)
             else:
-                a = self.layers[layer.name]
-                acc = None
-                for key, member in a["synapses"]:
-                    p = self.products[key]
-                    product = p["f32"] if f32 and p["f32"] is not None \
-                        else p["f64"]
-                    if key not in products:  # its first member
-                        products[key] = product(
-                            _regain(traces[p["src"]], p["bits"]))
-                    y = product.pick(products[key], member)
-                    if acc is None:
-                        acc = y if (f32 and a["sum_f32"]) or \
-                            y.dtype == torch.float64 else y.double()
-                    else:
-                        acc += y
-                v = self._close(acc, a["bias"], layer.name)
-                saturated += self._saturated(v, layer.name)
-                if layer.kind == "readout":
-                    return self._logits(v, layer), saturated, membranes, \
-                        clipped
                 kind = "relu" if layer.kind == "relu" else "bipolar"
-                if layer.stage is not None:
-                    v, clipped[layer.name], n_sat = self._stage(layer, v)
-                    saturated += n_sat
+                if i == start and staged is not None:
+                    v, clipped[layer.name], n_sat = staged
+                    saturated = saturated + n_sat
                 else:
+                    v = self._membrane(layer, traces, products, f32)
+                    saturated = saturated + self._saturated(v, layer.name)
+                    state["saturated"] = saturated
+                    if layer.kind == "readout":
+                        return state, self._logits(v, layer)
+                    if layer.stage is not None:  # the caller stages it
+                        return state, self._stage_input(v)
                     clipped[layer.name] = self._clipped(v, kind == "relu")
                 if layer.token_mask:  # padded tokens never fire
                     silent = self.top if fixed_mode else 0.0
@@ -857,7 +888,28 @@ class Engine:
                     del done[k]
             if not record:
                 membranes.clear()
-        raise AssertionError("no readout layer")
+        state["saturated"] = saturated
+        return state, None
+
+    def _membrane(self, layer, traces: dict, products: dict,
+                  f32: bool) -> torch.Tensor:
+        """A dense layer's closed membrane from its sources' traces,
+        computing the products it is the first to read."""
+        a = self.layers[layer.name]
+        acc = None
+        for key, member in a["synapses"]:
+            p = self.products[key]
+            product = p["f32"] if f32 and p["f32"] is not None else p["f64"]
+            if key not in products:  # its first member
+                products[key] = product(_regain(traces[p["src"]],
+                                                p["bits"]))
+            y = product.pick(products[key], member)
+            if acc is None:
+                acc = y if (f32 and a["sum_f32"]) or \
+                    y.dtype == torch.float64 else y.double()
+            else:
+                acc += y
+        return self._close(acc, a["bias"], layer.name)
 
     def _logits(self, v: torch.Tensor, layer) -> torch.Tensor:
         """The readout's membrane (fixed: its table row, saturated here)
@@ -934,28 +986,29 @@ class Engine:
         traces[name] = self._trace(out, False)
         return saturated
 
-    # numpy, run as it is under compile=True: Dynamo's tracing of numpy
-    # fails its own guards under inference_mode (measured on MiniLM)
-    @torch.compiler.disable
-    def _stage(self, layer, v: torch.Tensor):
+    def _stage_input(self, v: torch.Tensor) -> torch.Tensor:
+        """A staged layer's closed membranes (fixed: table rows) as its
+        stage takes them: fixed, in state units, saturated (int64); float,
+        as they are. Computed in the layers' (compiled) code."""
+        if self.mode == "fixed":
+            return (v.long() - self.top).clamp_(-fixed.STATE_MAX,
+                                                fixed.STATE_MAX)
+        return v
+
+    def _stage(self, layer, m: torch.Tensor):
         """The window-close stage of an activation or LayerNorm layer on
-        closed membranes ``v`` (fixed: table rows), by the golden model's
-        own numpy functions (one definition): the stage's output in the
-        same form, its clipped neurons and its saturation events per
+        closed membranes ``m`` (:meth:`_stage_input`), by the golden model's
+        own numpy functions (one definition): the stage's output as
+        membranes (fixed: table rows), its clipped neurons and its saturation events per
         sample. It runs on a few samples at a time, so that numpy's dozen
         passes over its temporaries stay in cache (with the flat knot reads
         of :func:`fixed.activation`, a MiniLM engine call 1.37x faster
         than the whole batch at once; ``benchmarks/results/
         engine_vs_ann.md``)."""
-        n = v.shape[0]
+        n = m.shape[0]
         fixed_mode = self.mode == "fixed"
-        if fixed_mode:
-            m = (v.long() - self.top).clamp_(-fixed.STATE_MAX,
-                                             fixed.STATE_MAX).cpu().numpy()
-            one = 1 << fixed.STATE_FRAC_BITS
-        else:
-            m = v.cpu().numpy()
-            one = 1.0
+        m = m.cpu().numpy()
+        one = 1 << fixed.STATE_FRAC_BITS if fixed_mode else 1.0
         out = np.empty(m.shape, np.int32 if fixed_mode else np.float64)
         n_sat = np.zeros(n, np.int64)
         clipped = np.empty(n, np.int64)

@@ -397,13 +397,13 @@ def _same_results(a, b):
                                       b.clipped[name].numpy(), err_msg=name)
 
 
-def _staged_net():
+def _staged_net(width: int = 16, classes: int = 3):
     """A converted Linear-LayerNorm-GELU-Linear model and its test inputs,
     two of them large enough to clip."""
     torch.manual_seed(5)
     model = torch.nn.Sequential(
-        torch.nn.Linear(6, 16), torch.nn.LayerNorm(16), torch.nn.GELU(),
-        torch.nn.Linear(16, 3)).eval()
+        torch.nn.Linear(6, width), torch.nn.LayerNorm(width),
+        torch.nn.GELU(), torch.nn.Linear(width, classes)).eval()
     data = torch.randn(40, 6)
     net = convert(model, data[:32], progress=False)
     x = data[32:].numpy()
@@ -452,7 +452,8 @@ def test_compile_options():
 def test_compiled_engines_do_not_share_a_recompile_budget(monkeypatch):
     """With Dynamo allowed one graph per code object, a fixed and a float
     engine of one network both run compiled (each compiles its own copy
-    of the code), not the second one eagerly."""
+    of the code), not the second one eagerly; so do the runs of layers
+    between a network's stages."""
     from torch._dynamo.utils import counters
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     net, x = _small_net()
@@ -461,6 +462,13 @@ def test_compiled_engines_do_not_share_a_recompile_budget(monkeypatch):
         Engine(net, mode, compile=True)(x, warn=False)
     assert counters["stats"]["unique_graphs"] == 2
     assert counters["frames"]["ok"] == 2  # both frames compiled
+    # the runs of layers between numpy stages (LayerNorm, GELU) compile
+    # one graph each, not the helpers they call frame by frame
+    staged, x = _staged_net()
+    counters.clear()
+    Engine(staged, "fixed", compile=True)(x, warn=False)
+    assert counters["stats"]["unique_graphs"] == 3
+    assert counters["frames"]["ok"] == 3
 
 
 @pytest.mark.slow
@@ -469,7 +477,8 @@ def test_compiled_engine_is_bit_exact():
     saturation and clipping counts and spikes: the default model in both
     modes at two batch sizes (the second compiles with dynamic shapes),
     also under inference_mode, and a model with LayerNorm and GELU stages
-    (numpy, outside the compiled graph)."""
+    (numpy, between compiled runs of layers), 384 wide with a 2-class
+    readout (MKL rounds such a product by its weight's layout)."""
     splits = digits_splits()
     net = convert(load_default(), splits["calibration"][0], progress=False)
     x = splits["test"][0]
@@ -487,7 +496,7 @@ def test_compiled_engine_is_bit_exact():
         with torch.inference_mode():
             _same_results(eager(x[:9], record=False, warn=False),
                           compiled(x[:9], record=False, warn=False))
-    staged, x = _staged_net()
+    staged, x = _staged_net(384, 2)
     for mode in ("fixed", "float"):  # compiles under inference_mode, as
         # a user's evaluation loop would (numpy traced there broke Dynamo)
         with torch.inference_mode():
