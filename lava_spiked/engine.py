@@ -493,8 +493,10 @@ class Engine:
         recompiles once, with a dynamic batch dimension, whose code runs
         up to about 1.1x slower than the first size's (measured on the
         encoder ViT); an evaluation at one batch size runs the first
-        graph for every full batch. Worth it for datasets, not for a few
-        batches; ``benchmarks/results/engine_vs_ann.md`` has the numbers.
+        graph for every full batch. LayerNorm and activation stages run
+        in numpy between compiled graphs, one per run of layers between
+        two stages. Worth it for datasets, not for a few batches;
+        ``benchmarks/results/engine_vs_ann.md`` has the numbers.
 
     Raises
     ------
