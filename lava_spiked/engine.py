@@ -999,14 +999,14 @@ class Engine:
 
     def _stage(self, layer, m: torch.Tensor):
         """The window-close stage of an activation or LayerNorm layer on
-        closed membranes ``m`` (:meth:`_stage_input`), by the golden model's
-        own numpy functions (one definition): the stage's output as
-        membranes (fixed: table rows), its clipped neurons and its saturation events per
-        sample. It runs on a few samples at a time, so that numpy's dozen
-        passes over its temporaries stay in cache (with the flat knot reads
-        of :func:`fixed.activation`, a MiniLM engine call 1.37x faster
-        than the whole batch at once; ``benchmarks/results/
-        engine_vs_ann.md``)."""
+        closed membranes ``m`` (:meth:`_stage_input`), by the golden
+        model's own numpy functions (one definition): the stage's output
+        as membranes (fixed: table rows), its clipped neurons and its
+        saturation events per sample. It runs on a few samples at a time,
+        so that numpy's dozen passes over its temporaries stay in cache
+        (with the flat knot reads of :func:`fixed.activation`, a MiniLM
+        engine call 1.37x faster than the whole batch at once;
+        ``benchmarks/results/engine_vs_ann.md``)."""
         n = m.shape[0]
         fixed_mode = self.mode == "fixed"
         m = m.cpu().numpy()
