@@ -421,12 +421,16 @@ def _inductor_options(device: torch.device) -> dict:
     recomputing a layer's trace once per reader (a synapse's row gather, a
     fused weight's three picks): realizing whatever is read more than once
     computes it once, measured at about half the compiled call on the
-    3-layer ViT. On an AVX-512 CPU its C++ code runs 256-bit vectors: with
-    512-bit ones, the engine's mix of int32, int64 and float64 lanes, its
-    17-wide rows and its table gathers (scalar loops either way) made a
-    call 1.3-1.5x slower (the encoder ViT, batch 256, one thread, measured
-    side by side; ``benchmarks/results/engine_vs_ann.md``)."""
-    options = {"realize_reads_threshold": 1, "realize_opcount_threshold": 4}
+    3-layer ViT. A loop's remainder runs as scalar code, not as a vector
+    of partial loads and stores: rows of 17 tokens leave a remainder of
+    one in every loop over keys (the encoder ViT, batch 256, one thread,
+    side by side: fixed 1.03x, float 1.05x faster). On an AVX-512 CPU the
+    C++ code runs 256-bit vectors: with 512-bit ones, the engine's mix of
+    int32, int64 and float64 lanes, its 17-wide rows and its table gathers
+    (scalar loops either way) made a call 1.3-1.5x slower (same model;
+    ``benchmarks/results/engine_vs_ann.md``)."""
+    options = {"realize_reads_threshold": 1, "realize_opcount_threshold": 4,
+               "cpp.enable_loop_tail_vec": False}
     if device.type == "cpu" and \
             torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         options["cpp.simdlen"] = 256

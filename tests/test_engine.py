@@ -428,10 +428,12 @@ def test_stages_run_a_few_samples_at_a_time(monkeypatch):
 
 
 def test_compile_options():
-    """256-bit vectors on an AVX-512 CPU; of the Dynamo guards on the
-    engine itself only the tensor guards stay (its Python state is fixed
-    when it is built), every guard on the arguments and globals stays."""
+    """Scalar loop remainders; 256-bit vectors on an AVX-512 CPU; of the
+    Dynamo guards on the engine itself only the tensor guards stay (its
+    Python state is fixed when it is built), every guard on the arguments
+    and globals stays."""
     cpu = engine_module._inductor_options(torch.device("cpu"))
+    assert cpu["cpp.enable_loop_tail_vec"] is False
     assert ("cpp.simdlen" in cpu) == \
         torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     assert "cpp.simdlen" not in engine_module._inductor_options(
