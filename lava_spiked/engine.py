@@ -877,11 +877,11 @@ class Engine:
                 else:
                     v = self._membrane(layer, traces, products, f32)
                     saturated = saturated + self._saturated(v, layer.name)
-                    state["saturated"] = saturated
-                    if layer.kind == "readout":
-                        return state, self._logits(v, layer)
-                    if layer.stage is not None:  # the caller stages it
-                        return state, self._stage_input(v)
+                    if layer.kind == "readout" or layer.stage is not None:
+                        state["saturated"] = saturated
+                        return state, (self._logits(v, layer)
+                                       if layer.kind == "readout" else
+                                       self._stage_input(v))  # to stage
                     clipped[layer.name] = self._clipped(v, kind == "relu")
                 if layer.token_mask:  # padded tokens never fire
                     silent = self.top if fixed_mode else 0.0
