@@ -82,6 +82,9 @@ from lava_spiked.validation import check_batch
 
 EXACT = 2.0 ** 53  # float64 integers are exact below this
 EXACT_F32 = 2.0 ** 24  # float32 integers are exact up to this
+# columns of one shared product (_Product): wider, MKL's products on the
+# AVX-512 CPU measured ran up to 2.3x slower per column (float64, K <= 64)
+PRODUCT_COLUMNS = 128
 STAGE_CHUNK = 1 << 16  # membranes per numpy stage call (int64: 512 kB)
 INT32_MAX = (1 << 31) - 1  # TraceMatMul's output port
 # float mode's closed-form fire steps are computed within about 1e-12 of a
@@ -258,11 +261,16 @@ class _Product:
     once; member ``i`` takes its outputs with :meth:`pick`. The row gather
     and a pick are skipped where they are the identity.
 
-    One wide product instead of one per member: five 64-column float64
-    products of 4352 rows (the encoder ViT's residual sources at batch
-    256) run 1.2x (K = 64) to 1.4x (K = 128) faster as one, measured side
-    by side at one thread (float32: no gain, no loss), and a source
-    gathered through rows (image patches) is gathered once. Sums of
+    Members share a product up to :data:`PRODUCT_COLUMNS` columns. On an
+    AVX2 CPU, five 64-column float64 products of 4352 rows (the encoder
+    ViT's residual sources at batch 256) ran 1.2x (K = 64) to 1.4x
+    (K = 128) faster as one, measured side by side at one thread (float32:
+    no gain, no loss); on an AVX-512 CPU, products of more than 128
+    columns ran up to 2.3x slower per column (float64: 4096 x 49 @ 49 x
+    384 in 5.2 ms, as three products of 128 columns in 2.4 ms) and a cap
+    of 128 made the encoder ViT's compiled calls 1.09x (fixed) and 1.22x
+    (float) faster (batch 256, one thread, side by side; 256 or 192
+    columns: 1.04-1.06x). Sums of
     integers (times one power of two) below 2**53 in float64, or at most
     2**24 in float32 (``dtype``), are exact in any order, so every form
     gives the same bits.
@@ -727,11 +735,16 @@ class Engine:
                               2 * unit * 2.0 ** e)
                 for e in np.unique(s.shift))
             rows, w, out = _pruned(s, w)
-            key = (s.src, rows.shape, rows.tobytes(), g, f32)
+            # the first product of this source and rows with room for it
+            key = (s.src, rows.shape, rows.tobytes(), g, f32, 0)
+            while key in self.products and self.products[key]["columns"] \
+                    + len(w) > PRODUCT_COLUMNS:
+                key = key[:-1] + (key[-1] + 1,)
             p = self.products.setdefault(key, dict(
                 src=s.src, rows=rows, bits=g, f32=f32, members=[],
-                first=index))
+                first=index, columns=0))
             p["last"] = index
+            p["columns"] += len(w)
             synapses.append((key, len(p["members"])))
             p["members"].append((w, out))
         return dict(synapses=synapses, bias=self._bias(layer.name,

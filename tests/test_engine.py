@@ -248,6 +248,28 @@ def test_synapses_sharing_a_product_pick_their_own_outputs():
         np.testing.assert_array_equal(shared.pick(y, i).numpy(), s.apply(x))
 
 
+@pytest.mark.parametrize("mode", ["fixed", "float"])
+def test_products_stop_at_their_column_cap(monkeypatch, mode):
+    """Synapses share a product up to PRODUCT_COLUMNS columns (a wider
+    member alone): with a cap of 8, every product of the small network
+    holds at most 8 columns or one member, and the results are those of
+    the default cap's wider products (the same bits in fixed mode)."""
+    net, x = _small_net()
+    default = Engine(net, mode)
+    assert max(p["f64"].w.shape[1] for p in default.products.values()) > 8
+    wide = default(x, warn=False)
+    monkeypatch.setattr(engine_module, "PRODUCT_COLUMNS", 8)
+    capped = Engine(net, mode)
+    for p in capped.products.values():
+        assert p["f64"].w.shape[1] <= 8 or len(p["f64"].columns) == 1
+    got = capped(x, warn=False)
+    if mode == "fixed":
+        _same_results(wide, got)
+    else:
+        np.testing.assert_allclose(got.logits.numpy(), wide.logits.numpy(),
+                                   rtol=1e-12, atol=1e-15)
+
+
 def test_float32_products_are_exact_up_to_their_bound():
     """At the largest row sum the float32 proof admits (mantissas at +-127,
     traces at +-4096), the float32 product and its rounding equal the int64
