@@ -42,11 +42,15 @@ exceeds 2**24 adds its float32 products in float64. The membranes are
 int32 table rows, so a layer costs its products, the rounding, a clamp and
 a gather. Splitting traces into int8 halves for ``torch._int_mm`` was
 measured and not taken: on a CPU without VNNI (AVX2 only) it runs about 25x
-slower than a float32 product.
+slower than a float32 product; on an AVX-512 CPU with VNNI it takes a third
+of one alone, but in the compiled encoder ViT the two halves' products
+took longer than the float32 ones and the split slowed the fused passes
+around them (a call 1.3x slower, batch 256, one thread).
 
 Cost: one matrix product per source and rows (the synapses of every
-layer that reads a source the same way share one wide product, see
-:class:`_Product`) plus a few elementwise passes per layer, not T steps.
+layer that reads a source the same way share products of up to 128
+columns, see :class:`_Product`) plus a few elementwise passes per layer,
+not T steps.
 Counting clipped neurons (:attr:`EngineResult.clipped`, also with
 ``record=False``) is one of those passes, a comparison of each membrane
 with one sigma: measured at about 10 % of a call (fixed, CPU, the bundled
@@ -59,12 +63,13 @@ products that later layers still read (float32 in fixed mode, float64 in
 float mode), freeing each after its last reader, plus one layer's
 temporaries (a few tensors of the layer's size). Measured as the peak
 resident memory a call adds, for a batch of 256
-(``benchmarks/engine_memory.py``): 14 MB (fixed) / 21 MB (float) on the
-bundled DigitsViT, 59 / 135 MB on a 3-layer ViT of 17 tokens x 64
-channels, whose residual sources' wide products stay until the last
-layer reads them (both scale linearly with the batch). The default
+(``benchmarks/engine_memory.py``): 14 MB (fixed) / 26 MB (float) on the
+bundled DigitsViT, 51-61 / 80-95 MB on a 3-layer ViT of 17 tokens x 64
+channels, whose residual sources' products stay until the last layer
+reads them (both scale linearly with the batch). The default
 ``record=True`` also keeps every layer's membrane for decoding spikes:
-43 / 42 MB and 221 / 255 MB, spikes decoded.
+47 / 53 MB and 232-257 / 318-337 MB, spikes decoded (ranges: two runs;
+peaks move by up to about 25 MB from run to run).
 """
 import math
 import types
