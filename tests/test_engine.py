@@ -456,6 +456,7 @@ def test_compile_options():
     and globals stays."""
     cpu = engine_module._inductor_options(torch.device("cpu"))
     assert cpu["cpp.enable_loop_tail_vec"] is False
+    assert cpu["assert_indirect_indexing"] is False
     assert ("cpp.simdlen" in cpu) == \
         torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     assert "cpp.simdlen" not in engine_module._inductor_options(
@@ -470,6 +471,26 @@ def test_compile_options():
         types.SimpleNamespace(name=name, guard_type=kind)
         for name, kind, _ in entries])
     assert keep == [k for _, _, k in entries]
+
+
+def test_compiled_lookups_skip_index_checks():
+    """Compiled with the engine's options, a table lookup of clamped
+    indices is a plain gather: no bounds check and no wrap-around of
+    negative indices in the generated C++ (both are in index_select's
+    code under the default options), and the same values."""
+    from torch._inductor.utils import run_and_get_code
+    table = torch.arange(1000, dtype=torch.float32) / 7
+    index = torch.arange(-5, 1195, dtype=torch.int32)
+    lookup = torch.compile(
+        lambda t, i: engine_module._lookup(t, i.clamp(0, 999)) * 2,
+        options=engine_module._inductor_options(torch.device("cpu")))
+    got, (code,) = run_and_get_code(lookup, table, index)
+    torch.testing.assert_close(got, table[index.clamp(0, 999).long()] * 2,
+                               rtol=0, atol=0)
+    assert "out of bounds" not in code and "blendv" not in code
+    _, (default,) = run_and_get_code(torch.compile(
+        lambda t, i: t.index_select(0, i.clamp(0, 999)) * 2), table, index)
+    assert "out of bounds" in default and "blendv" in default
 
 
 @pytest.mark.slow
