@@ -88,7 +88,7 @@ from lava_spiked.validation import check_batch
 EXACT = 2.0 ** 53  # float64 integers are exact below this
 EXACT_F32 = 2.0 ** 24  # float32 integers are exact up to this
 # columns of one shared product (_Product): wider, MKL's products on the
-# AVX-512 CPU measured ran up to 2.3x slower per column (float64, K <= 64)
+# AVX-512 CPU measured ran up to 2.2x slower per column (float64, K <= 64)
 PRODUCT_COLUMNS = 128
 STAGE_CHUNK = 1 << 16  # membranes per numpy stage call (int64: 512 kB)
 INT32_MAX = (1 << 31) - 1  # TraceMatMul's output port
@@ -271,7 +271,7 @@ class _Product:
     ViT's residual sources at batch 256) ran 1.2x (K = 64) to 1.4x
     (K = 128) faster as one, measured side by side at one thread (float32:
     no gain, no loss); on an AVX-512 CPU, products of more than 128
-    columns ran up to 2.3x slower per column (float64: 4096 x 49 @ 49 x
+    columns ran up to 2.2x slower per column (float64: 4096 x 49 @ 49 x
     384 in 5.2 ms, as three products of 128 columns in 2.4 ms) and a cap
     of 128 made the encoder ViT's compiled calls 1.09x (fixed) and 1.22x
     (float) faster (batch 256, one thread, side by side; 256 or 192
@@ -296,7 +296,7 @@ class _Product:
         self.rows = None if np.array_equal(
             rows.ravel(), np.arange(r * k)) else torch.as_tensor(
                 np.maximum(rows, 0).ravel(), device=device)
-        self.unread = _holes(rows.reshape(r, k), device)
+        self.unread = _holes(rows, device)
         self.r, self.k = r, k
         w = np.concatenate([np.asarray(w, np.float64) for w, _ in members])
         # contiguous (K, C): MKL rounds a product with few columns
@@ -742,14 +742,14 @@ class Engine:
             rows, w, out = _pruned(s, w)
             # the first product of this source and rows with room for it
             key = (s.src, rows.shape, rows.tobytes(), g, f32, 0)
-            while key in self.products and self.products[key]["columns"] \
-                    + len(w) > PRODUCT_COLUMNS:
+            while key in self.products and len(w) + sum(
+                    len(m) for m, _ in self.products[key]["members"]) \
+                    > PRODUCT_COLUMNS:
                 key = key[:-1] + (key[-1] + 1,)
             p = self.products.setdefault(key, dict(
                 src=s.src, rows=rows, bits=g, f32=f32, members=[],
-                first=index, columns=0))
+                first=index))
             p["last"] = index
-            p["columns"] += len(w)
             synapses.append((key, len(p["members"])))
             p["members"].append((w, out))
         return dict(synapses=synapses, bias=self._bias(layer.name,
