@@ -3,7 +3,9 @@
 # this repository's HEAD (committed work only) with a venv of its own, as a
 # new user on that Python would: `make test` with PYTHON set.
 #
-# Usage: bash scripts/test_pythons.sh [VERSION ...]   (default: 3.12 3.13)
+# Usage: bash scripts/test_pythons.sh [VERSION|INTERPRETER ...]
+#   (default: 3.12 3.13). A VERSION is found as pythonVERSION on PATH or,
+#   failing that, in pyenv's versions; an INTERPRETER is a path.
 #   WORKDIR=DIR keeps the clones there (default: a new temporary folder);
 #   a clone already there is reused, its venv updated by the setup stamp.
 # Each version's log is DIR/VERSION.log; the last lines printed are one
@@ -18,13 +20,24 @@ work=${WORKDIR:-$(mktemp -d -t lava-spiked-pythons.XXXX)}
 mkdir -p "$work"
 summary=()
 status=0
-for v in "${versions[@]}"; do
-  log=$work/$v.log
-  if ! py=$(command -v "python$v") || ! "$py" -c 'import sys' 2>/dev/null; then
-    summary+=("Python $v: not found as python$v")
+# the interpreter for a version or path, or nothing
+interpreter() {
+  local py
+  for py in "$1" "python$1" "$(pyenv root 2>/dev/null)"/versions/"$1"*/bin/python"$1"; do
+    if [[ $py == */* || $py == python* ]] && "$py" -c 'import sys' 2>/dev/null; then
+      command -v "$py"; return
+    fi
+  done
+}
+for arg in "${versions[@]}"; do
+  py=$(interpreter "$arg")
+  if [[ -z $py ]]; then
+    summary+=("Python $arg: no interpreter found")
     status=1
     continue
   fi
+  v=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  log=$work/$v.log
   clone=$work/py$v
   if [[ ! -d $clone/.git ]]; then
     git clone -q "$repo" "$clone"
