@@ -47,6 +47,33 @@ of one alone, but in the compiled encoder ViT the two halves' products
 took longer than the float32 ones and the split slowed the fused passes
 around them (a call 1.3x slower, batch 256, one thread).
 
+What each mode promises, on any CPU (x86-64 with AVX2 or AVX-512, eager
+or compiled) and GPU:
+
+``fixed``
+    Bit for bit ``fixed_pt``: every sum is of integers times one power of
+    two and stays within float64's (or float32's) exact range, so it is
+    exact in any order; no BLAS kernel, vector width, fused multiply-add
+    or reduction order can change a bit.
+``float``
+    The same formulas in float64, whose sums of non-integers round by the
+    order the hardware's kernels choose: MKL's products round differently
+    on AVX2 and AVX-512 CPUs, and compiled code sums some terms in its own
+    order (TorchInductor turns the readout's product plus bias into one
+    ``addmm``, which MKL's AVX2 kernels round differently from a product
+    followed by an addition; its attention row sums reduce in their own
+    order). Two such orders put a membrane of ``n`` terms at most
+    ``2 n 2**-53`` times the sum of the terms' magnitudes apart (traces
+    are at most 1: a row's absolute weight sum plus the bias, in units of
+    sigma), about 1e-12 on the networks tested. So a neuron fires at the
+    same step, and counts as clipped alike, unless its membrane lies
+    within that distance of a threshold; given the same spikes, logits lie
+    within that bound of the readout times its scale. Measured: on an AMD
+    EPYC CPU (AVX2) compiled and eager logits of the bundled model
+    differed by up to 3.6e-15 with every spike equal; on the AVX-512 CPU
+    used here, by nothing. The ``floating_pt`` Lava models and the golden
+    models (numpy) agree with float mode in the same sense.
+
 Cost: one matrix product per source and rows (the synapses of every
 layer that reads a source the same way share products of up to 128
 columns, see :class:`_Product`) plus a few elementwise passes per layer,
@@ -533,7 +560,8 @@ class Engine:
     compile : bool, optional
         Run the layers through ``torch.compile`` (TorchInductor), which
         fuses the elementwise passes between the matrix products: the same
-        results bit for bit, in less time per batch, after a compile on the
+        results (bit for bit in fixed mode; float mode as the module
+        docstring states), in less time per batch, after a compile on the
         first call (tens of seconds on CPU). A second batch size
         recompiles once, with a dynamic batch dimension, whose code runs
         up to about 1.1x slower than the first size's (measured on the

@@ -633,7 +633,7 @@ class Runner:
         t0 = time.perf_counter()
         executable = self.process.compile(run_cfg)
         t1 = time.perf_counter()
-        with _children_ignore_sigint():
+        with _children_ignore_sigint(), _forks_from_library_threads():
             self.process.create_runtime(executable=executable)
         self.timings = dict(compile_s=t1 - t0,
                             start_s=time.perf_counter() - t1)
@@ -657,7 +657,9 @@ STOP_TIMEOUT = 20.0
 def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
     """Stop a Lava runtime; if it does not answer within ``timeout``
     seconds (a child died, or an interrupt cut a message exchange short),
-    terminate its OS processes and its shared-memory manager instead."""
+    terminate its OS processes and its shared-memory manager instead.
+    Lava's stop runs in a watchdog thread, or at interpreter exit (where
+    Python 3.12+ starts no thread) in this one under an alarm."""
     if getattr(runtime, "_stopped_by_lava_spiked", False):
         return
     runtime._stopped_by_lava_spiked = True
@@ -669,11 +671,19 @@ def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
         except Exception as err:  # reported below, after the cleanup
             errors.append(err)
 
-    worker = threading.Thread(target=stop, daemon=True,
-                              name="lava-spiked-stop")
-    worker.start()
     actors = getattr(runtime, "_messaging_infrastructure", None)
     actors = actors.actors if actors is not None else []
+    worker = threading.Thread(target=stop, daemon=True,
+                              name="lava-spiked-stop")
+    try:
+        worker.start()
+    except RuntimeError:  # Python 3.12+ starts no thread at interpreter
+        # exit (atexit runs this for a network never stopped); the main
+        # thread stops it, bounded by an alarm
+        if any(_exitcode(a) not in (None, 0) for a in actors):
+            errors.append(ChildProcessError("a Lava process died"))
+        elif not _within(stop, timeout):
+            errors.append(TimeoutError(f"no answer in {timeout} s"))
     deadline = time.monotonic() + timeout
     # a child killed by a signal never answers: stop waiting at once
     while worker.is_alive() and time.monotonic() < deadline and not any(
@@ -695,6 +705,29 @@ def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
                       f"{errors[0] if errors else f'no answer in {timeout} s'}"
                       "): its processes were terminated", RuntimeWarning,
                       stacklevel=3)
+
+
+class _Late(BaseException):
+    """Raised by the alarm of :func:`_within`."""
+
+
+def _within(fn: ty.Callable[[], None], timeout: float) -> bool:
+    """Call ``fn`` in the main thread, cut short by SIGALRM after
+    ``timeout`` seconds (a lock or a blocking read that Lava waits on
+    returns to Python for the signal); whether it returned in time."""
+    def late(signum, frame):
+        raise _Late
+
+    previous = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        fn()
+        return True
+    except _Late:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _exitcode(actor) -> ty.Optional[int]:
@@ -721,6 +754,29 @@ def _die_with_parent() -> None:
 
 
 os.register_at_fork(after_in_child=_die_with_parent)
+
+
+@contextlib.contextmanager
+def _forks_from_library_threads() -> ty.Iterator[None]:
+    """While Lava forks its processes: no DeprecationWarning that this
+    process has threads (Python 3.12+ warns on every fork then).
+
+    The threads are not ours (lava-spiked's progress bars start none, see
+    :mod:`lava_spiked.progress`) but torch's OpenMP workers and numpy's
+    OpenBLAS workers, idle between parallel regions. A fork copies only
+    the forking thread, and a lock that another thread held stays held in
+    the child, which deadlocks only if the child takes that lock. The
+    children take none of these: they run Lava's runtime and the numpy
+    ProcessModels, never torch (so never OpenMP); OpenBLAS stops its
+    workers before a fork and starts new ones in a child (its
+    ``pthread_atfork`` handlers); glibc's malloc and CPython's own locks
+    are made safe across ``fork`` by glibc and CPython themselves. So this
+    fork is safe, and the warning is filtered here only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", r"This process \(pid=\d+\) is multi-threaded, use of "
+            r"fork\(\) may lead to deadlocks", DeprecationWarning)
+        yield
 
 
 @contextlib.contextmanager

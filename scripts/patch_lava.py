@@ -1,9 +1,9 @@
-"""Make lava-nc 0.10.0 importable on Python 3.11.
+"""Make lava-nc 0.10.0 importable on Python 3.11, 3.12 and 3.13.
 
-lava-nc declares ``Requires-Python <3.11``. On 3.11 exactly one thing breaks:
-``lava/magma/compiler/var_model.py`` gives dataclass fields a mutable default
-(``x: ByteEncoder = ByteEncoder()``), which 3.11's ``dataclasses`` rejects at
-import time. This script rewrites those eight fields to
+lava-nc declares ``Requires-Python <3.11``. On 3.11 to 3.13 exactly one
+thing breaks: ``lava/magma/compiler/var_model.py`` gives dataclass fields a
+mutable default (``x: ByteEncoder = ByteEncoder()``), which ``dataclasses``
+rejects at import time since 3.11. This script rewrites those eight fields to
 ``field(default_factory=ByteEncoder)``.
 
 It is idempotent (a patched file is left alone) and refuses to touch a file

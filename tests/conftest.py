@@ -17,9 +17,19 @@ settings.load_profile("lava-spiked")
 def lava_children():
     """Child processes of this test process, except Python's own
     multiprocessing resource tracker, which lives as long as the
-    interpreter once any shared memory was used."""
-    return [c for c in psutil.Process().children(recursive=True)
-            if "resource_tracker" not in " ".join(c.cmdline())]
+    interpreter once any shared memory was used. A child that ended but
+    was not reaped (a zombie, whose command line is gone) still counts."""
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue
+        except psutil.ZombieProcess:
+            pass
+        except psutil.NoSuchProcess:  # ended and reaped meanwhile
+            continue
+        children.append(child)
+    return children
 
 
 @pytest.fixture

@@ -451,14 +451,17 @@ def test_calibration_statistics(small_vit):
         assert (p50[name] <= top[name] + 1e-12).all()
         assert (top[name] > 0).all()
         assert np.unique(top[name]).size == 1
-    # channel: a DataLoader of (x, label) batches gives the same scales
+    # channel: a DataLoader of (x, label) batches gives the same scales, up
+    # to the rounding of the float64 products: MKL's AVX2 kernels round a
+    # row by how many rows its product has (batches of 5, not 32)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.from_numpy(calib),
                                        torch.zeros(len(calib))),
         batch_size=5)
     sig = calibrate(graph, calib, progress=False)
     for name, s in calibrate(graph, loader, progress=False).items():
-        np.testing.assert_array_equal(s, sig[name])
+        np.testing.assert_allclose(s, sig[name], rtol=1e-13, atol=0,
+                                   err_msg=name)
     q = sig["blocks.0.attn.q"].reshape(2, 17, 4)
     # shared along head_dim (the product) and tokens (the qkv weight)
     assert (q == q[:, :1, :1]).all() and q[0, 0, 0] != q[1, 0, 0]
