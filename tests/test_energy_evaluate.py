@@ -56,11 +56,12 @@ def test_torchrun_shards_and_merges_like_one_process(tmp_path):
     repeat, which must not count) write the table of one process."""
     args = ["--T", "16", "--B", "1.4", "--samples", "101"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run",
-                    "--standalone", "--nproc_per_node=2", "-m",
-                    "lava_spiked.evaluate", *args, "--out",
-                    str(tmp_path / "two")], check=True, env=env,
-                   capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run",
+                           "--standalone", "--nproc_per_node=2", "-m",
+                           "lava_spiked.evaluate", *args, "--out",
+                           str(tmp_path / "two")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
     evaluate.main(args + ["--out", str(tmp_path / "one")])
 
     def table(d):  # the lines after the command and machine
