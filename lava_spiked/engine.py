@@ -65,14 +65,17 @@ or compiled) and GPU:
     order). Two such orders put a membrane of ``n`` terms at most
     ``2 n 2**-53`` times the sum of the terms' magnitudes apart (traces
     are at most 1: a row's absolute weight sum plus the bias, in units of
-    sigma), about 1e-12 on the networks tested. So a neuron fires at the
-    same step, and counts as clipped alike, unless its membrane lies
-    within that distance of a threshold; given the same spikes, logits lie
-    within that bound of the readout times its scale. Measured: on an AMD
-    EPYC CPU (AVX2) compiled and eager logits of the bundled model
-    differed by up to 3.6e-15 with every spike equal; on the AVX-512 CPU
-    used here, by nothing. The ``floating_pt`` Lava models and the golden
-    models (numpy) agree with float mode in the same sense.
+    sigma), at most about 1e-12 on the networks tested. So a neuron fires
+    at the same step, and counts as clipped alike, unless its membrane
+    lies within that distance of a threshold; given the same spikes,
+    logits lie within that bound of the readout times its scale. Measured:
+    on an AMD EPYC CPU (AVX2) compiled and eager logits of the bundled
+    model differed by up to 3.6e-15 with every spike equal; on an Intel
+    AVX-512 CPU, by nothing, and by up to 2.8e-17 (a 2-class readout of
+    384 inputs) with MKL held to its AVX2 kernels there
+    (``MKL_ENABLE_INSTRUCTIONS=AVX2``). The ``floating_pt`` Lava models
+    and the golden models (numpy) agree with float mode in the same
+    sense.
 
 Cost: one matrix product per source and rows (the synapses of every
 layer that reads a source the same way share products of up to 128
@@ -83,7 +86,8 @@ Counting clipped neurons (:attr:`EngineResult.clipped`, also with
 with one sigma: measured at about 10 % of a call (fixed, CPU, the bundled
 DigitsViT, 1191 samples: 10 of 90 ms; float 16 of 199 ms).
 ``Engine(..., compile=True)`` fuses those passes with ``torch.compile``
-(same results; README, "Dataset-scale evaluation", has what it saves).
+(same results, as above; README, "Dataset-scale evaluation", has what it
+saves).
 
 Memory: with ``record=False`` a call keeps only the traces and shared
 products that later layers still read (float32 in fixed mode, float64 in

@@ -23,6 +23,7 @@ file.
 """
 import argparse
 import dataclasses
+import hashlib
 import pathlib
 import typing as ty
 
@@ -39,9 +40,11 @@ from lava_spiked.validation import check_base, check_steps
 FORMAT = "lava-spiked plan"
 # 2 added the stages of activation and LayerNorm layers and a weight
 # exponent per synapse, 3 one per output channel of a synapse, 4 the
-# gain and accumulator bits of a layer (Loihi 2 conformant Plans)
-VERSION = 4
-READABLE = (1, 2, 3, 4)
+# gain and accumulator bits of a layer (Loihi 2 conformant Plans), 5 a
+# checksum on every dataset and on every group's attributes
+VERSION = 5
+READABLE = (1, 2, 3, 4, 5)
+CHECKSUM = "sha256"  # the attribute that holds an object's checksum
 
 
 class ExportError(ValueError):
@@ -110,6 +113,74 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
             a["logit_scale"] = np.asarray(op.logit_scale, np.float64)
             a["logit_bias"] = np.asarray(op.logit_bias, np.float64)
             a["mask"] = np.asarray(op.mask, bool)
+        _sign(f)
+
+
+def _digest(*parts: ty.Any) -> str:
+    """SHA-256 of values as the file holds them: a string by its UTF-8
+    bytes, anything else by its numpy dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, str):
+            h.update(b"s" + part.encode())
+        else:
+            a = np.ascontiguousarray(part)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _group_digest(group) -> str:
+    """Checksum of a group's attributes (its own checksum left out) and of
+    the names of its members."""
+    parts = []
+    for key in sorted(k for k in group.attrs if k != CHECKSUM):
+        parts += [key, group.attrs[key]]
+    return _digest(*parts, "members", *sorted(group))
+
+
+def _objects(f) -> ty.List[ty.Any]:
+    """The root group and every group and dataset below it."""
+    found = [f]
+    f.visititems(lambda name, obj: found.append(obj))
+    return found
+
+
+def _sign(f) -> None:
+    """Store the checksum of every dataset (its contents) and every group
+    (its attributes and the names of its members) in the object's
+    ``sha256`` attribute."""
+    for obj in _objects(f):
+        obj.attrs[CHECKSUM] = _digest(obj[()]) if isinstance(
+            obj, h5py.Dataset) else _group_digest(obj)
+
+
+def _verify(f) -> None:
+    """Raise ValueError naming the first object of a version 5 file whose
+    checksum is missing or does not match its contents."""
+    for obj in _objects(f):
+        what = "dataset" if isinstance(obj, h5py.Dataset) else "group"
+        if CHECKSUM not in obj.attrs:
+            raise ValueError(f"{what} {obj.name} has no checksum")
+        got = _digest(_read_dataset(obj)) if what == "dataset" \
+            else _group_digest(obj)
+        if got != obj.attrs[CHECKSUM]:
+            raise ValueError(
+                f"{what} {obj.name}" + (" (its attributes or members)"
+                                         if what == "group" else "") +
+                " does not match its checksum: the file was changed or "
+                "damaged after it was saved")
+
+
+def _read_dataset(ds) -> np.ndarray:
+    """A dataset's values, refusing one whose stored bytes are not what
+    its shape and dtype need (a damaged header could otherwise ask for
+    any amount of memory)."""
+    if ds.id.get_storage_size() != ds.size * ds.dtype.itemsize:
+        raise ValueError(f"dataset {ds.name} stores "
+                         f"{ds.id.get_storage_size()} bytes for "
+                         f"{ds.shape} of {ds.dtype}")
+    return ds[()]
 
 
 def load(path: ty.Union[str, pathlib.Path],
@@ -133,21 +204,35 @@ def load(path: ty.Union[str, pathlib.Path],
     except OSError as err:
         raise ExportError(f"{path}: not a readable HDF5 file ({err})") \
             from None
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise ExportError(f"{path}: not a lava-spiked Plan (attribute "
-                              f"'format' is {f.attrs.get('format')!r})")
-        if f.attrs.get("version") not in READABLE:
-            raise ExportError(f"{path}: format version "
-                              f"{f.attrs.get('version')!r}; this lava-spiked "
-                              f"reads versions {READABLE}")
-        try:
+    try:
+        with f:
+            _check_header(f, path)
+            if f.attrs["version"] >= 5:
+                _verify(f)
             plan = _read(f)
-        except KeyError as err:
-            raise ExportError(f"{path}: missing {err.args[0]}") from None
-        except (TypeError, ValueError, OSError) as err:
-            raise ExportError(f"{path}: {err}") from None
+    except ExportError:
+        raise
+    except KeyError as err:
+        raise ExportError(f"{path}: missing {err.args[0]}") from None
+    except (TypeError, ValueError, OSError) as err:
+        raise ExportError(f"{path}: {err}") from None
+    except Exception as err:  # whatever else a damaged file makes h5py or
+        # numpy raise: not a Plan this loader can trust
+        raise ExportError(f"{path}: damaged ({type(err).__name__}: {err})") \
+            from None
     return SpikingNetwork(plan, record=record)
+
+
+def _check_header(f, path) -> None:
+    """Refuse a file of another format or of a version this loader cannot
+    read."""
+    fmt, version = f.attrs.get("format"), f.attrs.get("version")
+    if not isinstance(fmt, str) or fmt != FORMAT:
+        raise ExportError(f"{path}: not a lava-spiked Plan (attribute "
+                          f"'format' is {fmt!r})")
+    if np.ndim(version) or version not in READABLE:
+        raise ExportError(f"{path}: format version {version!r}; this "
+                          f"lava-spiked reads versions {READABLE}")
 
 
 def _attr(group, key: str, kind: type):
@@ -171,9 +256,9 @@ def _array(group, key: str, kind: str, ndim: int,
            size: ty.Optional[int] = None) -> np.ndarray:
     """Dataset ``key``: numpy kind 'i' (integer), 'f' or 'b', ``ndim``
     axes, and ``size`` elements where given."""
-    if key not in group:
+    if key not in group or not isinstance(group[key], h5py.Dataset):
         raise KeyError(f"dataset {group.name}/{key}")
-    value = group[key][()]
+    value = _read_dataset(group[key])
     where = f"dataset {group.name}/{key}"
     if np.asarray(value).dtype.kind != kind:
         raise TypeError(f"{where} has dtype {np.asarray(value).dtype}, "

@@ -150,8 +150,11 @@ def test_version_2_file_has_one_exponent_per_synapse(bundled, tmp_path):
 
 
 def _broken(path, edit):
+    """``edit`` a saved file, then checksum it anew: what is left to refuse
+    is the content, as from a writer with a bug."""
     with h5py.File(path, "a") as f:
         edit(f)
+        export._sign(f)
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -466,3 +469,97 @@ def test_bad_stages_are_refused(staged_net, tmp_path, edit, match):
     _broken(path, edit)
     with pytest.raises(export.ExportError, match=match):
         export.load(path)
+
+
+def _objects(path):
+    """Names of every group and dataset of a file, and which are
+    datasets."""
+    with h5py.File(path) as f:
+        found = {"/": False}
+        f.visititems(lambda name, obj: found.__setitem__(
+            "/" + name, isinstance(obj, h5py.Dataset)))
+    return found
+
+
+def _refused_or_same(path, plan):
+    """Loading ``path`` raises ExportError or gives ``plan`` exactly:
+    never another exception, never a different network."""
+    try:
+        back = export.load(path)
+    except export.ExportError as err:
+        return str(err)
+    _assert_same_plan(plan, back.plan)
+    return None
+
+
+@pytest.mark.slow
+def test_damaged_files_are_refused(bundled, tmp_path):
+    """Every dataset deleted, turned to another dtype or shape, or with a
+    byte of its data flipped, and every attribute deleted or changed: an
+    ExportError naming that object. Truncated at 64 lengths and a byte
+    flipped at 256 offsets anywhere (headers, indices, free space): an
+    ExportError, or where the byte mattered to nothing, the same Plan."""
+    net, _ = bundled
+    good = tmp_path / "good.h5"
+    export.save(net, good)
+    path = tmp_path / "damaged.h5"
+    data = good.read_bytes()
+    objects = _objects(good)
+
+    def damaged(edit):
+        path.write_bytes(data)
+        with h5py.File(path, "a") as f:
+            edit(f)
+        with pytest.raises(export.ExportError) as err:
+            export.load(path)
+        return str(err.value)
+
+    def replace(name, value):
+        def edit(f):
+            attrs = dict(f[name].attrs)
+            del f[name]
+            f[name] = value
+            f[name].attrs.update(attrs)  # its old checksum too
+        return edit
+
+    offsets = {}
+    for name, is_dataset in objects.items():
+        with h5py.File(good) as f:
+            attrs = dict(f[name].attrs)
+            value = f[name][()] if is_dataset else None
+            if is_dataset:
+                offsets[name] = f[name].id.get_offset()
+        if name != "/":  # a member fewer: its group's checksum
+            parent = name.rsplit("/", 1)[0] or "/"
+            assert f"group {parent} (its attributes or members)" in \
+                damaged(lambda f: f.__delitem__(name))
+        if is_dataset:
+            assert name in damaged(replace(name, value.astype(
+                np.float32 if value.dtype.kind != "f" else np.int64)))
+            assert name in damaged(replace(name, np.append(value, value)))
+        for key, v in attrs.items():
+            def drop(f, key=key):
+                del f[name].attrs[key]
+
+            def change(f, key=key):
+                f[name].attrs[key] = v + "x" if isinstance(v, str) else \
+                    np.asarray(v) + 1
+            assert name in damaged(drop) and name in damaged(change)
+    for name, at in offsets.items():  # a byte of each dataset's data
+        if at is None:  # no data stored (empty)
+            continue
+        broken = bytearray(data)
+        broken[at] ^= 0x5A
+        path.write_bytes(bytes(broken))
+        assert name in _refused_or_same(path, net.plan)
+    rng = np.random.default_rng(11)
+    for n in rng.integers(0, len(data), 64):
+        path.write_bytes(data[:n])
+        assert _refused_or_same(path, net.plan)
+    loaded = 0
+    for at in rng.integers(0, len(data), 256):
+        broken = bytearray(data)
+        broken[at] ^= int(rng.integers(1, 256))
+        path.write_bytes(bytes(broken))
+        loaded += _refused_or_same(path, net.plan) is None
+    assert loaded < 256  # some flips hit what matters
