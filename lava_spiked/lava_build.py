@@ -8,8 +8,9 @@ first runs. A terminal's Ctrl+C reaches the whole process group; a child
 that dies of it leaves the parent waiting forever on a channel. So the
 children are forked ignoring SIGINT and only this (parent) process handles
 it: the interrupt stops the network (bounded wait, then the children are
-terminated) and propagates; one that arrives while the host reads or
-writes a Var waits until that exchange is complete. SIGTERM during a run
+terminated) and propagates; one that arrives while Lava forks the children,
+or while the host reads or writes a Var, waits until the last child exists
+or that exchange is complete. SIGTERM during a run
 or an inference call does the same, and a
 finaliser stops a network still running when the interpreter exits. If the
 parent dies without a word (``kill -9``, a crash), Linux kills the
@@ -63,7 +64,7 @@ try:
 except (ImportError, ValueError) as err:  # ValueError: unpatched lava
     raise ImportError(
         "Lava runs need lava-nc 0.10.0, installed and patched for Python "
-        "3.11: run `make setup` (or `bash scripts/setup.sh`) in the "
+        "3.11 and later: run `make setup` (or `bash scripts/setup.sh`) in the "
         "lava-spiked repository and use its .venv/bin/python. The engine "
         f"(lava_spiked.engine) works without Lava. Underlying error: {err}"
     ) from err
@@ -673,6 +674,11 @@ def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
 
     actors = getattr(runtime, "_messaging_infrastructure", None)
     actors = actors.actors if actors is not None else []
+    if not getattr(runtime, "_is_started", True):  # forked, never run (an
+        # interrupt right after the fork): its processes wait for a first
+        # command, and Lava's stop would join them forever
+        _terminate(runtime, actors, timeout)
+        return
     worker = threading.Thread(target=stop, daemon=True,
                               name="lava-spiked-stop")
     try:
@@ -690,21 +696,27 @@ def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
             _exitcode(a) not in (None, 0) for a in actors):
         worker.join(0.05)
     if worker.is_alive() or errors:
-        running = [a for a in actors if _exitcode(a) is None]
-        for actor in running:
-            with contextlib.suppress(ValueError):  # closed by Lava meanwhile
-                actor.terminate()
-        for actor in running:  # Lava's join takes no timeout
-            with contextlib.suppress(ValueError):  # closed by Lava meanwhile
-                multiprocessing.Process.join(actor, timeout)
-            if _exitcode(actor) is None:
-                actor.kill()
-        with contextlib.suppress(Exception):
-            runtime._messaging_infrastructure.smm.shutdown()
+        _terminate(runtime, actors, timeout)
         warnings.warn("Lava did not stop cleanly ("
                       f"{errors[0] if errors else f'no answer in {timeout} s'}"
                       "): its processes were terminated", RuntimeWarning,
                       stacklevel=3)
+
+
+def _terminate(runtime, actors: list, timeout: float) -> None:
+    """End a runtime's OS processes (SIGTERM, then SIGKILL after
+    ``timeout`` seconds) and its shared-memory manager."""
+    running = [a for a in actors if _exitcode(a) is None]
+    for actor in running:
+        with contextlib.suppress(ValueError):  # closed by Lava meanwhile
+            actor.terminate()
+    for actor in running:  # Lava's join takes no timeout
+        with contextlib.suppress(ValueError):  # closed by Lava meanwhile
+            multiprocessing.Process.join(actor, timeout)
+        if _exitcode(actor) is None:
+            actor.kill()
+    with contextlib.suppress(Exception):
+        runtime._messaging_infrastructure.smm.shutdown()
 
 
 class _Late(BaseException):
@@ -743,17 +755,21 @@ _forking_parent: ty.Optional[int] = None
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> None:
-    """In a child forked for Lava: ask Linux for SIGKILL when the parent
-    dies, and exit if it died already (before the request)."""
-    if _forking_parent is None or not sys.platform.startswith("linux"):
+def _in_lava_child() -> None:
+    """In a child forked for Lava: ignore SIGINT (Ctrl+C is the parent's
+    to handle), ask Linux for SIGKILL when the parent dies, and exit if it
+    died already (before the request)."""
+    if _forking_parent is None:
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != _forking_parent:
         os._exit(1)
 
 
-os.register_at_fork(after_in_child=_die_with_parent)
+os.register_at_fork(after_in_child=_in_lava_child)
 
 
 @contextlib.contextmanager
@@ -782,24 +798,26 @@ def _forks_from_library_threads() -> ty.Iterator[None]:
 @contextlib.contextmanager
 def _children_ignore_sigint() -> ty.Iterator[None]:
     """While Lava forks its processes: they ignore SIGINT and die with this
-    process (main thread only: the only one where Python delivers signals,
-    and Linux ties a child's death signal to the thread that forked it,
-    which must outlive the network)."""
+    process (:func:`_in_lava_child`; main thread only: the only one where
+    Python delivers signals, and Linux ties a child's death signal to the
+    thread that forked it, which must outlive the network). A Ctrl+C that
+    reaches this process meanwhile is held until every child exists, then
+    delivered, so that the network stops whole (ignored here, it was lost:
+    the run went on to its end)."""
     global _forking_parent
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    # the children inherit these: Ctrl+C is the parent's to handle, and
-    # SIGTERM (the fallback stop's terminate) ends a child at once
-    previous = (signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    # the children inherit this: SIGTERM (the fallback stop's terminate)
+    # ends a child at once
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _forking_parent = os.getpid()
     try:
-        yield
+        with _uninterrupted():
+            yield
     finally:
         _forking_parent = None
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

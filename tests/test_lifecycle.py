@@ -33,6 +33,10 @@ CHILD = textwrap.dedent("""
             net.infer(x[:1], cfg, progress=False)
             print("ready", flush=True)
             net.infer(x[:500], cfg, progress=False)
+    elif sys.argv[1] == "early":  # interrupted while Lava compiles, forks
+        with net:
+            print("ready", flush=True)
+            net.infer(x[:200], cfg, progress=False)
     else:  # never stopped: exits while the Lava processes still run
         net.infer(x[:1], cfg, progress=False)
         print("ready", flush=True)
@@ -66,11 +70,14 @@ def _group_alive(pgid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, sig", [("with", signal.SIGINT),
-                                       ("with", signal.SIGTERM),
-                                       ("exit", None),
-                                       ("with", signal.SIGKILL)])
-def test_signal_or_exit_leaves_no_process(tmp_path, case, sig):
+@pytest.mark.parametrize("case, sig, delay", [
+    ("with", signal.SIGINT, 1.0), ("with", signal.SIGTERM, 1.0),
+    ("exit", None, 0.0), ("with", signal.SIGKILL, 1.0),
+    # the first second of a run: Lava compiles (about 0.2 s here), then
+    # forks the runtime and each block (until about 1 s)
+    ("early", signal.SIGINT, 0.05), ("early", signal.SIGINT, 0.3),
+    ("early", signal.SIGINT, 0.6), ("early", signal.SIGINT, 0.9)])
+def test_signal_or_exit_leaves_no_process(tmp_path, case, sig, delay):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     before = _segments()
@@ -80,13 +87,14 @@ def test_signal_or_exit_leaves_no_process(tmp_path, case, sig):
     try:
         assert child.stdout.readline().strip() == "ready", \
             child.stderr.read()
+        time.sleep(delay)  # "with": inside the 500-sample run
         if sig == signal.SIGKILL:  # the parent alone, as a crash would
-            time.sleep(1.0)
             os.kill(child.pid, sig)
         elif sig is not None:
-            time.sleep(1.0)  # inside the 500-sample run
             os.killpg(child.pid, sig)
-        child.wait(timeout=60)
+        # an interrupt stops a network within seconds, never after the
+        # 200 or 500 samples (tens of seconds)
+        child.wait(timeout=60 if sig is None else 25)
         deadline = time.monotonic() + 10
         while _group_alive(child.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
