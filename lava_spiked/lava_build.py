@@ -629,13 +629,18 @@ class Runner:
             raise
 
     def _start(self, run_cfg) -> None:
-        """Compile, then fork the children with SIGINT ignored (they
-        inherit the disposition); register the exit-time stop."""
+        """Compile, then fork the children with SIGINT ignored; register
+        the exit-time stop. A Ctrl+C meanwhile is held until the last
+        child exists, then delivered (the caller stops the network): raised
+        at once it could be lost, in a garbage collector's callback (which
+        Python reports and ignores) during the compile, or in the parent
+        while it ignores SIGINT for the fork."""
         t0 = time.perf_counter()
-        executable = self.process.compile(run_cfg)
-        t1 = time.perf_counter()
-        with _children_ignore_sigint(), _forks_from_library_threads():
-            self.process.create_runtime(executable=executable)
+        with _uninterrupted():
+            executable = self.process.compile(run_cfg)
+            t1 = time.perf_counter()
+            with _children_ignore_sigint(), _forks_from_library_threads():
+                self.process.create_runtime(executable=executable)
         self.timings = dict(compile_s=t1 - t0,
                             start_s=time.perf_counter() - t1)
         self._finalizer = weakref.finalize(self, _stop_runtime,
@@ -668,7 +673,7 @@ def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
 
     def stop() -> None:
         try:
-            runtime.stop()
+            _stop_cleanly(runtime)
         except Exception as err:  # reported below, after the cleanup
             errors.append(err)
 
@@ -701,6 +706,33 @@ def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
                       f"{errors[0] if errors else f'no answer in {timeout} s'}"
                       "): its processes were terminated", RuntimeWarning,
                       stacklevel=3)
+
+
+def _stop_cleanly(runtime) -> None:
+    """Lava's ``Runtime.stop``, reading past the replies that an interrupt
+    left unread. Lava's own stop reads one reply besides each runtime
+    service's TERMINATED and raises on any other: an interrupted run's
+    DONE is one, and when TERMINATED comes a moment after it (a loaded
+    machine), Lava's check for a second message finds nothing yet and it
+    raises ("Runtime Received [0.]"), leaving the processes to be
+    terminated. A service that never answers is the caller's watchdog's
+    to handle."""
+    from lava.magma.runtime.mgmt_token_enums import (MGMT_COMMAND,
+                                                     MGMT_RESPONSE,
+                                                     enum_equal)
+    try:
+        if runtime._is_started:
+            for send_port in runtime.runtime_to_service:
+                send_port.send(MGMT_COMMAND.STOP)
+            for recv_port in runtime.service_to_runtime:
+                while not enum_equal(recv_port.recv(),
+                                     MGMT_RESPONSE.TERMINATED):
+                    pass  # a reply to a command before the stop
+            runtime.join()
+            runtime._is_running = runtime._is_started = False
+    finally:
+        runtime._messaging_infrastructure.stop()
+    runtime._watchdog_manager.stop()
 
 
 def _terminate(runtime, actors: list, timeout: float) -> None:
@@ -743,11 +775,27 @@ def _within(fn: ty.Callable[[], None], timeout: float) -> bool:
 
 
 def _exitcode(actor) -> ty.Optional[int]:
-    """Exit code of a Lava child (0 once Lava has joined and closed it)."""
+    """Exit code of a Lava child (0 once Lava has joined and closed it;
+    None while it runs), read without reaping it: Lava's stop joins the
+    children in another thread, and a child reaped here makes that join's
+    ``waitpid`` fail and return early, after which Lava's ``close`` raises
+    "Cannot close a process while it is still running" (seen often on
+    Python 3.13)."""
     try:
-        return actor.exitcode
-    except ValueError:  # closed by Lava's own join: it ended normally
-        return 0
+        pid, code = actor.pid, actor._popen.returncode
+    except (ValueError, AttributeError):  # closed by Lava's own join: it
+        return 0  # ended normally
+    if code is not None:
+        return code
+    try:
+        info = os.waitid(os.P_PID, pid,
+                         os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped by Lava's join meanwhile
+        return actor._popen.returncode
+    if info is None:
+        return None
+    killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+    return -info.si_status if killed else info.si_status
 
 
 #: pid of this process while it forks Lava's children (else None)
@@ -800,10 +848,7 @@ def _children_ignore_sigint() -> ty.Iterator[None]:
     """While Lava forks its processes: they ignore SIGINT and die with this
     process (:func:`_in_lava_child`; main thread only: the only one where
     Python delivers signals, and Linux ties a child's death signal to the
-    thread that forked it, which must outlive the network). A Ctrl+C that
-    reaches this process meanwhile is held until every child exists, then
-    delivered, so that the network stops whole (ignored here, it was lost:
-    the run went on to its end)."""
+    thread that forked it, which must outlive the network)."""
     global _forking_parent
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -813,8 +858,7 @@ def _children_ignore_sigint() -> ty.Iterator[None]:
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _forking_parent = os.getpid()
     try:
-        with _uninterrupted():
-            yield
+        yield
     finally:
         _forking_parent = None
         signal.signal(signal.SIGTERM, previous)
@@ -822,11 +866,12 @@ def _children_ignore_sigint() -> ty.Iterator[None]:
 
 @contextlib.contextmanager
 def _uninterrupted() -> ty.Iterator[None]:
-    """Hold a Ctrl+C back while the host reads or writes Vars (main thread
-    only), then deliver it: Lava moves a Var one element per message, and
-    an exchange cut short leaves the runtime service waiting, so the
-    network could not stop cleanly. A second Ctrl+C interrupts at once
-    (the children ignore SIGINT, so the exchange normally completes)."""
+    """Hold a Ctrl+C back (main thread only), then deliver it: while the
+    host reads or writes Vars (Lava moves a Var one element per message,
+    and an exchange cut short leaves the runtime service waiting, so the
+    network could not stop cleanly) and while a network compiles and
+    forks (:meth:`Runner._start`). A second Ctrl+C interrupts at once (the
+    children ignore SIGINT, so the exchange normally completes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -147,9 +147,14 @@ class SpikingNetwork:
         if self._lava is not None and self._lava.tag != tag:
             self.stop()
         if self._lava is None:
-            from lava_spiked.lava_build import _LavaNetwork
-            self._lava = _LavaNetwork(self.plan, tag, self.record)
-            self.processes = self._lava.processes
+            from lava_spiked.lava_build import _LavaNetwork, _uninterrupted
+
+            # a Ctrl+C is held while the processes are built, then
+            # delivered: raised in a garbage collector's callback it would
+            # be reported and ignored (and building makes much garbage)
+            with _uninterrupted():
+                self._lava = _LavaNetwork(self.plan, tag, self.record)
+                self.processes = self._lava.processes
         return self._lava
 
     def run(self, condition, run_cfg) -> None:
