@@ -206,3 +206,54 @@ def test_stop_without_a_thread_at_exit(net, monkeypatch):
     start = time.monotonic()
     assert not lava_build._within(lambda: time.sleep(5), 0.2)
     assert time.monotonic() - start < 2
+
+
+def test_stop_reads_past_replies_an_interrupt_left():
+    """An interrupted run leaves its DONE unread, and TERMINATED may come
+    a moment later: the stop reads until TERMINATED from every runtime
+    service, where Lava's own stop raises ("Runtime Received [0.]")."""
+    import types
+
+    from lava.magma.runtime.mgmt_token_enums import (MGMT_COMMAND,
+                                                     MGMT_RESPONSE)
+    from lava.magma.runtime.runtime import Runtime
+
+    from lava_spiked.lava_build import _stop_cleanly
+
+    class Port:
+        def __init__(self, replies):
+            self.replies, self.sent = list(replies), []
+
+        def recv(self):
+            return self.replies.pop(0)
+
+        def probe(self):  # TERMINATED not there yet
+            return False
+
+        def send(self, data):
+            self.sent.append(data)
+
+    def runtime():
+        done = types.SimpleNamespace(called=[])
+        rt = types.SimpleNamespace(
+            _is_started=True, _is_running=True,
+            runtime_to_service=[Port([])],
+            service_to_runtime=[Port([MGMT_RESPONSE.DONE,
+                                      MGMT_RESPONSE.TERMINATED])],
+            _open_ports=[],
+            _messaging_infrastructure=types.SimpleNamespace(
+                stop=lambda: done.called.append("messaging")),
+            _watchdog_manager=types.SimpleNamespace(
+                stop=lambda: done.called.append("watchdog")))
+        rt.join = lambda: done.called.append("join")
+        return rt, done
+
+    rt, done = runtime()
+    with pytest.raises(RuntimeError, match="Runtime Received"):
+        Runtime.stop(rt)  # Lava's own
+    rt, done = runtime()
+    _stop_cleanly(rt)
+    assert done.called == ["join", "messaging", "watchdog"]
+    assert np.array_equal(rt.runtime_to_service[0].sent[0],
+                          MGMT_COMMAND.STOP)
+    assert not rt._is_started and not rt._is_running
