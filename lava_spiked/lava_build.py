@@ -790,8 +790,9 @@ def _exitcode(actor) -> ty.Optional[int]:
     try:
         info = os.waitid(os.P_PID, pid,
                          os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:  # reaped by Lava's join meanwhile
-        return actor._popen.returncode
+    except ChildProcessError:  # reaped by Lava's join meanwhile (and
+        popen = actor._popen  # closed: None)
+        return 0 if popen is None else popen.returncode
     if info is None:
         return None
     killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
