@@ -691,14 +691,14 @@ def _stop_runtime(runtime, timeout: float = STOP_TIMEOUT) -> None:
     except RuntimeError:  # Python 3.12+ starts no thread at interpreter
         # exit (atexit runs this for a network never stopped); the main
         # thread stops it, bounded by an alarm
-        if any(_exitcode(a) not in (None, 0) for a in actors):
+        if _one_died(actors):
             errors.append(ChildProcessError("a Lava process died"))
         elif not _within(stop, timeout):
             errors.append(TimeoutError(f"no answer in {timeout} s"))
     deadline = time.monotonic() + timeout
     # a child killed by a signal never answers: stop waiting at once
-    while worker.is_alive() and time.monotonic() < deadline and not any(
-            _exitcode(a) not in (None, 0) for a in actors):
+    while worker.is_alive() and time.monotonic() < deadline and \
+            not _one_died(actors):
         worker.join(0.05)
     if worker.is_alive() or errors:
         _terminate(runtime, actors, timeout)
@@ -772,6 +772,12 @@ def _within(fn: ty.Callable[[], None], timeout: float) -> bool:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _one_died(actors: list) -> bool:
+    """Whether a Lava child ended with an error or a signal: it will never
+    answer a stop."""
+    return any(_exitcode(a) not in (None, 0) for a in actors)
 
 
 def _exitcode(actor) -> ty.Optional[int]:

@@ -472,12 +472,17 @@ def test_bad_stages_are_refused(staged_net, tmp_path, edit, match):
 
 
 def _objects(path):
-    """Names of every group and dataset of a file, and which are
-    datasets."""
+    """Every group and dataset of a file: name -> its attributes, and for
+    a dataset its values and the file offset of its data (else None)."""
+    found = {}
+
+    def take(obj):
+        dataset = isinstance(obj, h5py.Dataset)
+        found[obj.name] = (dict(obj.attrs), obj[()] if dataset else None,
+                           obj.id.get_offset() if dataset else None)
     with h5py.File(path) as f:
-        found = {"/": False}
-        f.visititems(lambda name, obj: found.__setitem__(
-            "/" + name, isinstance(obj, h5py.Dataset)))
+        take(f)
+        f.visititems(lambda name, obj: take(obj))
     return found
 
 
@@ -522,13 +527,8 @@ def test_damaged_files_are_refused(bundled, tmp_path):
             f[name].attrs.update(attrs)  # its old checksum too
         return edit
 
-    offsets = {}
-    for name, is_dataset in objects.items():
-        with h5py.File(good) as f:
-            attrs = dict(f[name].attrs)
-            value = f[name][()] if is_dataset else None
-            if is_dataset:
-                offsets[name] = f[name].id.get_offset()
+    for name, (attrs, value, _) in objects.items():
+        is_dataset = value is not None
         if name != "/":  # a member fewer: its group's checksum
             parent = name.rsplit("/", 1)[0] or "/"
             assert f"group {parent} (its attributes or members)" in \
@@ -545,8 +545,8 @@ def test_damaged_files_are_refused(bundled, tmp_path):
                 f[name].attrs[key] = v + "x" if isinstance(v, str) else \
                     np.asarray(v) + 1
             assert name in damaged(drop) and name in damaged(change)
-    for name, at in offsets.items():  # a byte of each dataset's data
-        if at is None:  # no data stored (empty)
+    for name, (_, value, at) in objects.items():  # a byte of each
+        if value is None or at is None:  # dataset's data (none if empty)
             continue
         broken = bytearray(data)
         broken[at] ^= 0x5A
