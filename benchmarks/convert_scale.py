@@ -12,6 +12,12 @@ train-mode passes on random data, then eval()):
     MiniLM shape: 64 already-embedded tokens x 384 (float input, no
     embedding lookup), 12 heads, MLP 1536, 6 pre-norm layers, a 10-class
     head on the first token.
+``swin-t-stage1``
+    Stage 1 of a Swin-T shape, as torchvision builds it (LayerNorm, GELU):
+    3x224x224 images, 4x4 patches (56 x 56 = 3,136 tokens), dim 96, 3
+    heads, windows of 7 x 7 (64 windows, shifted in the second block, with
+    Swin's -100 mask), 2 blocks, then norm, average pooling and a 10-class
+    head.
 ``tokens-N``
     The N-table: 2 blocks of dim 192, 3 heads, MLP 768 on N embedded
     tokens, N in {17, 50, 197}, to show memory growing with the activations
@@ -181,6 +187,14 @@ def configs(quick: bool) -> ty.Dict[str, dict]:
             "no embedding lookup" if not quick else
             "small token encoder (BN/ReLU)"),
     }
+    if not quick:
+        out["swin-t-stage1"] = dict(
+            kind="swin", kw=dict(patch_size=[4, 4], embed_dim=96,
+                                 depths=[2], num_heads=[3],
+                                 window_size=[7, 7], num_classes=10),
+            sample=[3, 224, 224], heads=3, tokens=3136, dim=96, depth=2,
+            batch=8, title="Swin-T stage 1 shape (LayerNorm/GELU, "
+            "torchvision), 56 x 56 tokens, 7 x 7 windows")
     for n in n_table:
         out[f"tokens-{n}"] = dict(
             kind="tokens", kw=dict(n_dim), sample=[n, n_dim["dim"]],
@@ -232,7 +246,7 @@ def nbytes(obj, seen=None) -> int:
 def worker(name: str, cfg: dict, repeats: int, profile: bool) -> dict:
     import torch
 
-    from lava_spiked.calibrate import calibrate
+    from lava_spiked.calibrate import absorb_masks, calibrate
     from lava_spiked.capture import capture
     from lava_spiked.engine import Engine
     from lava_spiked.network import SpikingNetwork
@@ -243,8 +257,12 @@ def worker(name: str, cfg: dict, repeats: int, profile: bool) -> dict:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1
     torch.manual_seed(0)
     ViT, TokenEncoder = build_models()
-    model = ViT(**cfg["kw"]) if cfg["kind"] == "vit" else \
-        TokenEncoder(**cfg["kw"])
+    if cfg["kind"] == "swin":
+        from torchvision.models.swin_transformer import SwinTransformer
+        model = SwinTransformer(**cfg["kw"])
+    else:
+        model = ViT(**cfg["kw"]) if cfg["kind"] == "vit" else \
+            TokenEncoder(**cfg["kw"])
     sample = tuple(cfg["sample"])
     # non-trivial BatchNorm statistics: cumulative averages over a few
     # train-mode passes on random data, random affine parameters
@@ -277,6 +295,7 @@ def worker(name: str, cfg: dict, repeats: int, profile: bool) -> dict:
     c1, t1 = time.process_time(), time.perf_counter()
     res["capture_peak_mb"] = peak_mb()
     log(name, "calibrate")
+    graph = absorb_masks(graph, calib, progress=False)
     sigmas = calibrate(graph, calib, progress=False)
     c2, t2 = time.process_time(), time.perf_counter()
     res["calibrate_peak_mb"] = peak_mb()

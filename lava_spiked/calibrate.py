@@ -144,23 +144,32 @@ def groups(graph: Graph, granularity: str = "channel"
             for name, size in sizes.items()}, n
 
 
+#: A negative logit bias whose float32 softmax weight stays below this on
+#: every calibration sample is a mask (:func:`absorb_masks`).
+MASKED_BELOW = 2.0 ** -24
+
+
 def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
                  progress: bool = True,
                  attention_mask: ty.Any = None) -> Graph:
     """The graph with masks written as large negative constants made masks.
 
     Models mask attention in many ways: a boolean mask or ``-inf`` (already
-    masks when captured), or an additive constant such as ``-1e4``,
-    ``-1e9`` or ``torch.finfo(dtype).min`` (Hugging Face's extended mask).
-    An entry of a logit bias is taken for a mask when the bias is negative
-    there and the entry's softmax probability, computed in float32 as the
-    model computes it, is exactly 0 on every calibration sample: masking it
-    changes nothing the model computes. Kept as a bias it would stretch the
-    logits' scale over it (sigma near 1e4 for a -1e4 mask) and put every
-    real logit in the code's dead zone. Masked entries never fire in the
-    WOSS softmax and take no part in the logits' calibration.
-    ``attention_mask`` (n, N) is the runtime token mask of a graph that has
-    one (:func:`lava_spiked.capture.mask_tokens`).
+    masks when captured), or an additive constant such as ``-100`` (Swin's
+    shifted windows), ``-1e4``, ``-1e9`` or ``torch.finfo(dtype).min``
+    (Hugging Face's extended mask). An entry of a logit bias is taken for a
+    mask when the bias is negative there and the entry's softmax
+    probability, computed in float32 as the model computes it, is below
+    float32's unit roundoff (:data:`MASKED_BELOW`, 2**-24) on every
+    calibration sample: the entry then moves the model's own float32
+    result by less than its rounding (Swin's ``exp(-100)`` is a float32
+    subnormal, not 0). Kept as a bias, such an entry would stretch the
+    logits' scale over it (about 100 for Swin's mask, where its real logits
+    need 0.1 to 0.2; near 1e4 for a -1e4 mask) and put every real logit in
+    the code's dead zone. Masked entries never fire in the WOSS softmax and
+    take no part in the logits' calibration. ``attention_mask`` (n, N) is
+    the runtime token mask of a graph that has one
+    (:func:`lava_spiked.capture.mask_tokens`).
     """
     candidates = {op.logits: op for op in graph.attention
                   if (op.bias < 0).any()}
@@ -176,7 +185,8 @@ def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
             return
         z = z.reshape((-1,) + op.bias.shape).float()
         z = z.masked_fill(torch.from_numpy(op.mask), -math.inf)
-        alive[name] |= (torch.softmax(z, -1) > 0).any(0).numpy()
+        alive[name] |= (torch.softmax(z, -1) >= MASKED_BELOW).any(
+            0).numpy()
 
     shape = graph[graph.input].shape
     for x, m in bar(_masked(data, attention_mask, shape, batch_size,

@@ -206,6 +206,11 @@ def main(argv=None) -> None:
             device = f"cuda:{os.environ['LOCAL_RANK']}"
     try:
         res = sweep(args.T, args.B, args.mode, device, args.samples)
+        if dist.is_initialized():
+            # the ranks leave together: one tearing its group down while
+            # another's gloo threads still run aborts that one ("terminate
+            # called without an active exception")
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -595,8 +595,9 @@ def _masked_net(mask):
 @pytest.mark.parametrize("mask", [
     torch.where(HIDDEN, float("-inf"), 0.0),
     torch.where(HIDDEN, torch.finfo(torch.float32).min, 0.0),
-    torch.where(HIDDEN, -1e4, 0.0), torch.where(HIDDEN, -1e9, 0.0)],
-    ids=["-inf", "finfo.min", "-1e4", "-1e9"])
+    torch.where(HIDDEN, -1e4, 0.0), torch.where(HIDDEN, -1e9, 0.0),
+    torch.where(HIDDEN, -100.0, 0.0)],  # Swin's: exp(-100) is not 0
+    ids=["-inf", "finfo.min", "-1e4", "-1e9", "-100"])
 def test_every_way_of_writing_a_mask_is_a_mask(mask):
     """Additive masks give the very network of the boolean mask: the same
     masked entries, no bias, the logits' scale from the real logits."""

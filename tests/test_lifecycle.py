@@ -20,7 +20,12 @@ from lava_spiked import convert
 from lava_spiked.models import digits_splits, load_default
 
 CHILD = textwrap.dedent("""
+    import signal
     import sys
+    # Ctrl+C as in a terminal's Python, also when this suite runs where
+    # SIGINT is ignored (started with & from a script): an ignored SIGINT
+    # is inherited, and Python then installs no KeyboardInterrupt handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava_spiked import convert
     from lava_spiked.models import digits_splits, load_default

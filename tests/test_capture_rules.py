@@ -1,0 +1,211 @@
+"""Each op rule of capture (lava_spiked.capture.rules) on a model that
+needs it: the captured graph, evaluated exactly in float64, equals the
+model; or the model is refused by one UnsupportedModelError that names the
+module and what it lacks. Without its rule, each of these models is
+refused (no rule) or wrong (a generic rule)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lava_spiked.capture import (RULES, UnsupportedModelError, capture,
+                                 evaluate, export)
+from lava_spiked.capture.frontend import op_name
+
+
+class Wrap(nn.Module):
+    """``fn(self, fc(x))``: a Linear first, so that every rule sees a
+    weighted term, not the input."""
+
+    def __init__(self, fn, dim=4):
+        super().__init__()
+        self.fn, self.fc = fn, nn.Linear(dim, dim)
+        self.register_buffer("idx", torch.tensor([3, 0, 0, 2]))
+        self.register_buffer("hidden", torch.tensor([True, False] * 2))
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+
+    def forward(self, x):
+        return self.fn(self, self.fc(x))
+
+
+MOVES = {
+    "view after permute and contiguous":
+        lambda m, x: x.permute(0, 2, 1).contiguous().view(len(x), -1),
+    "strided slice": lambda m, x: x[:, ::2, 1::2],
+    "pad with zeros": lambda m, x: F.pad(x, (1, 2, 0, 1)),
+    "pad with a value": lambda m, x: F.pad(x, (1, 1), value=0.5),
+    "pad by replication": lambda m, x: F.pad(x, (2, 1), mode="replicate"),
+    "pad by reflection": lambda m, x: F.pad(x, (1, 1), mode="reflect"),
+    "roll": lambda m, x: torch.roll(x, shifts=(2, -1), dims=(1, 2)),
+    "flip": lambda m, x: x.flip(1),
+    "cat with a parameter":
+        lambda m, x: torch.cat([m.cls.expand(len(x), 1, -1), x], 1),
+    "stack": lambda m, x: torch.stack([x, 2 * x], 1),
+    "chunk": lambda m, x: x.chunk(2, -1)[1],
+    "index_select with a buffer": lambda m, x: x.index_select(1, m.idx),
+    "gather with a buffer": lambda m, x: torch.gather(
+        x, 1, m.idx.view(1, -1, 1).expand(len(x), -1, x.shape[-1])),
+    "advanced indexing": lambda m, x: x[:, m.idx, 1:],
+    "masked_fill with a constant mask":
+        lambda m, x: x.masked_fill(m.hidden[:, None], 0.25),
+    "in-place add and mul": lambda m, x: x.relu().add_(1.0).mul_(2.0),
+    "adaptive average pooling":
+        lambda m, x: F.adaptive_avg_pool2d(x.unsqueeze(1), (2, 2)),
+}
+
+
+def _exact(model, shape, n=5):
+    torch.manual_seed(0)
+    model = model.double().eval()
+    x = torch.randn((n,) + shape, dtype=torch.float64)
+    graph = capture(model, shape)
+    with torch.no_grad():
+        want = model(x)
+    np.testing.assert_allclose(evaluate(graph, x).reshape(want.shape),
+                               want, rtol=1e-9, atol=1e-12)
+    return graph
+
+
+@pytest.mark.parametrize("case", MOVES)
+def test_ops_that_move_values(case):
+    _exact(Wrap(MOVES[case]), (4, 4))
+
+
+def test_every_op_has_one_rule_of_a_known_kind():
+    assert {r.kind for r in RULES.values()} == {"value", "shape", "meta"}
+    for name in ("pad", "roll", "index", "new_zeros", "view",
+                 "_assert_tensor_metadata"):
+        assert name in RULES
+
+
+def test_in_place_ops_are_functionalised():
+    """``add_`` and ``mul_`` never reach a rule: the export is
+    functionalised first, so no in-place op needs one."""
+    ep, _ = export(Wrap(MOVES["in-place add and mul"]).double(), (4, 4))
+    names = {op_name(n.target) for n in ep.graph.nodes
+             if n.op == "call_function"}
+    assert {"add", "mul"} <= names and not {"add_", "mul_"} & names
+    assert "add_" not in RULES and "mul_" not in RULES
+
+
+def test_casts_between_floats_pass_values_on():
+    model = Wrap(lambda m, x: x.double()).float().eval()
+    ep, _ = export(model, (4, 4))
+    assert "_to_copy" in {op_name(n.target) for n in ep.graph.nodes}
+    x = torch.randn(5, 4, 4)
+    with torch.no_grad():
+        want = model(x)
+    np.testing.assert_allclose(evaluate(capture(model, (4, 4)), x).reshape(
+        want.shape), want, rtol=1e-6, atol=1e-6)
+
+
+def test_metadata_asserts_are_dropped():
+    """A cast as Hugging Face's eager attention writes it exports an
+    ``_assert_tensor_metadata``, which converts as nothing."""
+    model = Wrap(lambda m, x: x.to(torch.float32)).float().eval()
+    ep, _ = export(model, (4, 4))
+    assert "_assert_tensor_metadata" in {op_name(n.target)
+                                         for n in ep.graph.nodes}
+    x = torch.randn(5, 4, 4)
+    with torch.no_grad():
+        want = model(x)
+    np.testing.assert_allclose(evaluate(capture(model, (4, 4)), x).reshape(
+        want.shape), want, rtol=1e-5, atol=1e-6)
+
+
+class WindowAttention(nn.Module):
+    """Attention in windows, as Swin writes it: window partition by
+    ``view``/``permute``/``contiguous``, a relative bias from a lookup, a
+    mask built in ``forward`` from ``x.new_zeros`` by slice assignment and
+    added per window through a regrouping of the logits' leading axes,
+    and the windows merged back and rolled."""
+
+    def __init__(self, dim=4, window=2, heads=2):
+        super().__init__()
+        self.w, self.h = window, heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn(2 * window - 1, heads))
+        ids = torch.arange(window)
+        self.register_buffer("rel", ids[:, None] - ids[None, :] + window - 1)
+
+    def forward(self, x):  # (B, L, C), L a multiple of the window
+        b, n, c = x.shape
+        x = torch.roll(x, -1, 1)
+        nw = n // self.w
+        wins = x.view(b, nw, self.w, c).contiguous().view(b * nw, self.w, c)
+        q, k, v = self.qkv(wins).view(b * nw, self.w, 3, self.h, -1).permute(
+            2, 0, 3, 1, 4)
+        attn = q @ k.transpose(-2, -1) * 0.5
+        attn = attn + self.table[self.rel].permute(2, 0, 1).unsqueeze(0)
+        mask = x.new_zeros(nw, self.w, self.w)
+        mask[-1, :, -1] = -100.0
+        attn = attn.view(b, nw, self.h, self.w, self.w) + mask.unsqueeze(1)
+        attn = attn.view(-1, self.h, self.w, self.w).softmax(-1)
+        y = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return torch.roll(self.proj(y), 1, 1)
+
+
+def test_window_attention_with_constant_mask_and_bias():
+    graph = _exact(WindowAttention(), (6, 4))
+    op, = graph.attention
+    assert op.coef.shape == (3 * 2, 2, 2)  # windows x heads of 2 x 2
+    # the -100 entries are a bias until calibration shows they are masks
+    assert (op.bias.reshape(3, 2, 2, 2)[-1, :, :, -1] < -95).all()
+
+
+def test_a_strided_slice_keeps_only_the_rows_it_reads():
+    graph = _exact(Wrap(lambda m, x: x[:, ::2]), (8, 4))
+    syn, = graph[graph.output].synapses
+    assert syn.rows.shape == (4, 4)  # 4 of the 8 tokens, not all 8
+
+
+def test_a_concatenated_part_keeps_only_its_channels():
+    graph = _exact(Wrap(lambda m, x: torch.cat([x, x.relu()], -1)), (3, 4))
+    for syn in graph[graph.output].synapses:
+        assert syn.weight.shape[0] == 4  # its 4 channels of the 8
+
+
+def test_per_channel_scale_read_in_another_layout():
+    """A residual sum scaled per channel (an eval BatchNorm), read after a
+    permute: the direct read folds the scale per source channel."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+            self.bn.running_var.uniform_(0.5, 2.0)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):
+            y = x + self.fc(x).relu()
+            y = self.bn(y.reshape(-1, 4)).reshape(y.shape)
+            return self.head(y.permute(0, 2, 1) + 1.0)
+    _exact(Model(), (3, 4))
+
+
+@pytest.mark.parametrize("fn, words", [
+    (lambda m, x: x * x.flip(1), ["mul (Wrap: mul)",
+                                  "product of two activations"]),
+    (lambda m, x: x.long().double(), ["cast", "torch.int64"]),
+    (lambda m, x: torch.div(x, 2, rounding_mode="floor"),
+     ["rounding_mode='floor'"]),
+    (lambda m, x: x.softmax(-1), ["softmax must act on", "q @ k"]),
+], ids=["product of activations", "integer cast", "rounded division",
+        "softmax of a non-product"])
+def test_refusals_name_the_module_and_what_it_lacks(fn, words):
+    with pytest.raises(UnsupportedModelError) as err:
+        capture(Wrap(fn).double(), (4, 4))
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_an_op_a_rule_cannot_handle_is_refused_not_crashed(monkeypatch):
+    """A rule that fails inside (here made to) surfaces as an
+    UnsupportedModelError naming the node, never a bare RuntimeError."""
+    def broken(cap, node, *args, **kwargs):
+        raise RuntimeError("deep inside")
+    monkeypatch.setitem(RULES, "flip", RULES["flip"].__class__(broken))
+    with pytest.raises(UnsupportedModelError,
+                       match=r"\(Wrap: flip\): capture failed \(RuntimeError"
+                             r": deep inside\)"):
+        capture(Wrap(MOVES["flip"]).double(), (4, 4))
