@@ -367,8 +367,9 @@ def test_float32_products_only_in_ieee_precision():
 @pytest.mark.parametrize("mode", ["fixed", "float"])
 def test_unrecorded_run_keeps_logits_and_counts(mode):
     """record=False gives the same logits and saturation counts and no
-    spikes; a fused weight is trimmed to the channels each layer reads,
-    in one product for q, k and v."""
+    spikes; each of q, k and v reads its own channels of the fused
+    in-projection (capture keeps only those), in one product for all
+    three."""
     net, x = _small_net()
     x = np.concatenate([x, x[:1] * 400])
     eng = Engine(net, mode)
@@ -381,7 +382,8 @@ def test_unrecorded_run_keeps_logits_and_counts(mode):
     op = net.plan.attention[0]
     (key, _), = eng.layers[op.x]["synapses"]
     s = net.plan[op.x].synapses[0]
-    assert len(_pruned(s, s.weight)[1]) < len(s.weight)
+    assert len(s.weight) == 8  # of the in-projection's 24 (dim 8)
+    assert len(_pruned(s, s.weight)[1]) == len(s.weight)
     assert [eng.layers[k]["synapses"][0][0] for k in (op.y, op.v)] == \
         [key, key]
 
