@@ -6,6 +6,8 @@ refused (no rule) or wrong (a generic rule)."""
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -209,3 +211,48 @@ def test_an_op_a_rule_cannot_handle_is_refused_not_crashed(monkeypatch):
                        match=r"\(Wrap: flip\): capture failed \(RuntimeError"
                              r": deep inside\)"):
         capture(Wrap(MOVES["flip"]).double(), (4, 4))
+
+
+def test_sums_and_differences_with_constants_on_either_side():
+    _exact(Wrap(lambda m, x: torch.rsub(x, 2.0, alpha=3.0) -
+                torch.sub(1.5, x.relu(), alpha=0.5) +
+                torch.add(x, x.flip(1), alpha=-2.0)), (4, 4))
+
+
+# ops for random chains on a (batch, 4, 4) activation: every one keeps
+# that shape, so that any sequence of them is a valid model
+CHAIN = {
+    **{name: MOVES[name] for name in (
+        "roll", "flip", "index_select with a buffer",
+        "gather with a buffer", "masked_fill with a constant mask",
+        "in-place add and mul")},
+    "transpose": lambda m, x: x.transpose(1, 2).contiguous(),
+    "pad then slice": lambda m, x: F.pad(x, (1, 1, 2, 0))[:, 1:-1, 1:-1],
+    "cat then strided slice": lambda m, x: torch.cat([x, m.cls.expand(
+        len(x), 4, -1)], 1)[:, ::2],
+    "scale and shift": lambda m, x: 0.5 * x - 1.0,
+    "residual": lambda m, x: x + m.fc(x).relu(),
+    "gelu": lambda m, x: F.gelu(x),
+    "layernorm": lambda m, x: F.layer_norm(x, (4,)),
+    "mean over tokens": lambda m, x: x.mean(1, keepdim=True).expand(
+        -1, 4, -1),
+    "attention": lambda m, x: torch.softmax(x @ x.transpose(1, 2), -1) @ x,
+    "product of activations": lambda m, x: x * x.flip(2),
+    "exp": lambda m, x: x.exp(),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(sorted(CHAIN)), min_size=1, max_size=4))
+def test_any_chain_of_ops_captures_exactly_or_is_refused(chain):
+    """The converter's guarantee on any model: its captured graph equals it,
+    or one UnsupportedModelError names why; never another exception."""
+    def forward(m, x):
+        for name in chain:
+            x = CHAIN[name](m, x)
+        return x
+    try:
+        _exact(Wrap(forward), (4, 4), n=3)
+    except UnsupportedModelError as err:
+        assert any(bad in chain for bad in (
+            "product of activations", "exp")), (chain, err)

@@ -64,11 +64,11 @@ class Interpreter:
         raise UnsupportedModelError("the exported graph has no output")
 
     def evaluate(self, node, args, kwargs):
-        if not any(isinstance(a, SYMBOLIC) for a in flat(args, kwargs)):
-            return node.target(*args, **kwargs)  # a constant
-        rule = RULES[op_name(node.target)]
         try:
-            return rule.fn(self, node, *args, **kwargs)
+            if not any(isinstance(a, SYMBOLIC) for a in flat(args, kwargs)):
+                return node.target(*args, **kwargs)  # a constant
+            return RULES[op_name(node.target)].fn(self, node, *args,
+                                                  **kwargs)
         except UnsupportedModelError as err:
             raise UnsupportedModelError(f"{where(node)}: {err}") from err
         except Exception as err:  # a rule met a case it does not know

@@ -235,8 +235,8 @@ def arithmetic(cap, node, a, b=1, alpha=1.0, **kwargs):
         return logit_arithmetic(name, a, b)
     if name == "neg":
         return scaled(a, -1.0, 0.0)
-    if name == "rsub":  # b - a * alpha
-        return add(scaled(a, -float(alpha), 0.0), b)
+    if name == "rsub":  # b - alpha * a
+        return add(_times(a, -float(alpha)), b)
     if name in ("mul", "div"):
         if isinstance(a, Affine) and isinstance(b, Affine):
             raise UnsupportedModelError(
@@ -248,11 +248,8 @@ def arithmetic(cap, node, a, b=1, alpha=1.0, **kwargs):
         x, c = (a, b) if isinstance(a, Affine) else (b, a)
         c = as_constant(c)
         return scaled(x, 1.0 / c if name == "div" else c, 0.0)
-    if name == "sub":
-        alpha = -float(alpha)
-    if alpha != 1.0:
-        b = scaled(b, alpha, 0.0) if isinstance(b, Affine) else \
-            alpha * as_constant(b)
+    if name == "sub" or alpha != 1:
+        b = _times(b, -float(alpha) if name == "sub" else float(alpha))
     total = add(a, b)
     if isinstance(a, Affine) and isinstance(b, Affine) and \
             _fanout(node) > 1:
@@ -539,6 +536,12 @@ def _reshaped(x: Affine, fn) -> Affine:
     """``fn`` (a reshape or permutation) applied to every map of ``x``."""
     return Affine([dataclasses.replace(t, out=fn(t.out), scale=fn(t.scale))
                    for t in x.terms], fn(x.bias))
+
+
+def _times(v, c: float):
+    """An activation or a constant times ``c``."""
+    return scaled(v, c, 0.0) if isinstance(v, Affine) else \
+        c * as_constant(v)
 
 
 def _sources(x: Affine) -> str:
