@@ -256,3 +256,10 @@ def test_any_chain_of_ops_captures_exactly_or_is_refused(chain):
     except UnsupportedModelError as err:
         assert any(bad in chain for bad in (
             "product of activations", "exp")), (chain, err)
+
+
+def test_addmm_is_a_linear():
+    """Hugging Face's Conv1D (GPT-2) writes its Linear as addmm."""
+    w, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(3)
+    _exact(Wrap(lambda m, x: torch.addmm(b.double(), x.reshape(-1, 4), w,
+                                         beta=0.5, alpha=2.0)), (1, 4))

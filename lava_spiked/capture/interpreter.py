@@ -64,11 +64,15 @@ class Interpreter:
         raise UnsupportedModelError("the exported graph has no output")
 
     def evaluate(self, node, args, kwargs):
+        rule = RULES.get(op_name(node.target))
         try:
+            if rule is not None and rule.kind == "meta":
+                # also on constants, which are float64 here, whatever
+                # dtype the assert expects
+                return None
             if not any(isinstance(a, SYMBOLIC) for a in flat(args, kwargs)):
                 return node.target(*args, **kwargs)  # a constant
-            return RULES[op_name(node.target)].fn(self, node, *args,
-                                                  **kwargs)
+            return rule.fn(self, node, *args, **kwargs)
         except UnsupportedModelError as err:
             raise UnsupportedModelError(f"{where(node)}: {err}") from err
         except Exception as err:  # a rule met a case it does not know

@@ -407,6 +407,17 @@ def linear(cap, node, x, weight, bias=None, *conv, name=None):
     return Affine([term], new_bias.reshape(out_shape))
 
 
+@rule("addmm")
+def addmm(cap, node, bias, x, weight, beta=1, alpha=1):
+    """``beta * bias + alpha * x @ weight`` (Hugging Face's ``Conv1D``): a
+    Linear with the transposed weight."""
+    if not isinstance(x, Affine) or isinstance(bias, SYMBOLIC):
+        raise UnsupportedModelError(
+            "addmm is supported as bias + activation @ constant")
+    return linear(cap, node, x, alpha * as_constant(weight).T,
+                  beta * as_constant(bias), name="linear")
+
+
 @rule("mean", "sum")
 def reduce(cap, node, x, dim=None, keepdim=False, *, mean=None,
            **kwargs):
