@@ -25,6 +25,7 @@ class Wrap(nn.Module):
         self.fn, self.fc = fn, nn.Linear(dim, dim)
         self.register_buffer("idx", torch.tensor([3, 0, 0, 2]))
         self.register_buffer("hidden", torch.tensor([True, False] * 2))
+        self.register_buffer("w1", torch.randn(2, dim, 3))
         self.cls = nn.Parameter(torch.randn(1, 1, dim))
 
     def forward(self, x):
@@ -54,6 +55,34 @@ MOVES = {
     "in-place add and mul": lambda m, x: x.relu().add_(1.0).mul_(2.0),
     "adaptive average pooling":
         lambda m, x: F.adaptive_avg_pool2d(x.unsqueeze(1), (2, 2)),
+    "adaptive average pooling 1d": lambda m, x: F.adaptive_avg_pool1d(x, 2),
+    "sum": lambda m, x: x.sum(1),
+    "repeat": lambda m, x: x.repeat(1, 2, 1),
+    "unfold": lambda m, x: x.unfold(1, 2, 1),
+    "split with sizes": lambda m, x: x.split([1, 3], 1)[1],
+    "squeeze and unsqueeze": lambda m, x: x[:, :1].squeeze(1).unsqueeze(-1),
+    "detach": lambda m, x: x.detach() * 2,
+    "type_as": lambda m, x: x.type_as(m.cls),
+    "alias": lambda m, x: x[...],
+    "expand": lambda m, x: x[:, :1].expand(-1, 4, -1),
+    "conv1d": lambda m, x: F.conv1d(x, m.w1, padding=1),
+    "bmm": lambda m, x: torch.bmm(torch.softmax(torch.bmm(
+        x, x.transpose(1, 2)), -1), x),
+    "tanh, sigmoid, silu, gelu": lambda m, x: torch.tanh(x) + torch.sigmoid(
+        x.flip(1)) + F.silu(x.roll(1, 2)) + F.gelu(2 * x),
+}
+
+# ops that read only the shape of an activation: their results are
+# constants, and so is what is built from them
+SHAPE_ONLY = {
+    "new_zeros": lambda x: x.new_zeros(4),
+    "new_ones": lambda x: x.new_ones(4),
+    "new_full": lambda x: x.new_full((4,), 2.0),
+    "new_empty": lambda x: x.new_empty(4).fill_(1.5),
+    "zeros_like": lambda x: torch.zeros_like(x),
+    "ones_like": lambda x: torch.ones_like(x),
+    "full_like": lambda x: torch.full_like(x, -0.5),
+    "empty_like": lambda x: torch.empty_like(x).fill_(0.25),
 }
 
 
@@ -72,6 +101,11 @@ def _exact(model, shape, n=5):
 @pytest.mark.parametrize("case", MOVES)
 def test_ops_that_move_values(case):
     _exact(Wrap(MOVES[case]), (4, 4))
+
+
+@pytest.mark.parametrize("case", SHAPE_ONLY)
+def test_constants_built_from_an_activations_shape(case):
+    _exact(Wrap(lambda m, x: x.relu() + 3 * SHAPE_ONLY[case](x)), (4, 4))
 
 
 def test_every_op_has_one_rule_of_a_known_kind():

@@ -73,9 +73,9 @@ def unsupported(ep: torch.export.ExportedProgram) -> ty.List[str]:
 
 
 # ---------------------------------------------------------------- metadata
-@rule("_assert_tensor_metadata", "_assert_scalar", "_assert_async",
-      "sym_constrain_range_for_size", kind="meta")
+@rule("_assert_tensor_metadata", kind="meta")
 def dropped(cap, node, *args, **kwargs):
+    """Nothing: the export fixed every dtype and shape already."""
     return None
 
 
@@ -91,7 +91,7 @@ def from_shape(cap, node, *args, **kwargs):
 
 
 # ---------------------------------------------------------------- identity
-@rule("clone", "alias", "detach", "lift_fresh_copy")
+@rule("clone", "alias", "detach")
 def identity(cap, node, x, *args, **kwargs):
     return x
 
@@ -115,14 +115,15 @@ def item(cap, node, items, index):
 # Ops that move values without arithmetic. Each runs as itself on the
 # bias, on every term's index map and on its scales; a position that takes
 # no activation (padding, a constant concatenated) gets index -1.
-MOVES = ("permute", "transpose", "t", "unsqueeze", "squeeze", "flatten",
-         "unflatten", "select", "slice", "expand", "unfold", "split",
-         "split_with_sizes", "chunk", "unbind", "cat", "stack", "movedim",
-         "narrow", "repeat", "roll", "flip", "index_select", "gather",
+# (The functionalised graph writes reshape, flatten and unflatten as view,
+# chunk as split, narrow as slice, movedim as permute.)
+MOVES = ("permute", "transpose", "unsqueeze", "squeeze", "select",
+         "slice", "expand", "unfold", "split", "split_with_sizes", "unbind",
+         "cat", "stack", "repeat", "roll", "flip", "index_select", "gather",
          "index")
 # Regroupings of axes; on index maps they run as ``reshape`` (a ``view`` of
 # a transposed map has no strides to view it by)
-RESHAPES = ("view", "_unsafe_view", "reshape")
+RESHAPES = ("view", "_unsafe_view")
 
 
 @rule(*MOVES, *RESHAPES)
@@ -133,12 +134,10 @@ def move(cap, node, *args, **kwargs):
         args, kwargs, _blank))
 
 
-@rule("pad", "constant_pad_nd")
+@rule("pad")
 def pad(cap, node, x, padding, mode="constant", value=None):
     """Padding: a padded position is a source that never fires, plus the
     pad value as a bias (``replicate`` / ``reflect`` copy sources)."""
-    if op_name(node.target) == "constant_pad_nd":  # (x, pad, value=0)
-        mode, value = "constant", 0.0 if mode == "constant" else mode
     if mode != "constant":
         return moved(node, node.target, (x, padding, mode, value), {},
                      (x, padding, mode, value), {})
@@ -204,9 +203,8 @@ def regrouped_logits(node, target, args, kwargs):
     reshape keeps the flat order of the leading axes."""
     value = args[0]
     prod = value.product if isinstance(value, Softmax) else value
-    if op_name(node.target) not in RESHAPES + (
-            "unsqueeze", "squeeze", "flatten", "unflatten") or not isinstance(
-                prod, Product):
+    if op_name(node.target) not in RESHAPES + ("unsqueeze", "squeeze") or \
+            not isinstance(prod, Product):
         raise UnsupportedModelError(
             "only a regrouping of the leading (batch, head) axes may act on "
             "q @ k or its softmax")
@@ -303,7 +301,7 @@ def activation(cap, node, x, approximate="none"):
                            "activation", fn=fn)
 
 
-@rule("layer_norm", "native_layer_norm")
+@rule("layer_norm")
 def layer_norm(cap, node, x, shape, weight=None, bias=None, eps=1e-5,
                *rest):
     """LayerNorm over the last axis: a population with a normalisation
@@ -318,26 +316,20 @@ def layer_norm(cap, node, x, shape, weight=None, bias=None, eps=1e-5,
     z = cap.materialize(x, cap.unique(module_path(node),
                                       "" if own else "norm"),
                         "layernorm", eps=float(eps))
-    out = scaled(z, weight if weight is not None else 1.0,
-                 bias if bias is not None else 0.0)
-    return (out, None, None) if op_name(node.target) == \
-        "native_layer_norm" else out
+    return scaled(z, weight if weight is not None else 1.0,
+                  bias if bias is not None else 0.0)
 
 
-@rule("batch_norm", "_native_batch_norm_legit_no_training")
-def batch_norm(cap, node, x, weight, bias, mean, var, *rest):
-    """Eval-mode BatchNorm: a per-channel scale and shift."""
-    functional = op_name(node.target) == "batch_norm"
-    training, eps = (rest[0], rest[2]) if functional else (False, rest[1])
-    if training:
-        raise UnsupportedModelError("BatchNorm in training mode")
+@rule("_native_batch_norm_legit_no_training")
+def batch_norm(cap, node, x, weight, bias, mean, var, momentum, eps):
+    """Eval-mode BatchNorm (a model's BatchNorm in training mode exports
+    as another op, which has no rule): a per-channel scale and shift."""
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
     shift = -mean * scale + (bias if bias is not None else 0.0)
     view = (1, -1) + (1,) * (len(x.shape) - 2)
-    out = scaled(x, scale.reshape(view), shift.reshape(view))
-    return out if functional else (out, None, None)
+    return scaled(x, scale.reshape(view), shift.reshape(view)), None, None
 
 
 # ----------------------------------------------------------------- weights
@@ -484,7 +476,7 @@ def matmul(cap, node, a, b):
                    torch.zeros(shape, dtype=torch.bool))
 
 
-@rule("softmax", "_softmax")
+@rule("softmax")
 def softmax(cap, node, x, dim, *rest, **kwargs):
     if not isinstance(x, Product) or dim not in (-1, len(x.shape) - 1):
         raise UnsupportedModelError(
