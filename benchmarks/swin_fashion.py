@@ -190,9 +190,9 @@ def main(argv=None) -> None:
                      f"{snn / ann_nj:.2f} | {steps} |")
     if args.zero_background:
         lines[4:4] = [
-            "Inputs: images minus their background value, which the patch "
-            "embedding's bias takes back (the same function): the "
-            "background, 43 % of the tokens, codes as exactly 0.", ""]
+            "", "Inputs: images minus their background value, which the "
+            "patch embedding's bias takes back (the same function): the "
+            "background, 43 % of the tokens, codes as exactly 0."]
     name = "swin_fashion_zero_background.md" if args.zero_background \
         else "swin_fashion.md"
     (out / name).write_text("\n".join(lines) + "\n")
