@@ -77,6 +77,35 @@ def check_activation(fn: str) -> str:
     return fn
 
 
+#: Where :func:`identify` compares functions: wide enough that every
+#: activation above has reached its asymptotes on both sides.
+IDENTIFY_GRID = np.linspace(-64.0, 64.0, 8193)
+
+
+def identify(f: ty.Callable[[np.ndarray], np.ndarray]
+             ) -> ty.Optional[ty.Tuple[str, float, float]]:
+    """``(name, a, b)`` with ``f(x) == a * g(x) + b`` for the activation
+    ``g = ACTIVATIONS[name]`` (to 1e-9 of ``f``'s range on
+    :data:`IDENTIFY_GRID`), or None.
+
+    Capture recognises activations by what they compute, not by what the
+    model calls them: GELU written out with ``pow`` and ``tanh`` (Hugging
+    Face's ``NewGELUActivation``) is ``gelu_tanh``.
+    """
+    x = IDENTIFY_GRID
+    y = np.asarray(f(x), dtype=np.float64)
+    if y.shape != x.shape or not np.isfinite(y).all():
+        return None
+    tol = 1e-9 * max(1.0, float(np.abs(y).max()))
+    for name, (g, _) in ACTIVATIONS.items():
+        basis = np.stack([g(x), np.ones_like(x)], 1)
+        (a, b), *_ = np.linalg.lstsq(basis, y, rcond=None)
+        a, b = (float(np.round(v, 12)) for v in (a, b))
+        if abs(a) > 1e-12 and np.abs(a * basis[:, 0] + b - y).max() <= tol:
+            return name, a, b
+    return None
+
+
 def activation_float(v: ty.Any, fn: str, pre_scale: ty.Any,
                      scale: ty.Any) -> np.ndarray:
     """``f(A) / sigma`` of membranes ``v = A / sigma_pre``, the pre-activation

@@ -3,6 +3,8 @@ needs it: the captured graph, evaluated exactly in float64, equals the
 model; or the model is refused by one UnsupportedModelError that names the
 module and what it lacks. Without its rule, each of these models is
 refused (no rule) or wrong (a generic rule)."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from torch import nn
 
 from lava_spiked.capture import (RULES, UnsupportedModelError, capture,
                                  evaluate, export)
+from lava_spiked import nonlinear
 from lava_spiked.capture.frontend import op_name
 
 
@@ -106,6 +109,81 @@ def test_ops_that_move_values(case):
 @pytest.mark.parametrize("case", SHAPE_ONLY)
 def test_constants_built_from_an_activations_shape(case):
     _exact(Wrap(lambda m, x: x.relu() + 3 * SHAPE_ONLY[case](x)), (4, 4))
+
+
+# pointwise functions of one activation, written out as models write them
+# (name -> (forward, the activation stage it must become))
+WRITTEN_OUT = {
+    "GELU's tanh form with pow (Hugging Face's NewGELUActivation)": (
+        lambda m, x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (
+            x + 0.044715 * torch.pow(x, 3.0)))), "gelu_tanh"),
+    "GELU's tanh form with x * x (FastGELUActivation)": (
+        lambda m, x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608028654 * (
+            1.0 + 0.044715 * x * x))), "gelu_tanh"),
+    "SiLU as x * sigmoid(x)": (
+        lambda m, x: x * torch.sigmoid(x), "silu"),
+    "x * sigmoid(1.702 x) (QuickGELU)": (
+        lambda m, x: x * torch.sigmoid(1.702 * x), "silu"),
+    "a scaled and shifted tanh": (
+        lambda m, x: 1.0 - 2.0 * torch.tanh(x), "tanh"),
+    "GELU by erf, as F.gelu": (lambda m, x: F.gelu(x), "gelu"),
+}
+
+
+@pytest.mark.parametrize("case", WRITTEN_OUT)
+def test_activations_written_out_are_recognised_by_what_they_compute(case):
+    """A chain of pointwise ops on one activation becomes one activation
+    population whose stage computes the chain (up to a scale and shift
+    folded into its readers), whatever the module is called."""
+    fn, name = WRITTEN_OUT[case]
+    graph = _exact(Wrap(fn), (3, 4))
+    stages = [p for p in graph.populations if p.kind == "activation"]
+    assert [p.fn for p in stages] == [name]
+
+
+def test_identify_finds_the_scale_and_shift():
+    assert nonlinear.identify(lambda x: 1.0 - 2.0 * np.tanh(x)) == (
+        "tanh", -2.0, 1.0)
+    assert nonlinear.identify(lambda x: x * x) is None
+    assert nonlinear.identify(np.exp) is None
+
+
+def test_compositions_that_are_no_activation_split_into_stages():
+    """GELU of GELU is two stages; ``x + gelu(x)`` a stage and a sum;
+    ``x * gelu(x)`` and a bare ``x ** 2`` are refused by name."""
+    graph = _exact(Wrap(lambda m, x: F.gelu(F.gelu(x))), (3, 4))
+    assert [p.kind for p in graph.populations].count("activation") == 2
+    graph = _exact(Wrap(lambda m, x: x + F.gelu(x)), (3, 4))
+    assert [p.kind for p in graph.populations].count("activation") == 1
+    with pytest.raises(UnsupportedModelError,
+                       match="product of two activations"):
+        capture(Wrap(lambda m, x: x * F.gelu(x)).double(), (3, 4))
+    with pytest.raises(UnsupportedModelError,
+                       match=r"\(Wrap: pow\): a pointwise function of an "
+                             "activation that is none of gelu"):
+        capture(Wrap(lambda m, x: (x ** 2).mean(-1)).double(), (3, 4))
+
+
+def test_where_masks_logits_and_moves_activations():
+    """``torch.where`` with a constant condition, as GPT-2's eager
+    attention masks its causal logits with the dtype's lowest value: a
+    masked product; on an activation it selects, like masked_fill."""
+    def causal(m, x):
+        logits = x @ x.transpose(1, 2)
+        keep = torch.ones(4, 4, dtype=torch.bool).tril()
+        logits = torch.where(keep, logits, torch.finfo(x.dtype).min)
+        return torch.softmax(logits, -1) @ x
+    graph = _exact(Wrap(causal), (4, 4))
+    assert graph.attention[0].mask.sum() == 6  # above the diagonal
+    _exact(Wrap(lambda m, x: torch.where(m.hidden[:, None], x, -0.5)),
+           (4, 4))
+    _exact(Wrap(lambda m, x: torch.where(m.hidden[:, None], x.relu(),
+                                         x.flip(1))), (4, 4))
+    with pytest.raises(UnsupportedModelError, match="only -inf or the "
+                                                    "lowest float masks"):
+        capture(Wrap(lambda m, x: torch.softmax(torch.where(
+            m.hidden[:, None], x @ x.transpose(1, 2), -5.0), -1) @ x
+        ).double(), (4, 4))
 
 
 def test_every_op_has_one_rule_of_a_known_kind():
@@ -273,6 +351,8 @@ CHAIN = {
     "attention": lambda m, x: torch.softmax(x @ x.transpose(1, 2), -1) @ x,
     "product of activations": lambda m, x: x * x.flip(2),
     "exp": lambda m, x: x.exp(),
+    "square": lambda m, x: x ** 2,
+    "gelu written out": WRITTEN_OUT[next(iter(WRITTEN_OUT))][0],
 }
 
 
@@ -289,7 +369,7 @@ def test_any_chain_of_ops_captures_exactly_or_is_refused(chain):
         _exact(Wrap(forward), (4, 4), n=3)
     except UnsupportedModelError as err:
         assert any(bad in chain for bad in (
-            "product of activations", "exp")), (chain, err)
+            "product of activations", "exp", "square")), (chain, err)
 
 
 def test_addmm_is_a_linear():

@@ -356,8 +356,15 @@ def test_elementwise_product_of_activations_is_refused():
         def forward(self, x):
             return x * x
 
-    with pytest.raises(UnsupportedModelError, match="elementwise product"):
+    class Gated(nn.Module):
+        def forward(self, x):
+            return x * x.flip(-1)
+
+    with pytest.raises(UnsupportedModelError, match="a pointwise function "
+                                                    "of an activation"):
         capture(Square(), (3,))
+    with pytest.raises(UnsupportedModelError, match="elementwise product"):
+        capture(Gated(), (3,))
 
 
 def test_untraceable_model_is_refused():

@@ -21,13 +21,14 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked.capture.frontend import (constants, module_path, op_name,
-                                          where)
+from lava_spiked.capture.frontend import (constants, module_path,
+                                          module_type, op_name, where)
 from lava_spiked.capture.graph import AttentionOp, Graph, Population
-from lava_spiked.capture.rules import RULES, flat
+from lava_spiked.capture.rules import RULES, flat, map_args
 from lava_spiked.capture.symbolic import (
-    SYMBOLIC, Affine, Product, UnsupportedModelError, direct, scaled,
-    synapse)
+    SYMBOLIC, Affine, Pointwise, Product, UnsupportedModelError, direct,
+    scaled, synapse)
+from lava_spiked.nonlinear import ACTIVATIONS, identify
 
 
 class Interpreter:
@@ -55,7 +56,7 @@ class Interpreter:
                 env[node.name] = self.evaluate(node, args, kwargs)
             elif node.op == "output":
                 outs = flat(node.args[0], {})
-                value = env[outs[self.output].name]
+                value = self.activate(env[outs[self.output].name])
                 name = self.unique(module_path(outs[self.output]) or
                                    "output")
                 self.materialize(value, name, "readout")
@@ -66,6 +67,8 @@ class Interpreter:
     def evaluate(self, node, args, kwargs):
         rule = RULES.get(op_name(node.target))
         try:
+            if rule is not None and not rule.pointwise:
+                args, kwargs = map_args(args, kwargs, self.activate)
             if rule is not None and rule.kind == "meta":
                 # dropped also on constants, which are float64 here,
                 # whatever dtype the assert expects
@@ -149,6 +152,47 @@ class Interpreter:
             **stage))
         value = direct(name, x.shape)
         return value if factor is None else scaled(value, factor, shift)
+
+    def activate(self, x):
+        """``x`` itself, or a Pointwise as an activation population (one
+        per Pointwise) read as ``a * g + b``, where its function is
+        ``a * g(c * source + d) + b`` for ``g`` one of
+        :data:`lava_spiked.nonlinear.ACTIVATIONS` and ``(c, d)`` one of its
+        ``bases`` (:func:`lava_spiked.nonlinear.identify`); where not, its
+        arguments become populations first and its op runs on them (GELU
+        of GELU is two activation stages, ``x + gelu(x)`` one and a sum)."""
+        if not isinstance(x, Pointwise):
+            return x
+        key = x.node.name
+        if key in self.materialized:
+            return self.materialized[key]
+        for c, d in x.bases:  # the function of c * source + d
+            found = identify(lambda v: x.fn(torch.from_numpy(
+                (v - d) / c)).numpy())
+            if found is not None:
+                break
+        if found is not None:
+            fn, a, b = found
+            role = "gelu" if fn.startswith("gelu") else fn
+            # a module of its own (nn.GELU, Hugging Face's
+            # NewGELUActivation) names the population; a call inside a
+            # bigger module gets a suffix
+            own = role in module_type(x.node).lower()
+            value = self.materialize(
+                scaled(x.source, c, d), self.unique(module_path(x.node),
+                                      "" if own else role),
+                "activation", fn=fn)
+            value = value if (a, b) == (1.0, 0.0) else scaled(value, a, b)
+        elif any(isinstance(v, Pointwise) for v in x.args):
+            value = self.activate(x.redo(self, *map(self.activate, x.args)))
+        else:
+            raise UnsupportedModelError(
+                f"{where(x.node)}: a pointwise function of an activation "
+                f"that is none of {', '.join(ACTIVATIONS)} (up to a scale "
+                "and a shift), which are what an activation stage computes "
+                "(lava_spiked.nonlinear.ACTIVATIONS)")
+        self.materialized[key] = value
+        return value
 
     def channels(self, name: str) -> int:
         """Size of the last axis of population ``name``."""

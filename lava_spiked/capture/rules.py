@@ -16,6 +16,11 @@ node reads activations. Its kind says how the op depends on them:
 ``"meta"``
     Checks metadata (``_assert_tensor_metadata``): dropped.
 
+A :class:`~lava_spiked.capture.symbolic.Pointwise` value (a function of
+one activation still being composed) reaches only rules registered with
+``pointwise=True``; for every other rule the interpreter first makes it a
+population (:meth:`Interpreter.activate`).
+
 A node whose arguments are all constants is evaluated whatever its op
 (constant folding: masks, relative-position lookups, ``expand`` of
 parameters), so rules only see nodes that read an activation. An op with no
@@ -23,6 +28,7 @@ rule is refused by :func:`unsupported` before anything is built: nothing
 falls through to a generic path.
 """
 import dataclasses
+import functools
 import typing as ty
 
 import numpy as np
@@ -31,25 +37,28 @@ import torch
 from lava_spiked.capture.frontend import (module_path, module_type, op_name,
                                           where)
 from lava_spiked.capture.symbolic import (
-    SYMBOLIC, Affine, Product, Softmax, UnsupportedModelError, Term,
-    add, add_to_product, as_constant, live, scaled, uniform)
+    SYMBOLIC, Affine, Pointwise, Product, Softmax, UnsupportedModelError,
+    Term, add, add_to_product, affine_of, as_constant, live, scaled,
+    uniform)
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
     fn: ty.Callable
     kind: str = "value"
+    pointwise: bool = False
 
 
 #: ATen op name (overload dropped) -> its rule
 RULES: ty.Dict[str, Rule] = {}
 
 
-def rule(*names: str, kind: str = "value"):
-    """Register the decorated function as the rule of ``names``."""
+def rule(*names: str, kind: str = "value", pointwise: bool = False):
+    """Register the decorated function as the rule of ``names``
+    (``pointwise``: it takes Pointwise values)."""
     def register(fn):
         for name in names:
-            RULES[name] = Rule(fn, kind)
+            RULES[name] = Rule(fn, kind, pointwise)
         return fn
     return register
 
@@ -148,17 +157,33 @@ def pad(cap, node, x, padding, mode="constant", value=None):
 
 @rule("masked_fill")
 def masked_fill(cap, node, x, mask, value):
-    """A constant mask on an activation writes a constant; on ``q @ k`` a
-    ``-inf`` fill masks logits."""
-    if isinstance(x, Product):
-        if float(value) != float("-inf"):
-            raise UnsupportedModelError(
-                f"masked_fill of q @ k with {value}; only -inf masks")
-        return dataclasses.replace(x, mask=x.mask | mask.bool())
+    """A constant mask on an activation writes a constant; on ``q @ k``
+    the lowest value (``-inf`` or the dtype's minimum, as Hugging Face
+    writes it) masks logits."""
     if isinstance(mask, SYMBOLIC) or isinstance(value, SYMBOLIC):
         raise UnsupportedModelError("a mask computed from activations")
+    if isinstance(x, Product):
+        if float(value) > torch.finfo(torch.float32).min:
+            raise UnsupportedModelError(
+                f"masked_fill of q @ k with {float(value)}; only -inf or "
+                "the lowest float masks")
+        return dataclasses.replace(x, mask=x.mask | mask.bool())
     return moved(node, node.target, (x, mask, float(value)), {},
                  (x, mask, 0.0), {})
+
+
+@rule("where")
+def select_where(cap, node, condition, x, other):
+    """``where(condition, x, other)`` with a constant condition: on
+    ``q @ k`` and a constant, a masked_fill; on activations, a move."""
+    if isinstance(condition, SYMBOLIC):
+        raise UnsupportedModelError("a condition computed from activations")
+    if isinstance(x, Product) and not isinstance(other, SYMBOLIC):
+        return masked_fill(cap, node, x, ~condition.bool(), other)
+    if isinstance(other, Product) and not isinstance(x, SYMBOLIC):
+        return masked_fill(cap, node, other, condition.bool(), x)
+    return moved(node, node.target, (condition, x, other), {},
+                 *map_args((condition, x, other), {}, _blank))
 
 
 def moved(node, target, args, kwargs, blank_args, blank_kwargs):
@@ -221,14 +246,30 @@ def regrouped_logits(node, target, args, kwargs):
 
 
 # -------------------------------------------------------------- arithmetic
-@rule("add", "sub", "rsub", "mul", "div", "neg")
+@rule("add", "sub", "rsub", "mul", "div", "neg", pointwise=True)
 def arithmetic(cap, node, a, b=1, alpha=1.0, **kwargs):
     """Sums with constants or activations, products with constants; on
-    ``q @ k``, a constant scale or additive bias."""
+    ``q @ k``, a constant scale or additive bias; on functions of one
+    activation, their composition (:func:`composed`)."""
     name = op_name(node.target)
     if kwargs.get("rounding_mode") is not None:
         raise UnsupportedModelError(
             f"division with rounding_mode={kwargs['rounding_mode']!r}")
+    if any(isinstance(v, Pointwise) for v in (a, b)) or (
+            name in ("mul", "div") and isinstance(a, Affine) and
+            isinstance(b, Affine)):
+        # a function of one activation (x * x is one of x)
+        ops = {"add": lambda x, y: x + alpha * y,
+               "sub": lambda x, y: x - alpha * y,
+               "rsub": lambda x, y: y - alpha * x,
+               "mul": torch.mul, "div": torch.div,
+               "neg": lambda x, y: -x}
+        done = composed(node, ops[name], a, b, lambda cap_, a_, b_: arithmetic(
+            cap_, node, a_, b_, alpha, **kwargs))
+        if done is not None:
+            return done
+        a, b = (cap.activate(v) if isinstance(v, Pointwise) else v
+                for v in (a, b))
     if any(isinstance(v, (Product, Softmax)) for v in (a, b)):
         return logit_arithmetic(name, a, b)
     if name == "neg":
@@ -281,24 +322,74 @@ def relu(cap, node, x):
         "relu")
 
 
-#: ATen activation -> lava_spiked.nonlinear name (gelu by its approximate=)
-ACTIVATION_OPS = {"gelu": "gelu", "silu": "silu", "tanh": "tanh",
-                  "sigmoid": "sigmoid"}
+#: Pointwise ATen ops on one activation, as functions of float64 tensors
+POINTWISE = {
+    "gelu": lambda x, approximate="none": torch.nn.functional.gelu(
+        x, approximate=approximate),
+    "silu": torch.nn.functional.silu, "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "pow": lambda x, exponent: torch.pow(x, exponent),
+}
 
 
-@rule(*ACTIVATION_OPS)
-def activation(cap, node, x, approximate="none"):
-    """A pointwise activation: a population with an activation stage."""
-    fn = ACTIVATION_OPS[op_name(node.target)]
-    if fn == "gelu" and approximate == "tanh":
-        fn = "gelu_tanh"
-    role = "gelu" if fn == "gelu_tanh" else fn
-    # a module of its own (nn.GELU, Hugging Face's GELUActivation) names
-    # the population; a call inside a bigger module gets a suffix
-    own = role in module_type(node).lower()
-    return cap.materialize(x, cap.unique(module_path(node),
-                                         "" if own else role),
-                           "activation", fn=fn)
+@rule(*POINTWISE, pointwise=True)
+def pointwise(cap, node, x, *args, **kwargs):
+    """A pointwise function of one activation (with number arguments):
+    composed into a Pointwise value, which becomes an activation
+    population where something else reads it."""
+    fn = POINTWISE[op_name(node.target)]
+    done = composed(node, lambda v, _: fn(v, *args, **kwargs), x, 0.0,
+                    lambda cap_, x_, _: pointwise(cap_, node, x_, *args,
+                                                  **kwargs))
+    if done is None or any(isinstance(a, SYMBOLIC) or torch.is_tensor(a)
+                           for a in flat(args, kwargs)):
+        raise UnsupportedModelError(
+            f"{op_name(node.target)} of an activation with arguments "
+            f"{args or kwargs}; only numbers may be its arguments")
+    return done
+
+
+def composed(node, op, a, b, redo) -> ty.Optional[Pointwise]:
+    """``op(a, b)`` as one Pointwise, when ``a`` and ``b`` are each a
+    function of the same activation (a Pointwise of it, or a number times
+    it plus a number) or a number; else None. ``redo(cap, a, b)`` is the
+    rule run again on other values.
+
+    The function is of the earliest value in the graph that the others are
+    affine in (``x`` in ``x * sigmoid(1.702 * x)``); ``bases`` keeps the
+    affine maps of it that the ops read (``1.702 * x``), in which the
+    function may be an activation (SiLU of ``1.702 * x``, over 1.702)."""
+    given = list(node.args[:2]) + [None, None]
+    roots = [(v.source_node, v.source) for v in (a, b)
+             if isinstance(v, Pointwise)] + [
+        (n, v) for n, v in zip(given, (a, b)) if isinstance(v, Affine)]
+    order = _order(node.graph)
+    root_node, root = min(roots, key=lambda r: order.get(r[0], -1))
+    parts, bases = [], {(1.0, 0.0)}
+    for v in (a, b):
+        if isinstance(v, (Pointwise, Affine)):
+            cd = affine_of(v.source if isinstance(v, Pointwise) else v, root)
+            if cd is None:
+                return None
+            c, d = cd
+            inner = v.fn if isinstance(v, Pointwise) else (lambda t: t)
+            parts.append(inner if (c, d) == (1.0, 0.0) else
+                         lambda t, f=inner, c=c, d=d: f(c * t + d))
+            bases |= {(c * c1, c1 * d + d1) for c1, d1 in v.bases} \
+                if isinstance(v, Pointwise) else {(c, d)}
+        elif isinstance(v, (int, float)) or (
+                torch.is_tensor(v) and v.numel() == 1):
+            parts.append(lambda t, c=float(v): c)
+        else:
+            return None
+    fa, fb = parts
+    return Pointwise(root, lambda t: op(fa(t), fb(t)), root_node,
+                     tuple(sorted(bases)), node, (a, b), redo)
+
+
+@functools.lru_cache(maxsize=4)
+def _order(graph: torch.fx.Graph) -> ty.Dict[torch.fx.Node, int]:
+    return {n: i for i, n in enumerate(graph.nodes)}
 
 
 @rule("layer_norm")

@@ -13,6 +13,12 @@
     ``coef * (x @ y) + bias`` of two operand populations, masked.
 ``Softmax``
     The softmax of a Product, which becomes a WOSS population.
+``Pointwise``
+    ``f(source)`` elementwise, for an Affine ``source`` and a function
+    composed from the pointwise ops that act on it (GELU written out as
+    ``0.5 * x * (1 + tanh(c * (x + 0.044715 * x ** 3)))``): it becomes an
+    activation population where something other than a pointwise op reads
+    it.
 
 Every tensor of a symbolic value is float64 (index maps int64) and shaped
 like the model's value at batch size 1.
@@ -80,7 +86,30 @@ class Softmax:
         return self.product.shape
 
 
-SYMBOLIC = (Affine, Product, Softmax)
+@dataclasses.dataclass
+class Pointwise:
+    """``fn(source)``, elementwise; ``fn`` maps float64 tensors to float64
+    tensors of the same shape; ``source_node`` is the fx node of
+    ``source``; ``bases`` the ``(c, d)`` of the values ``c * source + d``
+    that its ops read; ``node`` the node that made this value from ``args``,
+    and
+    ``redo(cap, *args)`` makes it again from other values (its arguments
+    made populations, when ``fn`` as a whole is no activation)."""
+
+    source: Affine
+    fn: ty.Callable[[torch.Tensor], torch.Tensor]
+    source_node: ty.Any
+    bases: ty.Tuple[ty.Tuple[float, float], ...]
+    node: ty.Any
+    args: ty.Tuple[ty.Any, ...]
+    redo: ty.Callable[..., ty.Any]
+
+    @property
+    def shape(self) -> ty.Tuple[int, ...]:
+        return self.source.shape
+
+
+SYMBOLIC = (Affine, Product, Softmax, Pointwise)
 
 
 def direct(name: str, shape: ty.Tuple[int, ...]) -> Affine:
@@ -146,6 +175,40 @@ def uniform(scale: torch.Tensor, valid: torch.Tensor,
                    torch.where(valid, spread, 0.0)):
         return picked
     return None
+
+
+def affine_of(a: Affine, s: Affine) -> ty.Optional[ty.Tuple[float, float]]:
+    """``(c, d)`` if ``a == c * s + d`` elementwise with numbers ``c`` and
+    ``d`` (same terms, scales in one ratio), else None."""
+    if a is s:
+        return 1.0, 0.0
+    if a.shape != s.shape or len(a.terms) != len(s.terms) or not a.terms:
+        return None
+    ratios = []
+    for ta, ts in zip(a.terms, s.terms):
+        if ta.src != ts.src or not _same(ta.rows, ts.rows) or \
+                not _same(ta.weight, ts.weight) or \
+                not torch.equal(ta.out, ts.out) or \
+                not torch.equal(ta.scale != 0, ts.scale != 0):
+            return None
+        nz = ts.scale != 0
+        ratios.append((ta.scale[nz] / ts.scale[nz]).reshape(-1))
+    ratios = torch.cat(ratios)
+    if not len(ratios) or not torch.allclose(
+            ratios, ratios[0].expand_as(ratios), rtol=1e-12, atol=0.0):
+        return None
+    c = float(ratios[0])
+    d = (a.bias - c * s.bias).reshape(-1)
+    if not torch.allclose(d, d[0].expand_as(d), rtol=1e-12, atol=1e-15):
+        return None
+    return c, float(d[0])
+
+
+def _same(x: ty.Optional[torch.Tensor], y: ty.Optional[torch.Tensor]
+          ) -> bool:
+    if x is None or y is None:
+        return x is y
+    return x is y or (x.shape == y.shape and torch.equal(x, y))
 
 
 def add_to_product(prod: Product, c: torch.Tensor) -> Product:
