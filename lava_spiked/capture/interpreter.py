@@ -178,10 +178,9 @@ class Interpreter:
             # NewGELUActivation) names the population; a call inside a
             # bigger module gets a suffix
             own = role in module_type(x.node).lower()
-            value = self.materialize(
-                scaled(x.source, c, d), self.unique(module_path(x.node),
-                                      "" if own else role),
-                "activation", fn=fn)
+            name = self.unique(module_path(x.node), "" if own else role)
+            value = self.materialize(scaled(x.source, c, d), name,
+                                     "activation", fn=fn)
             value = value if (a, b) == (1.0, 0.0) else scaled(value, a, b)
         elif any(isinstance(v, Pointwise) for v in x.args):
             value = self.activate(x.redo(self, *map(self.activate, x.args)))
