@@ -532,8 +532,9 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
         "calibrated on its own calibration split), 'minilm-sentiment' "
         "(all-MiniLM-L6-v2 with the shipped head, calibrated on the "
         "calibration tweets) or the directory of a Hugging Face "
-        "BertForSequenceClassification checkpoint, calibrated on "
-        "--calibration.")
+        "checkpoint with a head (a *ForSequenceClassification of BERT, "
+        "RoBERTa, DistilBERT, ELECTRA, ALBERT, ..., or a causal language "
+        "model such as GPT2LMHeadModel), calibrated on --calibration.")
     parser.add_argument("model", nargs="?", metavar="MODEL",
                         help="bundled, minilm-sentiment or a checkpoint "
                         "directory")
@@ -590,8 +591,15 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
     print(resources(net.plan))
 
 
+#: Architecture name endings the CLI converts -> the transformers Auto
+#: class that loads them
+_HEADS = {"ForSequenceClassification": "AutoModelForSequenceClassification",
+          "LMHeadModel": "AutoModelForCausalLM",
+          "ForCausalLM": "AutoModelForCausalLM"}
+
+
 def _convert_checkpoint(parser, args) -> SpikingNetwork:
-    """A BertForSequenceClassification directory, calibrated on the
+    """A Hugging Face checkpoint directory with a head, calibrated on the
     tokenised samples of ``--calibration``."""
     if not pathlib.Path(args.model).is_dir():
         parser.error(f"MODEL {args.model!r} is neither 'bundled', "
@@ -601,25 +609,26 @@ def _convert_checkpoint(parser, args) -> SpikingNetwork:
                      "samples; see --help)")
     import transformers
 
-    from lava_spiked.huggingface import convert_bert
+    from lava_spiked.huggingface import convert
     config = transformers.AutoConfig.from_pretrained(args.model,
                                                      local_files_only=True)
-    if "BertForSequenceClassification" not in (config.architectures or []):
+    kinds = [auto for arch in config.architectures or []
+             for end, auto in _HEADS.items() if arch.endswith(end)]
+    if not kinds:
         parser.error(f"{args.model}: a {config.architectures} checkpoint; "
-                     "this command takes a BertForSequenceClassification "
-                     "(for a BertModel with a head of your own, call "
-                     "lava_spiked.huggingface.convert_bert(..., head=) and "
-                     "lava_spiked.export.save)")
-    model = transformers.BertForSequenceClassification.from_pretrained(
+                     "this command takes a model with a head (names ending "
+                     f"in {', '.join(_HEADS)}); for a bare model with a "
+                     "head of your own, call lava_spiked.huggingface."
+                     "convert(..., head=) and lava_spiked.export.save")
+    model = getattr(transformers, kinds[0]).from_pretrained(
         args.model, local_files_only=True).eval()
     with np.load(args.calibration) as f:
         encodings = {k: f[k] for k in f.files}
     if "input_ids" not in encodings:
         parser.error(f"{args.calibration}: no input_ids (keys "
                      f"{sorted(encodings)}); see --help")
-    return convert_bert(model, encodings,
-                        length=encodings["input_ids"].shape[1], B=args.B,
-                        T=args.T)
+    return convert(model, encodings, length=encodings["input_ids"].shape[1],
+                   B=args.B, T=args.T)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,24 @@
-"""Hugging Face BERT models (BERT, MiniLM, ...) as phase-coded networks.
+"""Hugging Face ``transformers`` models as phase-coded networks: encoders
+(BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA, ALBERT, MiniLM, ...) and
+causal decoders (GPT-2), bare or with their heads, under any attention
+implementation (``eager``, ``sdpa``).
 
 Boundary
 --------
-The spiking network starts at the output of ``BertEmbeddings``: the word,
-position and token-type embedding lookup and its LayerNorm are the input
-encoder's job (a table lookup per token, not a spiking computation), done
-here in torch by :func:`embed`. Everything after it, every encoder layer
-(attention, LayerNorm, GELU), the pooling and the classifier, is converted.
+The input encoder is the model's embedding stage, a table lookup per token
+and not a spiking computation: its ``embeddings`` module where it has one
+(word, position and token-type lookups and their LayerNorm; ALBERT's and
+ELECTRA's narrower embeddings), else its word-embedding lookup
+(``model.get_input_embeddings()``: GPT-2's position embeddings then are a
+constant the network adds). :func:`embed` computes it in torch, as the
+model does, positions and token types included.
+
+Everything after it is converted: the model itself, called with
+``inputs_embeds=`` and its embedding stage passing them through
+(:func:`body`), so that each model's own layers and head are what converts
+(BERT's pooler, RoBERTa's dense + tanh head on the first token,
+DistilBERT's pre-classifier + ReLU, a tied language-model head), never a
+copy of them written here.
 
 Padding contract
 ----------------
@@ -16,18 +28,24 @@ sample, 1 = a real token) is a **runtime input** of the Plan, set per sample
 (in Lava, the WOSS softmax's mask Vars are set before each sample; nothing
 is rebuilt):
 
-- in every attention a padded key never fires in the softmax;
+- in every attention a padded key never fires in the softmax (in a causal
+  decoder they come after every real query, which never sees them anyway);
 - with ``pooling="mean"`` the pooled population's padded tokens never fire
   and the readout is divided by the number of real tokens instead of
   ``length`` (a per-sample non-spike division, on the decoded logits);
-- padded positions carry copies of the real tokens' embeddings (token ``i``
-  of ``count`` real ones at position ``p`` holds token ``p mod count``), so
-  their activations, which nothing reads, equal real ones: the calibration's
-  statistics are those of the real tokens only, and a padded position never
-  clips.
+- the real tokens come first whichever side the tokenizer padded, and a
+  padded position carries a copy of a real token's embedding (position
+  ``p`` of a text of ``count`` tokens holds token ``p mod count``), so its
+  activations, which no real token reads, look like real ones: the
+  calibration's statistics are those of real tokens, and a padded position
+  never clips.
 
-So the logits of a text do not depend on how it was padded (tested).
+So the logits of a text do not depend on how it was padded (tested); a
+per-token output (hidden states, a language model's logits) is the real
+tokens' in its first ``count`` positions.
 """
+import copy
+import inspect
 import typing as ty
 
 import numpy as np
@@ -35,49 +53,100 @@ import torch
 from torch import nn
 
 from lava_spiked.capture import UnsupportedModelError
+from lava_spiked.capture.frontend import WRAPPED, eval_mode
 
-POOLINGS = ("pooler", "mean")
+POOLINGS = ("mean", "first", "pooler")
 
 
-def _parts(model: nn.Module) -> ty.Tuple[nn.Module, ty.Optional[nn.Module]]:
-    """The BertModel of ``model`` and its classifier (None for a bare
-    BertModel)."""
-    from transformers import BertForSequenceClassification, BertModel
+def _check_model(model: ty.Any) -> nn.Module:
+    from transformers import PreTrainedModel
 
-    if isinstance(model, BertForSequenceClassification):
-        return model.bert, model.classifier
-    if isinstance(model, BertModel):
-        return model, None
-    raise UnsupportedModelError(
-        f"{type(model).__name__} is not supported: lava_spiked.huggingface "
-        "converts BertModel and BertForSequenceClassification (BERT, "
-        "MiniLM and every checkpoint of the BERT architecture)")
+    if not isinstance(model, PreTrainedModel):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not a Hugging Face transformers "
+            "model; convert other PyTorch models with lava_spiked.convert")
+    return model
+
+
+def _embedding_stage(model: nn.Module) -> ty.Tuple[nn.Module, bool]:
+    """The module whose output is the network's input, and whether it is
+    the model's ``embeddings`` module (else the word-embedding lookup)."""
+    base = model.base_model
+    stage = getattr(base, "embeddings", None)
+    if isinstance(stage, nn.Module):
+        return stage, True
+    return base.get_input_embeddings(), False
+
+
+class _Given(nn.Module):
+    """An embedding stage that passes on the embeddings it is given (the
+    one float tensor among its arguments)."""
+
+    def forward(self, *args: ty.Any, **kwargs: ty.Any) -> torch.Tensor:
+        given = [a for a in list(args) + list(kwargs.values())
+                 if torch.is_tensor(a) and a.is_floating_point()]
+        if len(given) != 1:
+            raise UnsupportedModelError(
+                f"the model calls its embeddings module with "
+                f"{len(given)} float tensors; expected the inputs_embeds "
+                "alone")
+        return given[0]
+
+
+def _with_child(module: nn.Module, name: str, child: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` with submodule ``name`` replaced; the
+    parameters and every other submodule are shared, the original is
+    untouched."""
+    twin = copy.copy(module)
+    twin._modules = dict(module._modules)
+    twin._modules[name] = child
+    return twin
 
 
 class Body(nn.Module):
-    """The converted part of a BERT: encoder, pooling and classifier, fed
-    with the embedding output (batch, length, hidden).
+    """The converted part of a Hugging Face model, fed with the embedding
+    stage's output (batch, length, width).
 
     Parameters
     ----------
-    bert : transformers.BertModel
-    head : torch.nn.Module
-        Pooled features (batch, hidden) -> logits.
-    pooling : {'pooler', 'mean'}
-        BERT's pooler (the first token through a Linear and tanh) or the
-        mean over real tokens.
+    model : transformers.PreTrainedModel
+        Shared, not changed: the body calls a shallow copy of it whose
+        embeddings module passes its input through.
+    head : torch.nn.Module, optional
+        For a bare model (``model.base_model is model``): pooled features
+        (batch, hidden) -> logits. Without it the body returns the last
+        hidden states; a model with a head of its own returns its logits.
+    pooling : {'mean', 'first', 'pooler'}, optional
+        How ``head`` pools: the mean over real tokens, the first token, or
+        the model's own pooler output (BERT's Linear and tanh on the first
+        token).
     """
 
-    def __init__(self, bert: nn.Module, head: nn.Module, pooling: str):
+    def __init__(self, model: nn.Module, head: ty.Optional[nn.Module] = None,
+                 pooling: ty.Optional[str] = None):
         super().__init__()
-        self.encoder, self.pooler, self.head = bert.encoder, bert.pooler, head
-        self.pooling = pooling
+        stage, own = _embedding_stage(model)
+        inner = model
+        if own:
+            base = _with_child(model.base_model, "embeddings", _Given())
+            inner = base if model.base_model is model else _with_child(
+                model, model.base_model_prefix, base)
+        # held under capture's wrapper name, so that populations are named
+        # by the model's own module paths
+        self.add_module(WRAPPED, inner)
+        self.head, self.pooling = head, pooling
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        # no mask here: padded keys are masked at run time (module
+        # no attention mask: padded keys are masked at run time (module
         # docstring)
-        h = self.encoder(hidden)[0]
-        pooled = h.mean(1) if self.pooling == "mean" else self.pooler(h)
+        out = getattr(self, WRAPPED)(inputs_embeds=hidden)
+        if self.head is None:
+            return out[0]
+        if self.pooling == "pooler":
+            pooled = out.pooler_output
+        else:
+            h = out.last_hidden_state
+            pooled = h.mean(1) if self.pooling == "mean" else h[:, 0]
         return self.head(pooled)
 
 
@@ -87,21 +156,21 @@ def embed(model: nn.Module, encodings: ty.Mapping[str, ty.Any],
 
     Parameters
     ----------
-    model : BertModel or BertForSequenceClassification
+    model : transformers.PreTrainedModel
     encodings : mapping
         A tokenizer's output for a batch: ``input_ids`` and
-        ``attention_mask`` (``token_type_ids`` optional), (batch, tokens)
-        with tokens <= ``length``.
+        ``attention_mask`` (``token_type_ids`` where the model takes them),
+        (batch, tokens) with at most ``length`` real tokens each.
     length : int
         Tokens of the converted network.
 
     Returns
     -------
     hidden : numpy.ndarray
-        (batch, length, hidden) embedding outputs, float64, padded as the
-        module docstring says.
+        (batch, length, width) embedding-stage outputs, float64, padded as
+        the module docstring says.
     attention_mask : numpy.ndarray of int64
-        (batch, length), 1 for real tokens.
+        (batch, length), 1 for real tokens (which come first).
 
     Raises
     ------
@@ -109,7 +178,7 @@ def embed(model: nn.Module, encodings: ty.Mapping[str, ty.Any],
         On missing keys, a text longer than ``length`` or a text without
         tokens.
     """
-    bert, _ = _parts(model)
+    _check_model(model)
     missing = {"input_ids", "attention_mask"} - set(encodings)
     if missing:
         raise ValueError(
@@ -134,16 +203,15 @@ def embed(model: nn.Module, encodings: ty.Mapping[str, ty.Any],
     if int(count.min()) < 1:
         raise ValueError("a text has no tokens (its attention_mask is all "
                          "0)")
-    types = encodings.get("token_type_ids")
-    types = torch.zeros_like(ids) if types is None else \
-        torch.as_tensor(np.asarray(types))
     # real tokens first, padding after them (a tokenizer may pad left)
     order = torch.argsort(1 - mask, dim=1, stable=True)
-    ids, types = ids.gather(1, order), types.gather(1, order)
     width = min(ids.shape[1], length)
-    with torch.no_grad():
-        h = bert.embeddings(input_ids=ids[:, :width],
-                            token_type_ids=types[:, :width]).double()
+    inputs = {"input_ids": ids.gather(1, order)[:, :width],
+              "attention_mask": mask.gather(1, order)[:, :width]}
+    if encodings.get("token_type_ids") is not None:
+        types = torch.as_tensor(np.asarray(encodings["token_type_ids"]))
+        inputs["token_type_ids"] = types.gather(1, order)[:, :width]
+    h = _stage_output(model, inputs).double()
     # position p holds real token p mod count
     src = torch.arange(length)[None, :] % count[:, None]
     hidden = h.gather(1, src[..., None].expand(-1, -1, h.shape[-1]))
@@ -151,26 +219,63 @@ def embed(model: nn.Module, encodings: ty.Mapping[str, ty.Any],
     return hidden.numpy(), valid.numpy()
 
 
-def convert_bert(model: nn.Module, encodings: ty.Mapping[str, ty.Any],
-                 length: int, pooling: ty.Optional[str] = None,
-                 head: ty.Optional[nn.Module] = None, **kwargs):
-    """Convert a Hugging Face BERT into a spiking network.
+class _Stop(Exception):
+    """Ends a forward pass once the embedding stage has run."""
+
+
+def _stage_output(model: nn.Module, inputs: ty.Dict[str, torch.Tensor]
+                  ) -> torch.Tensor:
+    """The embedding stage's output as the model computes it from
+    ``inputs`` (its own position ids, token types and padding rules), by
+    running the model up to that stage."""
+    stage, _ = _embedding_stage(model)
+    accepted = inspect.signature(model.forward).parameters
+    inputs = {k: v for k, v in inputs.items() if k in accepted}
+    got = []
+
+    def grab(module, args, output):
+        got.append(output)
+        raise _Stop
+
+    handle = stage.register_forward_hook(grab)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(**inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not got:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} never called its embedding stage "
+            f"{type(stage).__name__}")
+    return got[0]
+
+
+def convert(model: nn.Module, encodings: ty.Mapping[str, ty.Any],
+            length: int, head: ty.Optional[nn.Module] = None,
+            pooling: ty.Optional[str] = None, **kwargs):
+    """Convert a Hugging Face transformer into a spiking network.
 
     Parameters
     ----------
-    model : BertModel or BertForSequenceClassification
-        Unchanged; evaluated in eval mode.
+    model : transformers.PreTrainedModel
+        An encoder or decoder, bare (``BertModel``, ``GPT2Model``) or with
+        its head (``*ForSequenceClassification``, ``GPT2LMHeadModel``);
+        unchanged, evaluated in eval mode.
     encodings : mapping
         Tokenizer output of the calibration texts (kept apart from the
         evaluation texts).
     length : int
         Tokens per input of the network (e.g. 64).
-    pooling : {'pooler', 'mean'}, optional
-        Default: ``'pooler'`` for a BertForSequenceClassification (as it
-        computes), ``'mean'`` for a BertModel with ``head``.
     head : torch.nn.Module, optional
-        Pooled features -> logits; required for a BertModel (e.g. a linear
-        probe on mean-pooled features), not allowed otherwise.
+        For a bare model only: pooled features -> logits (e.g. a linear
+        probe). Without it a bare model's network outputs its last hidden
+        states, token by token; a model with a head outputs its logits (a
+        language model's at every position).
+    pooling : {'mean', 'first', 'pooler'}, optional
+        With ``head``: the mean over real tokens (default), the first
+        token, or the model's pooler output.
     **kwargs
         Passed to :func:`lava_spiked.convert` (``B``, ``T``, ``statistic``,
         ``progress``, ...).
@@ -182,20 +287,25 @@ def convert_bert(model: nn.Module, encodings: ty.Mapping[str, ty.Any],
         attention_mask=mask)``, ``Engine(net)(hidden,
         attention_mask=mask)``.
     """
-    from lava_spiked.conversion import convert
+    from lava_spiked.conversion import convert as convert_module
 
-    bert, classifier = _parts(model)
-    if classifier is not None and head is not None:
-        raise ValueError(f"{type(model).__name__} has its own classifier; "
-                         "head= is for a bare BertModel")
-    head = classifier if classifier is not None else head
-    if head is None:
-        raise ValueError("a BertModel has no classifier: pass head= (e.g. "
-                         "an nn.Linear on mean-pooled features)")
-    pooling = pooling or ("pooler" if classifier is not None else "mean")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got "
-                         f"{pooling!r}")
+    _check_model(model)
+    if model.base_model is not model and head is not None:
+        raise ValueError(f"{type(model).__name__} has a head of its own; "
+                         f"head= is for a bare model such as "
+                         f"{type(model.base_model).__name__}")
+    if pooling is not None and head is None:
+        raise ValueError("pooling= says how head= pools; pass a head")
+    if head is not None:
+        pooling = pooling or "mean"
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got "
+                             f"{pooling!r}")
     hidden, mask = embed(model, encodings, length)
-    return convert(Body(bert, head, pooling), hidden, attention_mask=mask,
-                   mean_pool=pooling == "mean", **kwargs)
+    return convert_module(Body(model, head, pooling), hidden,
+                          attention_mask=mask, mean_pool=pooling == "mean",
+                          **kwargs)
+
+
+#: The name this module's converter had when it took BERT only.
+convert_bert = convert

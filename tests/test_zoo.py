@@ -1,11 +1,14 @@
 """The model zoo matrix (tests/zoo.py): stock vision transformers from
-torchvision, timm and Hugging Face, in small random configurations.
+torchvision, timm and Hugging Face, and Hugging Face text encoders and
+decoders, in small random configurations.
 
 For each model that converts: the captured graph evaluated exactly (no
 spikes) equals the model's output, which checks capture apart from
-quantisation, and the converted network runs on the engine in both modes.
-Each refused model is refused by one UnsupportedModelError that names what
-it lacks. The README's table is this matrix."""
+quantisation, and the converted network runs on the engine. Each refused
+model is refused by one UnsupportedModelError that names what it lacks.
+Text models also keep the padding contract: an encoder's logits do not
+depend on padding, a decoder's at a position do not depend on the tokens
+after it. The README's tables are this matrix."""
 import pathlib
 
 import numpy as np
@@ -15,7 +18,10 @@ import torch
 from lava_spiked import convert
 from lava_spiked.capture import UnsupportedModelError, capture, evaluate
 from lava_spiked.engine import Engine
-from zoo import SHAPE, ZOO, build, table
+from lava_spiked.huggingface import convert as convert_text
+from lava_spiked.huggingface import embed
+from zoo import SHAPE, TEXT_ZOO, TOKENS, VOCAB, ZOO, build, table, \
+    text_table
 
 
 def _logits(model, x):
@@ -50,9 +56,64 @@ def test_zoo_model(name):
     assert np.corrcoef(fixed.ravel(), real.ravel())[0, 1] > 0.9
 
 
-def test_readme_table_is_the_matrix():
+def _texts(n, seed, lengths=(3, TOKENS)):
+    """``n`` random texts, right-padded tokenizer output (ids 3 and up:
+    below are the families' special and padding ids)."""
+    rng = np.random.default_rng(seed)
+    count = rng.integers(lengths[0], lengths[1] + 1, n)
+    ids = rng.integers(3, VOCAB, (n, TOKENS))
+    mask = (np.arange(TOKENS)[None, :] < count[:, None]).astype(np.int64)
+    return {"input_ids": np.where(mask == 1, ids, 1), "attention_mask": mask}
+
+
+def _left(enc):
+    """The same texts padded on the left."""
+    shift = enc["attention_mask"].sum(1) - TOKENS
+    return {k: np.stack([np.roll(row, -s) for row, s in zip(v, shift)])
+            for k, v in enc.items()}
+
+
+@pytest.mark.parametrize("name", TEXT_ZOO)
+def test_text_zoo_model(name):
+    """Capture equals the model with its attention mask; the engine runs;
+    an encoder's logits are the same whichever side a text is padded; a
+    decoder's outputs at a text's positions are the same whatever tokens
+    follow (bit for bit, fixed mode)."""
+    entry, model = TEXT_ZOO[name], build(name)
+    net = convert_text(model, _texts(24, 0), TOKENS, progress=False)
+    enc = _texts(6, 1)
+    with torch.no_grad():
+        want = model(**{k: torch.from_numpy(v) for k, v in enc.items()})[0]
+    hidden, mask = embed(model, enc, TOKENS)
+    got = evaluate(net.graph, torch.from_numpy(hidden),
+                   attention_mask=torch.from_numpy(mask)).reshape(want.shape)
+    real = torch.from_numpy(mask).bool() if want.dim() == 3 else \
+        torch.ones(len(want), dtype=torch.bool)
+    assert float((got - want)[real].abs().max() /
+                 want[real].abs().max()) < 1e-5
+
+    engine = Engine(net, "fixed")
+    snn = engine(hidden, attention_mask=mask, warn=False).logits.numpy()
+    assert snn.shape == tuple(want.shape) and np.isfinite(snn).all()
+    if not entry.causal:
+        left = engine(*embed(model, _left(enc), TOKENS)[:1],
+                      attention_mask=mask, warn=False).logits.numpy()
+        np.testing.assert_array_equal(left, snn)
+        return
+    # the first 5 tokens of each text alone, and followed by 7 more
+    short = {k: v.copy() for k, v in _texts(6, 2, (TOKENS, TOKENS)).items()}
+    short["attention_mask"][:, 5:] = 0
+    outs = []
+    for e in (short, _texts(6, 2, (TOKENS, TOKENS))):
+        h, m = embed(model, e, TOKENS)
+        outs.append(engine(h, attention_mask=m, warn=False).logits.numpy())
+    np.testing.assert_array_equal(outs[0][:, :5], outs[1][:, :5])
+
+
+def test_readme_tables_are_the_matrix():
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    assert table() in readme, "regenerate with: python tests/zoo.py"
+    for part in (table(), text_table()):
+        assert part in readme, "regenerate with: python tests/zoo.py"
 
 
 @pytest.mark.slow

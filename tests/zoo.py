@@ -1,9 +1,10 @@
 """The model zoo: stock vision transformers from torchvision, timm and
-Hugging Face, in small random configurations, and what conversion does
-with each (``tests/test_zoo.py`` checks every entry).
+Hugging Face, and stock Hugging Face text encoders and decoders, in small
+random configurations, and what conversion does with each
+(``tests/test_zoo.py`` checks every entry).
 
-``python tests/zoo.py`` prints the README's table of model families, which
-the test compares with the README.
+``python tests/zoo.py`` prints the README's tables of model families,
+which the test compares with the README.
 """
 import dataclasses
 import typing as ty
@@ -134,12 +135,70 @@ ZOO = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class TextEntry:
+    """A Hugging Face text model, converted by
+    :func:`lava_spiked.huggingface.convert`; ``causal``: a decoder."""
+
+    model: str
+    build: ty.Callable[[], nn.Module]
+    causal: bool = False
+
+
+#: text samples: up to TOKENS token ids below VOCAB
+TOKENS, VOCAB = 12, 100
+
+_BERTLIKE = dict(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                 num_attention_heads=2, intermediate_size=32,
+                 max_position_embeddings=32, num_labels=3)
+_FAMILIES = {
+    "Bert": _BERTLIKE, "Roberta": _BERTLIKE, "XLMRoberta": _BERTLIKE,
+    "Electra": dict(_BERTLIKE, embedding_size=8),
+    "Albert": dict(_BERTLIKE, embedding_size=8),
+    "DistilBert": dict(vocab_size=VOCAB, dim=16, n_layers=2, n_heads=2,
+                       hidden_dim=32, max_position_embeddings=32,
+                       num_labels=3),
+    "GPT2": dict(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2,
+                 n_positions=32),
+}
+
+
+def _text(kind: str, head: str, attention: str = "eager"
+          ) -> ty.Callable[[], nn.Module]:
+    def build():
+        import transformers
+        config = getattr(transformers, f"{kind}Config")(
+            attn_implementation=attention, **_FAMILIES[kind])
+        return getattr(transformers, kind + head)(config)
+    return build
+
+
+TEXT_ZOO = {
+    f"hf-{kind.lower()}{suffix}-{attention}": TextEntry(
+        f"{kind}{head} ({attention})", _text(kind, head, attention),
+        causal=kind == "GPT2")
+    for kind, head, suffix, attentions in [
+        ("Bert", "ForSequenceClassification", "", ("eager", "sdpa")),
+        ("Bert", "Model", "-bare", ("sdpa",)),
+        ("Roberta", "ForSequenceClassification", "", ("eager", "sdpa")),
+        ("XLMRoberta", "ForSequenceClassification", "", ("sdpa",)),
+        ("DistilBert", "ForSequenceClassification", "", ("eager", "sdpa")),
+        # transformers 4.57 has no sdpa attention for ELECTRA
+        ("Electra", "ForSequenceClassification", "", ("eager",)),
+        ("Albert", "ForSequenceClassification", "", ("eager", "sdpa")),
+        ("GPT2", "LMHeadModel", "", ("eager", "sdpa")),
+        ("GPT2", "Model", "-bare", ("eager",)),
+    ]
+    for attention in attentions
+}
+
+
 def build(name: str) -> nn.Module:
     """The zoo's model ``name`` in eval mode, with random weights: also
     where libraries start from zeros (heads) or near zero (timm's
     LayerScale, 1e-6, which training moves to 0.1 to 1)."""
     torch.manual_seed(0)
-    model = ZOO[name].build().eval()
+    model = (ZOO[name] if name in ZOO else TEXT_ZOO[name]).build().eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1 and not p.any():
@@ -150,6 +209,9 @@ def build(name: str) -> nn.Module:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.normal_(0.0, 0.1)
             m.running_var.uniform_(0.5, 1.5)
+        if isinstance(m, nn.LayerNorm):  # not the identity they start as
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0.0, 0.2)
     return model
 
 
@@ -162,5 +224,18 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def text_table() -> str:
+    """The README's table of text models (Markdown)."""
+    lines = ["| model (Hugging Face) | attention | output |", "|---|---|---|"]
+    for entry in TEXT_ZOO.values():
+        model, attention = entry.model.rstrip(")").split(" (")
+        output = "logits at every position" if "LMHead" in model else \
+            "hidden states" if model.endswith("Model") else "logits"
+        lines.append(f"| {model} | {attention} | {output} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(table())
+    print()
+    print(text_table())

@@ -29,8 +29,17 @@ def op_name(target: ty.Any) -> str:
 
 
 #: Attribute under which :class:`_Flat` holds the user's model; stripped
-#: from module paths so that names are the model's own.
-_WRAPPED = "wrapped"
+#: from module paths so that names are the model's own. A wrapper of the
+#: library's that only feeds a model (``lava_spiked.huggingface.Body``)
+#: holds it under the same name, and is stripped too.
+WRAPPED = "wrapped"
+
+
+def _own_path(path: str) -> str:
+    parts = path.split(".")
+    while parts and parts[0] == WRAPPED:
+        parts = parts[1:]
+    return ".".join(parts)
 
 
 def _stack(node: torch.fx.Node) -> ty.List[ty.Tuple[str, ty.Any]]:
@@ -38,9 +47,8 @@ def _stack(node: torch.fx.Node) -> ty.List[ty.Tuple[str, ty.Any]]:
     user's model (path ``""``) and its submodules, without the
     :class:`_Flat` wrapper."""
     stack = node.meta.get("nn_module_stack") or {}
-    return [("" if path == _WRAPPED else path.removeprefix(_WRAPPED + "."),
-             kind) for path, kind in stack.values()
-            if path == _WRAPPED or path.startswith(_WRAPPED + ".")]
+    return [(_own_path(path), kind) for path, kind in stack.values()
+            if path == WRAPPED or path.startswith(WRAPPED + ".")]
 
 
 def module_path(node: torch.fx.Node) -> str:
@@ -71,12 +79,12 @@ class _Flat(nn.Module):
     def __init__(self, model: nn.Module,
                  input_name: ty.Optional[str]) -> None:
         super().__init__()
-        self.add_module(_WRAPPED, model)
+        self.add_module(WRAPPED, model)
         self.input_name = input_name
 
     def call(self, x: torch.Tensor) -> ty.Any:
         """The model's own output."""
-        model = getattr(self, _WRAPPED)
+        model = getattr(self, WRAPPED)
         return model(**{self.input_name: x}) if self.input_name else \
             model(x)
 
@@ -132,7 +140,7 @@ def _check_inputs(model: nn.Module, input_name: ty.Optional[str]) -> None:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
     """Eval mode and no fused attention fast paths while exporting; the
     model's modes are restored afterwards, also after an error."""
     modes = [(m, m.training) for m in model.modules()]
@@ -157,7 +165,7 @@ def export(model: nn.Module, sample_shape: ty.Tuple[int, ...],
                   if p.is_floating_point()), torch.float32)
     x = torch.zeros((1,) + tuple(sample_shape), dtype=dtype)
     flat = _Flat(model, input_name)
-    with _eval_mode(model):
+    with eval_mode(model):
         try:
             with torch.no_grad():
                 names = flat.names(x)
