@@ -309,3 +309,120 @@ def convert(model: nn.Module, encodings: ty.Mapping[str, ty.Any],
 
 #: The name this module's converter had when it took BERT only.
 convert_bert = convert
+
+
+def generate(net, model: nn.Module, encodings: ty.Any,
+             max_new_tokens: int = 20, do_sample: bool = False,
+             temperature: float = 1.0, top_k: ty.Optional[int] = None,
+             seed: ty.Optional[int] = None,
+             eos_token_id: ty.Optional[int] = None, run_cfg: ty.Any = None,
+             mode: str = "fixed", progress: bool = True
+             ) -> ty.List[np.ndarray]:
+    """Continue texts with a converted causal language model, one run of
+    the spiking network per new token.
+
+    Each step embeds every text so far (:func:`embed`; the network's
+    ``length`` tokens hold the text and then padding, which the causal mask
+    keeps from every real position), runs the network, reads the logits at
+    the text's last position and appends the next token: the most likely
+    one, or with ``do_sample`` one drawn from ``softmax(logits /
+    temperature)`` over the ``top_k`` most likely (the draw is the only
+    non-spike step, as decoding logits is).
+
+    Parameters
+    ----------
+    net : SpikingNetwork
+        From :func:`convert` of a model with a language-model head
+        (``GPT2LMHeadModel``): logits at every position.
+    model : transformers.PreTrainedModel
+        The converted model, for its embedding stage.
+    encodings : mapping or array_like
+        A tokenizer's output (``input_ids`` and ``attention_mask``) or a
+        (batch, tokens) array of token ids, every one real.
+    max_new_tokens : int
+        Tokens to add to each text (fewer where ``eos_token_id`` comes).
+    do_sample, temperature, top_k, seed
+        Sampling instead of greedy choice, as in ``transformers``'
+        ``generate``; ``seed`` seeds numpy's generator.
+    eos_token_id : int, optional
+        A text ends after this token.
+    run_cfg : lava RunConfig, optional
+        Run in Lava with it (``Loihi2SimCfg(select_tag="fixed_pt")``; the
+        network keeps running between tokens: use ``with net:``); default
+        the engine in ``mode``.
+    mode : {'fixed', 'float'}
+        The engine's arithmetic, without ``run_cfg``.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Per text, its token ids followed by the new ones.
+
+    Raises
+    ------
+    ValueError
+        If the network has no logits at every position, or a text and its
+        new tokens do not fit in its ``length`` tokens.
+    """
+    from lava_spiked.engine import Engine
+    from lava_spiked.progress import bar
+
+    length = net.plan.tokens
+    out_shape = net.plan[net.plan.output].shape
+    if not length or len(out_shape) != 2 or out_shape[0] != length:
+        raise ValueError(
+            f"generate needs a language model's network (logits at each of "
+            f"its tokens), not one whose output is {tuple(out_shape)}; "
+            "convert a model such as GPT2LMHeadModel")
+    if isinstance(encodings, ty.Mapping):
+        ids = np.asarray(encodings["input_ids"])
+        mask = np.asarray(encodings.get("attention_mask", np.ones_like(ids)))
+    else:
+        ids = np.asarray(encodings)
+        mask = np.ones_like(ids)
+    if ids.ndim != 2 or ids.shape != mask.shape:
+        raise ValueError(f"token ids must be (batch, tokens), got shape "
+                         f"{ids.shape}")
+    texts = [list(row[m == 1]) for row, m in zip(ids, mask)]
+    longest = max(len(t) for t in texts)
+    if longest + max_new_tokens > length:
+        raise ValueError(
+            f"a text of {longest} tokens and {max_new_tokens} new ones do "
+            f"not fit in the network's {length} tokens: convert for more "
+            "or ask for fewer")
+    if do_sample and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    rng = np.random.default_rng(seed)
+    engine = Engine(net, mode) if run_cfg is None else None
+    done = [False] * len(texts)
+    for _ in bar(range(max_new_tokens), "generating", progress):
+        if all(done):
+            break
+        enc = {"input_ids": np.array([t + [0] * (length - len(t))
+                                      for t in texts]),
+               "attention_mask": np.array([[1] * len(t) + [0] * (
+                   length - len(t)) for t in texts])}
+        hidden, valid = embed(model, enc, length)
+        logits = np.asarray(
+            engine(hidden, attention_mask=valid, warn=False).logits
+            if engine is not None else
+            net.infer(hidden, run_cfg, progress=False, attention_mask=valid))
+        for i, text in enumerate(texts):
+            if done[i]:
+                continue
+            token = _next_token(logits[i, len(text) - 1], do_sample,
+                                temperature, top_k, rng)
+            text.append(token)
+            done[i] = token == eos_token_id
+    return [np.array(t, dtype=np.int64) for t in texts]
+
+
+def _next_token(logits: np.ndarray, do_sample: bool, temperature: float,
+                top_k: ty.Optional[int], rng: np.random.Generator) -> int:
+    if not do_sample:
+        return int(np.argmax(logits))
+    z = logits / temperature
+    if top_k is not None:
+        z = np.where(z >= np.sort(z)[-top_k], z, -np.inf)
+    p = np.exp(z - z.max())
+    return int(rng.choice(len(p), p=p / p.sum()))

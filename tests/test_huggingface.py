@@ -231,3 +231,99 @@ def test_export_cli_converts_a_checkpoint_directory(tokenizer, tmp_path,
                      str(tmp_path / "cal.npz")])
     assert "names ending in ForSequenceClassification" in \
         capsys.readouterr().err
+
+
+def _gpt2(layers=1):
+    """A random small GPT2LMHeadModel (vocabulary 50, 8 positions) whose
+    LayerNorms are not the identity."""
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=50, n_embd=16, n_layer=layers, n_head=2, n_positions=8))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def _prompts(n, seed, length=8):
+    rng = np.random.default_rng(seed)
+    count = rng.integers(2, length + 1, n)
+    mask = (np.arange(length)[None, :] < count[:, None]).astype(np.int64)
+    return {"input_ids": rng.integers(0, 50, (n, length)) * mask,
+            "attention_mask": mask}
+
+
+def test_greedy_generation_is_what_one_run_on_the_result_predicts():
+    """Greedy tokens made one run per token equal the argmax of one run
+    on the finished texts at each position before them: a decoder's logits
+    at a position do not depend on what follows (the causal mask, with the
+    padding after each text); texts of different lengths in one batch."""
+    from lava_spiked.huggingface import generate
+
+    model = _gpt2(layers=2)
+    net = convert_bert(model, _prompts(32, 0), length=8, progress=False)
+    prompts = {k: v[:, :4] for k, v in _prompts(3, 1, 4).items()}
+    texts = generate(net, model, prompts, max_new_tokens=4, progress=False)
+    counts = prompts["attention_mask"].sum(1)
+    assert [len(t) for t in texts] == list(counts + 4)
+    full = {"input_ids": np.array([np.pad(t, (0, 8 - len(t)))
+                                   for t in texts]),
+            "attention_mask": np.array([[1] * len(t) + [0] * (8 - len(t))
+                                        for t in texts])}
+    hidden, mask = embed(model, full, 8)
+    logits = Engine(net, "fixed")(hidden, attention_mask=mask,
+                                  warn=False).logits.numpy()
+    for i, text in enumerate(texts):
+        c = counts[i]
+        np.testing.assert_array_equal(
+            text[c:], logits[i, c - 1:len(text) - 1].argmax(-1))
+        np.testing.assert_array_equal(
+            text[:c], prompts["input_ids"][i][:c])
+    # sampling from the top 1 is greedy; a seed repeats a draw
+    again = generate(net, model, prompts, 4, do_sample=True, top_k=1,
+                     seed=3, progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(again, texts))
+    draws = [generate(net, model, prompts, 4, do_sample=True,
+                      temperature=5.0, seed=7, progress=False)
+             for _ in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(*draws))
+
+
+def test_generate_names_what_does_not_fit():
+    from lava_spiked.huggingface import generate
+
+    model = _gpt2()
+    net = convert_bert(model, _prompts(16, 0), length=8, progress=False)
+    with pytest.raises(ValueError, match="a text of 6 tokens and 3 new "
+                                         "ones do not fit in the network's "
+                                         "8 tokens"):
+        generate(net, model, np.zeros((1, 6), dtype=np.int64), 3)
+    classifier = _classifier()
+    enc = {"input_ids": np.ones((4, 8), dtype=np.int64),
+           "attention_mask": np.ones((4, 8), dtype=np.int64)}
+    other = convert_bert(classifier, enc, length=8, progress=False)
+    with pytest.raises(ValueError, match=r"generate needs a language "
+                                         r"model's network .* output is "
+                                         r"\(3,\)"):
+        generate(other, classifier, enc, 1)
+
+
+@pytest.mark.slow
+def test_tokens_generated_in_lava_are_the_engines():
+    """Three greedy tokens from a one-layer GPT-2 in Lava (fixed_pt, one
+    run per token in one running network) equal the engine's."""
+    from lava_spiked.huggingface import generate
+    from lava_spiked.lava_build import Loihi2SimCfg
+
+    model = _gpt2()
+    net = convert_bert(model, _prompts(16, 0, 6), length=6, T=12, B=1.4,
+                       progress=False)
+    prompt = np.array([[5, 17, 3]])
+    want = generate(net, model, prompt, 3, progress=False)
+    with net:
+        got = generate(net, model, prompt, 3, progress=False,
+                       run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    np.testing.assert_array_equal(got[0], want[0])
+    assert len(got[0]) == 6
