@@ -28,7 +28,7 @@ import torch
 
 from lava_spiked import Engine, fixed, phase
 from lava_spiked.capture import evaluate
-from lava_spiked.huggingface import convert_bert, embed
+from lava_spiked.huggingface import convert, embed
 from lava_spiked.plan import _channel_scale, _source_scale
 from lava_spiked.text_data import (MAX_LENGTH, load_minilm, sentiment_head,
                                    tweets)
@@ -43,8 +43,8 @@ def main():
     model, tok = load_minilm()
     kw = dict(padding=True, truncation=True, max_length=MAX_LENGTH)
     cal, _ = tweets("calibration")
-    net = convert_bert(model, tok(cal[:128], **kw), length=MAX_LENGTH,
-                       head=sentiment_head(), progress=False)
+    net = convert(model, tok(cal[:128], **kw), length=MAX_LENGTH,
+                  head=sentiment_head(), progress=False)
     val, _ = tweets("val")
     hidden, mask = embed(model, tok(val[:8], **kw), MAX_LENGTH)
     ref = {}

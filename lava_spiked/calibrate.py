@@ -169,35 +169,130 @@ def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
     the code's dead zone. Masked entries never fire in the WOSS softmax and
     take no part in the logits' calibration. ``attention_mask`` (n, N) is
     the runtime token mask of a graph that has one
-    (:func:`lava_spiked.capture.mask_tokens`).
+    (:func:`lava_spiked.capture.mask_tokens`): a key it pads is masked in
+    that sample anyway and says nothing; a key padded in every calibration
+    sample is a mask only where its bias is the lowest float (half of
+    float32's minimum or below), as models write masks.
     """
     candidates = {op.logits: op for op in graph.attention
                   if (op.bias < 0).any()}
     if not candidates:
         return graph
-    # entries with a nonzero probability in some sample
+    # entries with a nonzero probability in some sample, and entries that
+    # were a real key in some sample
     alive = {name: np.zeros(op.bias.shape, bool)
              for name, op in candidates.items()}
+    seen = {name: np.zeros(op.bias.shape, bool)
+            for name, op in candidates.items()}
+
+    batch_mask: ty.List[ty.Any] = [None]
 
     def update(name: str, z: torch.Tensor) -> None:
         op = candidates.get(name)
         if op is None:
             return
         z = z.reshape((-1,) + op.bias.shape).float()
-        z = z.masked_fill(torch.from_numpy(op.mask), -math.inf)
+        # padded keys (recorded as 0) are masked at run time anyway
+        masked = _key_masked(op, batch_mask[0])
+        z = z.masked_fill(masked, -math.inf)
         alive[name] |= (torch.softmax(z, -1) >= MASKED_BELOW).any(
             0).numpy()
+        seen[name] |= (~masked).expand_as(z).any(0).numpy()
 
     shape = graph[graph.input].shape
     for x, m in bar(_masked(data, attention_mask, shape, batch_size,
                             "calibration_data"), "finding masks", progress):
+        batch_mask[0] = m
         evaluate(graph, x, update, m)
     attention = []
     for op in graph.attention:
-        new = (op.bias < 0) & ~op.mask & ~alive[op.logits] \
-            if op.logits in alive else np.zeros(op.mask.shape, bool)
+        if op.logits in alive:
+            # a key padded in every calibration sample: a mask only where
+            # its bias is the lowest float, as models write masks
+            dead = np.where(seen[op.logits], ~alive[op.logits],
+                            op.bias <= np.finfo(np.float32).min / 2)
+            new = (op.bias < 0) & ~op.mask & dead
+        else:
+            new = np.zeros(op.mask.shape, bool)
         attention.append(dataclasses.replace(
             op, mask=op.mask | new, bias=np.where(new, 0.0, op.bias)))
+    return dataclasses.replace(graph, attention=attention)
+
+
+def _key_masked(op, attention_mask: ty.Optional[torch.Tensor]
+                ) -> torch.Tensor:
+    """The entries of ``op``'s logits that are masked: its constant mask,
+    and with a runtime token mask, the padded keys of each sample."""
+    mask = torch.from_numpy(op.mask)
+    if op.key_mask and attention_mask is not None:
+        mask = mask | ~attention_mask[:, None, None, :]
+    return mask
+
+
+def center_logits(graph: Graph, data: ty.Any, batch_size: int = 64,
+                  progress: bool = True,
+                  attention_mask: ty.Any = None) -> Graph:
+    """The graph with each attention row's logits moved by a constant
+    towards a largest logit of 0 on the median calibration sample.
+
+    Softmax ignores a constant added to a row, so the model computes the
+    same. The phase code does not: WOSS shifts a row by its largest
+    *positive* logit (the first positive spike), so a row whose logits are
+    all negative is not shifted, and its entries below ``-(T - 1/2) ln B``
+    never fire (a causal row with few keys may then output nothing); and a
+    logit is coded with an error relative to its magnitude, so the logits
+    that decide the softmax, those near the row's maximum, are coded best
+    near 0. The constant is ``-median`` over samples of the row's largest
+    unmasked logit, one per head and query row (a logit bias, folded into
+    the Plan like any other), limited so that the row's largest magnitude
+    over the calibration samples does not grow: the row's scale, and with
+    it the coarseness of its code, stays as it was. ``attention_mask`` as
+    in :func:`absorb_masks`.
+    """
+    if not graph.attention:
+        return graph
+    ops = {op.logits: op for op in graph.attention}
+    # per logit population: per sample row maxima, and the running row
+    # minimum and maximum over samples
+    peaks: ty.Dict[str, ty.List[np.ndarray]] = {name: [] for name in ops}
+    low = {name: np.full(op.bias.shape[:-1], np.inf)
+           for name, op in ops.items()}
+    high = {name: np.full(op.bias.shape[:-1], -np.inf)
+            for name, op in ops.items()}
+    batch_mask: ty.List[ty.Any] = [None]
+
+    def update(name: str, z: torch.Tensor) -> None:
+        op = ops.get(name)
+        if op is None:
+            return
+        z = z.reshape((-1,) + op.bias.shape)
+        mask = _key_masked(op, batch_mask[0])
+        peak = z.masked_fill(mask, -math.inf).max(-1).values.numpy()
+        floor = z.masked_fill(mask, math.inf).min(-1).values.numpy()
+        peaks[name].append(peak)
+        high[name] = np.maximum(high[name], peak.max(0))
+        low[name] = np.minimum(low[name], floor.min(0))
+
+    shape = graph[graph.input].shape
+    for x, m in bar(_masked(data, attention_mask, shape, batch_size,
+                            "calibration_data"), "centering logits",
+                    progress):
+        batch_mask[0] = m
+        evaluate(graph, x, update, m)
+    attention = []
+    for op in graph.attention:
+        name = op.logits
+        peak = np.concatenate(peaks[name])
+        peak = np.where(np.isfinite(peak), peak, np.nan)  # rows all masked
+        with np.errstate(all="ignore"):
+            wanted = -np.nanmedian(peak, 0)
+            lo, hi = low[name], high[name]
+            reach = np.maximum(np.abs(lo), np.abs(hi))
+            # keep lo + c >= -reach and hi + c <= reach
+            shift = np.clip(wanted, -reach - lo, reach - hi)
+        shift = np.where(np.isfinite(shift), shift, 0.0)
+        attention.append(dataclasses.replace(
+            op, bias=op.bias + shift[..., None]))
     return dataclasses.replace(graph, attention=attention)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from lava_spiked.calibrate import absorb_masks, calibrate
+from lava_spiked.calibrate import center_logits as center_logits_of
 from lava_spiked.capture import capture, mask_tokens
 from lava_spiked.network import SpikingNetwork
 from lava_spiked.plan import lower
@@ -22,7 +23,8 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
             output: ty.Union[int, str] = 0,
             input_name: ty.Optional[str] = None, progress: bool = True,
             record: bool = False, attention_mask: ty.Any = None,
-            mean_pool: bool = False, target: str = "lava") -> SpikingNetwork:
+            mean_pool: bool = False, target: str = "lava",
+            center_logits: bool = False) -> SpikingNetwork:
     """Convert a PyTorch transformer into a phase-coded spiking network.
 
     Parameters
@@ -55,6 +57,9 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     mean_pool : bool
         With ``attention_mask``: the readout is a mean over the tokens, to
         be taken over the real ones.
+    center_logits : bool
+        Move each attention row's logits by a calibrated constant so that
+        its largest is near 0 (:func:`lava_spiked.calibrate.center_logits`).
     target : {'lava', 'loihi2'}
         Integer formats of ``fixed_pt``: Lava's (default), or conformant
         to Loihi 2 where this library can make them so
@@ -77,6 +82,9 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
         raise ValueError("mean_pool needs attention_mask")
     graph = absorb_masks(graph, calibration_data, progress=progress,
                          attention_mask=attention_mask)
+    if center_logits:
+        graph = center_logits_of(graph, calibration_data, progress=progress,
+                                 attention_mask=attention_mask)
     sigmas = calibrate(graph, calibration_data, statistic, percentile,
                        granularity, progress=progress,
                        attention_mask=attention_mask)

@@ -81,17 +81,17 @@ def convert_minilm(model: ty.Any = None, tokenizer: ty.Any = None,
     model, tokenizer : optional
         From :func:`load_minilm` (loaded when not given).
     **kwargs
-        For :func:`lava_spiked.huggingface.convert_bert` (``T``, ``B``,
+        For :func:`lava_spiked.huggingface.convert` (``T``, ``B``,
         ``progress``, ...).
     """
-    from lava_spiked.huggingface import convert_bert
+    from lava_spiked.huggingface import convert
 
     if model is None:
         model, tokenizer = load_minilm()
     cal, _ = tweets("calibration")
-    return convert_bert(model, tokenizer(cal, padding=True, truncation=True,
-                                         max_length=MAX_LENGTH),
-                        length=MAX_LENGTH, head=sentiment_head(), **kwargs)
+    return convert(model, tokenizer(cal, padding=True, truncation=True,
+                                    max_length=MAX_LENGTH),
+                   length=MAX_LENGTH, head=sentiment_head(), **kwargs)
 
 
 @torch.no_grad()

@@ -749,3 +749,97 @@ def test_samples_stream_through_lava(small_vit):
         np.testing.assert_array_equal(
             probed.infer(x, cfg, progress=False), got)
     assert not probed.lava("fixed_pt").streams and len(probed.recorded) == 3
+
+
+class FarBelow(nn.Module):
+    """One attention whose logits all sit near ``-shift``, and a readout of
+    its mean output: ``softmax(q k^T / 2 - shift) v``."""
+
+    def __init__(self, shift=8.0):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(4, 12), nn.Linear(4, 3)
+        self.shift = shift
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        a = torch.softmax(q @ k.transpose(1, 2) * 0.5 - self.shift, -1)
+        return self.out((a @ v).mean(1))
+
+
+def test_centred_logits_fire_where_every_logit_is_negative():
+    """Rows whose logits are all below -(T - 1/2) ln B never fire in WOSS
+    (no positive winner shifts them up), and the attention outputs 0;
+    centred on calibration (each row's largest logit 0 on the median
+    sample) the model computes the same and the SNN follows it as closely
+    as it follows the model without the shift."""
+    torch.manual_seed(0)
+    model = FarBelow().double().eval()
+    near = copy.deepcopy(model)
+    near.shift = 0.0
+    x = torch.randn(40, 5, 4, dtype=torch.float64)
+    kw = dict(T=16, B=1.4, progress=False)
+    plain = convert(model, x[:32], **kw)
+    centred = convert(model, x[:32], center_logits=True, **kw)
+    np.testing.assert_allclose(evaluate(centred.graph, x[32:]),
+                               evaluate(plain.graph, x[32:]), rtol=1e-12)
+    peaks = []
+
+    def record(name, z):
+        if name.endswith(":logits"):
+            peaks.append(z.reshape(-1, 5, 5).max(-1).values)
+    evaluate(centred.graph, x[:32], record)
+    np.testing.assert_allclose(np.median(peaks[0].numpy(), 0), 0.0,
+                               atol=1e-12)
+    with torch.no_grad():
+        want = model(x[32:]).numpy()
+    err = {}
+    for name, net in (("plain", plain), ("centred", centred),
+                      ("near", convert(near, x[:32], **kw))):
+        got = Engine(net, "fixed")(x[32:].numpy(), warn=False).logits
+        err[name] = np.abs(got.numpy() - want).max()
+    # plain: the attention is silent, the readout its bias alone
+    silent = model.out.bias.detach().numpy()
+    np.testing.assert_allclose(
+        Engine(plain, "float")(x[32:].numpy(), warn=False).logits.numpy(),
+        np.broadcast_to(silent, want.shape), atol=1e-6)
+    assert err["centred"] < 0.6 * err["plain"], err
+    assert err["centred"] < 1.5 * err["near"], err
+
+
+class AdditiveCausal(nn.Module):
+    """Attention with a causal mask added as the lowest float (as
+    transformers 5 writes GPT-2's) and a bias of -3 on the last key."""
+
+    def __init__(self, n=6):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(4, 12), nn.Linear(4, 3)
+        low = torch.finfo(torch.float32).min
+        bias = torch.zeros(n, n).masked_fill(
+            torch.ones(n, n, dtype=torch.bool).triu(1), low)
+        bias[:, -1] = torch.where(bias[:, -1] == 0, -3.0, bias[:, -1])
+        self.register_buffer("bias", bias)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        a = torch.softmax(q @ k.transpose(1, 2) + self.bias, -1)
+        return self.out(a @ v)
+
+
+def test_additive_masks_are_found_under_runtime_padding():
+    """The calibration texts are all shorter than the network (the last
+    key is always padded): padded keys say nothing about a mask, so every
+    lowest-float entry is still found a mask, and the -3 on the last key,
+    never seen, stays a bias."""
+    torch.manual_seed(0)
+    model = AdditiveCausal().double().eval()
+    x = torch.randn(16, 6, 4, dtype=torch.float64)
+    count = torch.randint(2, 6, (16,))
+    mask = (torch.arange(6)[None, :] < count[:, None]).long()
+    net = convert(model, x, attention_mask=mask.numpy(), T=12, B=1.4,
+                  progress=False)
+    op, = net.graph.attention
+    upper = np.triu(np.ones((6, 6), bool), 1)
+    assert (op.mask == upper).all()
+    assert (op.bias[:, -1, -1] == -3.0).all()  # the diagonal's last entry
+    Engine(net, "fixed")(x.numpy()[:2], attention_mask=mask.numpy()[:2],
+                         warn=False)  # the scales stay small: it runs

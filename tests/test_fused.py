@@ -102,11 +102,11 @@ def test_masked_bert_blocks_fused_equal_neuron_level():
     take the masks the host sets between samples."""
     from test_huggingface import TEXTS, _classifier
 
-    from lava_spiked.huggingface import convert_bert, embed
+    from lava_spiked.huggingface import convert, embed
     from lava_spiked.text_data import load_minilm
     model = _classifier(layers=2)
     enc = load_minilm()[1](TEXTS, padding=True, return_tensors="pt")
-    net = convert_bert(model, enc, length=16, T=8, progress=False)
+    net = convert(model, enc, length=16, T=8, progress=False)
     hidden, mask = embed(model, enc, 16)
     order = [3, 2]  # the longest tweet, then the shortest: masks change
     fused = _run(net, hidden[order], Loihi2SimCfg(select_tag="fixed_pt"),

@@ -8,7 +8,7 @@ from torch import nn
 
 from lava_spiked import Engine, UnsupportedModelError
 from lava_spiked.capture import evaluate
-from lava_spiked.huggingface import convert_bert, embed
+from lava_spiked.huggingface import convert, convert_bert, embed
 from lava_spiked.text_data import load_minilm
 
 transformers = pytest.importorskip("transformers")
@@ -63,7 +63,7 @@ def test_capture_equals_the_model_with_its_attention_mask(tokenizer):
     mean-pooled head computes (mean over real tokens)."""
     model = _classifier(layers=2)
     enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    net = convert_bert(model, enc, length=16, progress=False)
+    net = convert(model, enc, length=16, progress=False)
     hidden, mask = embed(model, enc, 16)
     with torch.no_grad():
         want = model(**enc).logits.numpy()
@@ -73,7 +73,7 @@ def test_capture_equals_the_model_with_its_attention_mask(tokenizer):
 
     head = nn.Linear(16, 2).double()
     bare = model.bert
-    net = convert_bert(bare, enc, length=16, head=head, progress=False)
+    net = convert(bare, enc, length=16, head=head, progress=False)
     with torch.no_grad():
         h = bare(**enc).last_hidden_state
         m = enc["attention_mask"][..., None].double()
@@ -94,8 +94,8 @@ def test_padding_never_changes_the_logits(tokenizer, pooling):
     kw = dict(head=nn.Linear(16, 2).double(), pooling="mean") \
         if pooling == "mean" else {}
     target = model.bert if pooling == "mean" else model
-    net = convert_bert(target, tokenizer(TEXTS, padding=True), length=24,
-                       progress=False, **kw)
+    net = convert(target, tokenizer(TEXTS, padding=True), length=24,
+                  progress=False, **kw)
     engine = Engine(net, "fixed")
     runs = []
     for width in (16, 24):
@@ -120,7 +120,7 @@ def test_bert_layer_in_lava_matches_the_engine_with_per_sample_masks(
     fixed_pt equals the engine bit for bit."""
     model = _classifier()
     enc = tokenizer(TEXTS, padding=True, truncation=True, max_length=8)
-    net = convert_bert(model, enc, length=8, T=12, B=1.4, progress=False)
+    net = convert(model, enc, length=8, T=12, B=1.4, progress=False)
     hidden, mask = embed(model, tokenizer(TEXTS[:2], padding=True,
                                           truncation=True, max_length=8), 8)
     assert mask.sum(1).tolist() == [6, 8]
@@ -134,14 +134,18 @@ def test_verify_takes_the_attention_mask(tokenizer):
 
     model = _classifier()
     enc = tokenizer(TEXTS, padding=True, truncation=True, max_length=8)
-    net = convert_bert(model.bert, enc, length=8,
-                       head=nn.Linear(16, 2).double(),
-                       T=12, B=1.4, progress=False)
+    net = convert(model.bert, enc, length=8,
+                  head=nn.Linear(16, 2).double(),
+                  T=12, B=1.4, progress=False)
     hidden, mask = embed(model, enc, 8)
     report = verify(net, hidden, k=2, attention_mask=mask, progress=False)
     assert report.lava_vs_engine == 0.0
     assert all(c.lava_equal == 1.0 for c in report.layers)
     assert report.layers and report.snn_vs_ann < 0.5
+
+
+def test_convert_bert_is_the_old_name_of_convert():
+    assert convert_bert is convert
 
 
 def test_bad_inputs_name_the_problem(tokenizer):
@@ -157,7 +161,7 @@ def test_bad_inputs_name_the_problem(tokenizer):
     with pytest.raises(UnsupportedModelError, match="Linear is not a "
                                                     "Hugging Face"):
         embed(nn.Linear(2, 2), enc, 24)
-    net = convert_bert(model, enc, length=16, progress=False)
+    net = convert(model, enc, length=16, progress=False)
     hidden, mask = embed(model, enc, 16)
     with pytest.raises(ValueError, match="takes attention_mask="):
         Engine(net)(hidden)
@@ -167,9 +171,9 @@ def test_bad_inputs_name_the_problem(tokenizer):
     with pytest.raises(ValueError, match="has a head of its own; head= is "
                                          "for a bare model such as "
                                          "BertModel"):
-        convert_bert(model, enc, length=16, head=nn.Linear(16, 3))
+        convert(model, enc, length=16, head=nn.Linear(16, 3))
     with pytest.raises(ValueError, match="pooling= says how head= pools"):
-        convert_bert(model.bert, enc, length=16, pooling="mean")
+        convert(model.bert, enc, length=16, pooling="mean")
 
 
 @pytest.mark.slow
@@ -189,8 +193,8 @@ def test_one_minilm_layer_in_lava_is_bit_exact_with_the_engine():
     assert (cfg.hidden_size, cfg.num_attention_heads) == (384, 12)
     cal, _ = tweets("calibration")
     kw = dict(padding=True, truncation=True, max_length=16)
-    net = convert_bert(one, tok(cal[:64], **kw), length=16,
-                       head=sentiment_head(), progress=False)
+    net = convert(one, tok(cal[:64], **kw), length=16,
+                  head=sentiment_head(), progress=False)
     text, _ = tweets("test")
     hidden, mask = embed(one, tok(text[:1], **kw), 16)
     assert hidden.shape == (1, 16, 384)
@@ -214,7 +218,7 @@ def test_export_cli_converts_a_checkpoint_directory(tokenizer, tmp_path,
     export.main([str(tmp_path / "ckpt"), str(out), "--calibration",
                  str(tmp_path / "cal.npz"), "--T", "16", "--B", "1.4"])
     assert "neurons" in capsys.readouterr().out
-    want = convert_bert(model, cal, length=16, T=16, B=1.4, progress=False)
+    want = convert(model, cal, length=16, T=16, B=1.4, progress=False)
     hidden, mask = embed(model, tokenizer(TEXTS[:3], padding=True),
                          length=16)
     np.testing.assert_array_equal(
@@ -263,7 +267,7 @@ def test_greedy_generation_is_what_one_run_on_the_result_predicts():
     from lava_spiked.huggingface import generate
 
     model = _gpt2(layers=2)
-    net = convert_bert(model, _prompts(32, 0), length=8, progress=False)
+    net = convert(model, _prompts(32, 0), length=8, progress=False)
     prompts = {k: v[:, :4] for k, v in _prompts(3, 1, 4).items()}
     texts = generate(net, model, prompts, max_new_tokens=4, progress=False)
     counts = prompts["attention_mask"].sum(1)
@@ -295,7 +299,7 @@ def test_generate_names_what_does_not_fit():
     from lava_spiked.huggingface import generate
 
     model = _gpt2()
-    net = convert_bert(model, _prompts(16, 0), length=8, progress=False)
+    net = convert(model, _prompts(16, 0), length=8, progress=False)
     with pytest.raises(ValueError, match="a text of 6 tokens and 3 new "
                                          "ones do not fit in the network's "
                                          "8 tokens"):
@@ -303,7 +307,7 @@ def test_generate_names_what_does_not_fit():
     classifier = _classifier()
     enc = {"input_ids": np.ones((4, 8), dtype=np.int64),
            "attention_mask": np.ones((4, 8), dtype=np.int64)}
-    other = convert_bert(classifier, enc, length=8, progress=False)
+    other = convert(classifier, enc, length=8, progress=False)
     with pytest.raises(ValueError, match=r"generate needs a language "
                                          r"model's network .* output is "
                                          r"\(3,\)"):
@@ -318,8 +322,8 @@ def test_tokens_generated_in_lava_are_the_engines():
     from lava_spiked.lava_build import Loihi2SimCfg
 
     model = _gpt2()
-    net = convert_bert(model, _prompts(16, 0, 6), length=6, T=12, B=1.4,
-                       progress=False)
+    net = convert(model, _prompts(16, 0, 6), length=6, T=12, B=1.4,
+                  progress=False)
     prompt = np.array([[5, 17, 3]])
     want = generate(net, model, prompt, 3, progress=False)
     with net:

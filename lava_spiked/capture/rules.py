@@ -271,7 +271,7 @@ def arithmetic(cap, node, a, b=1, alpha=1.0, **kwargs):
         a, b = (cap.activate(v) if isinstance(v, Pointwise) else v
                 for v in (a, b))
     if any(isinstance(v, (Product, Softmax)) for v in (a, b)):
-        return logit_arithmetic(name, a, b)
+        return logit_arithmetic(name, a, b, alpha)
     if name == "neg":
         return scaled(a, -1.0, 0.0)
     if name == "rsub":  # b - alpha * a
@@ -298,18 +298,21 @@ def arithmetic(cap, node, a, b=1, alpha=1.0, **kwargs):
     return total
 
 
-def logit_arithmetic(name, a, b):
+def logit_arithmetic(name, a, b, alpha=1.0):
+    """``q @ k`` scaled by a constant, or plus or minus one."""
     prod = a if isinstance(a, Product) else b
     other = b if prod is a else a
     if not isinstance(prod, Product) or isinstance(other, SYMBOLIC) or \
-            name not in ("add", "mul", "div") or (
-                name == "div" and prod is not a):
+            name not in ("add", "sub", "mul", "div") or (
+                name in ("div", "sub") and prod is not a) or (
+                alpha != 1 and prod is not a):
         raise UnsupportedModelError(
             "only scaling and adding a constant may act on q @ k before the "
             "softmax")
     c = as_constant(other)
-    if name == "add":
-        return add_to_product(prod, c)
+    if name in ("add", "sub"):
+        sign = -1.0 if name == "sub" else 1.0
+        return add_to_product(prod, c * (sign * alpha if prod is a else 1.0))
     c = 1.0 / c if name == "div" else c
     return dataclasses.replace(prod, coef=prod.coef * c, bias=prod.bias * c)
 
