@@ -185,25 +185,15 @@ def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
     seen = {name: np.zeros(op.bias.shape, bool)
             for name, op in candidates.items()}
 
-    batch_mask: ty.List[ty.Any] = [None]
-
-    def update(name: str, z: torch.Tensor) -> None:
-        op = candidates.get(name)
-        if op is None:
-            return
-        z = z.reshape((-1,) + op.bias.shape).float()
+    def update(op, z: torch.Tensor, masked: torch.Tensor) -> None:
         # padded keys (recorded as 0) are masked at run time anyway
-        masked = _key_masked(op, batch_mask[0])
-        z = z.masked_fill(masked, -math.inf)
-        alive[name] |= (torch.softmax(z, -1) >= MASKED_BELOW).any(
+        z = z.float().masked_fill(masked, -math.inf)
+        alive[op.logits] |= (torch.softmax(z, -1) >= MASKED_BELOW).any(
             0).numpy()
-        seen[name] |= (~masked).expand_as(z).any(0).numpy()
+        seen[op.logits] |= (~masked).expand_as(z).any(0).numpy()
 
-    shape = graph[graph.input].shape
-    for x, m in bar(_masked(data, attention_mask, shape, batch_size,
-                            "calibration_data"), "finding masks", progress):
-        batch_mask[0] = m
-        evaluate(graph, x, update, m)
+    _each_logits(graph, candidates, data, attention_mask, batch_size,
+                 progress, "finding masks", update)
     attention = []
     for op in graph.attention:
         if op.logits in alive:
@@ -219,14 +209,26 @@ def absorb_masks(graph: Graph, data: ty.Any, batch_size: int = 64,
     return dataclasses.replace(graph, attention=attention)
 
 
-def _key_masked(op, attention_mask: ty.Optional[torch.Tensor]
-                ) -> torch.Tensor:
-    """The entries of ``op``'s logits that are masked: its constant mask,
-    and with a runtime token mask, the padded keys of each sample."""
-    mask = torch.from_numpy(op.mask)
-    if op.key_mask and attention_mask is not None:
-        mask = mask | ~attention_mask[:, None, None, :]
-    return mask
+def _each_logits(graph: Graph, ops: ty.Dict[str, ty.Any], data: ty.Any,
+                 attention_mask: ty.Any, batch_size: int, progress: bool,
+                 desc: str, fn: ty.Callable) -> None:
+    """Run the calibration data through ``graph`` and call ``fn(op, z,
+    masked)`` for each attention op of ``ops`` (logits name -> op) with its
+    logits ``z`` (batch, *op.bias.shape) and the entries masked in each
+    sample: its constant mask and, with a runtime token mask, the padded
+    keys."""
+    shape = graph[graph.input].shape
+    for x, m in bar(_masked(data, attention_mask, shape, batch_size,
+                            "calibration_data"), desc, progress):
+        def record(name: str, z: torch.Tensor) -> None:
+            op = ops.get(name)
+            if op is None:
+                return
+            masked = torch.from_numpy(op.mask)
+            if op.key_mask and m is not None:
+                masked = masked | ~m[:, None, None, :]
+            fn(op, z.reshape((-1,) + op.bias.shape), masked)
+        evaluate(graph, x, record, m)
 
 
 def center_logits(graph: Graph, data: ty.Any, batch_size: int = 64,
@@ -259,26 +261,17 @@ def center_logits(graph: Graph, data: ty.Any, batch_size: int = 64,
            for name, op in ops.items()}
     high = {name: np.full(op.bias.shape[:-1], -np.inf)
             for name, op in ops.items()}
-    batch_mask: ty.List[ty.Any] = [None]
 
-    def update(name: str, z: torch.Tensor) -> None:
-        op = ops.get(name)
-        if op is None:
-            return
-        z = z.reshape((-1,) + op.bias.shape)
-        mask = _key_masked(op, batch_mask[0])
-        peak = z.masked_fill(mask, -math.inf).max(-1).values.numpy()
-        floor = z.masked_fill(mask, math.inf).min(-1).values.numpy()
+    def update(op, z: torch.Tensor, masked: torch.Tensor) -> None:
+        name = op.logits
+        peak = z.masked_fill(masked, -math.inf).max(-1).values.numpy()
+        floor = z.masked_fill(masked, math.inf).min(-1).values.numpy()
         peaks[name].append(peak)
         high[name] = np.maximum(high[name], peak.max(0))
         low[name] = np.minimum(low[name], floor.min(0))
 
-    shape = graph[graph.input].shape
-    for x, m in bar(_masked(data, attention_mask, shape, batch_size,
-                            "calibration_data"), "centering logits",
-                    progress):
-        batch_mask[0] = m
-        evaluate(graph, x, update, m)
+    _each_logits(graph, ops, data, attention_mask, batch_size, progress,
+                 "centering logits", update)
     attention = []
     for op in graph.attention:
         name = op.logits
