@@ -11,7 +11,8 @@ import torch
 
 from lava_spiked.calibrate import absorb_masks, calibrate
 from lava_spiked.calibrate import center_logits as center_logits_of
-from lava_spiked.capture import capture, mask_tokens
+from lava_spiked.capture import capture
+from lava_spiked.capture.token_mask import capture_masked
 from lava_spiked.network import SpikingNetwork
 from lava_spiked.plan import lower
 from lava_spiked.validation import check_base, check_steps
@@ -53,10 +54,15 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
         model over N tokens: the network then takes one per sample at run
         time (padded keys never fire in any softmax;
         :func:`lava_spiked.capture.mask_tokens`). Calibration sees the
-        model as it computes with these masks.
+        model as it computes with these masks. A model whose ``forward``
+        takes a mask itself (``forward(x, attention_mask)``, PyTorch's
+        ``key_padding_mask`` too) is checked to use it only so
+        (:mod:`lava_spiked.capture.token_mask`); the network's mask is
+        1 = real token whatever the model's convention.
     mean_pool : bool
         With ``attention_mask``: the readout is a mean over the tokens, to
-        be taken over the real ones.
+        be taken over the real ones (found by itself for a model that
+        takes the mask).
     center_logits : bool
         Move each attention row's logits by a calibrated constant so that
         its largest is near 0 (:func:`lava_spiked.calibrate.center_logits`).
@@ -75,11 +81,14 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     """
     check_base(B), check_steps(T)
     first = next(iter(_first_batch(calibration_data)))
-    graph = capture(model, tuple(first.shape[1:]), output, input_name)
     if attention_mask is not None:
-        graph = mask_tokens(graph, mean_pool)
+        graph = capture_masked(model, tuple(first.shape[1:]), output,
+                               input_name, first,
+                               np.asarray(attention_mask).dtype, mean_pool)
     elif mean_pool:
         raise ValueError("mean_pool needs attention_mask")
+    else:
+        graph = capture(model, tuple(first.shape[1:]), output, input_name)
     graph = absorb_masks(graph, calibration_data, progress=progress,
                          attention_mask=attention_mask)
     if center_logits:

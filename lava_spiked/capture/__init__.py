@@ -37,7 +37,9 @@ __all__ = ["capture", "evaluate", "mask_tokens", "export", "unsupported",
 
 def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...],
             output: ty.Union[int, str] = 0,
-            input_name: ty.Optional[str] = None) -> Graph:
+            input_name: ty.Optional[str] = None,
+            given: ty.Optional[ty.Mapping[str, torch.Tensor]] = None
+            ) -> Graph:
     """Capture ``model`` into populations, synapses and attention ops.
 
     Parameters
@@ -54,6 +56,10 @@ def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...],
     input_name : str, optional
         The keyword argument of ``forward`` that takes the data (e.g.
         ``"inputs_embeds"``); default the first positional one.
+    given : dict, optional
+        Constant keyword inputs of ``forward`` for a batch of one (a token
+        mask that says every token is real:
+        :func:`lava_spiked.capture.token_mask.capture_masked`).
 
     Returns
     -------
@@ -65,19 +71,12 @@ def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...],
         Listing every op without a rule, before anything is built; naming
         the module and op of a computation the phase code cannot carry
         (a product of two activations, a softmax not over ``q @ k``); or
-        naming inputs the model requires besides the data.
+        naming inputs the model requires besides the data and ``given``.
     ValueError
         If ``output`` or ``input_name`` names nothing the model has.
     """
-    ep, names = export(model, sample_shape, input_name)
-    if isinstance(output, str):
-        if output not in names:
-            raise ValueError(f"output={output!r}, but the model's outputs "
-                             f"are {names}")
-        output = names.index(output)
-    elif not 0 <= output < len(names):
-        raise ValueError(f"output={output}, but the model returns "
-                         f"{len(names)} tensors ({names})")
+    ep, names = export(model, sample_shape, input_name, given)
+    output = output_index(output, names)
     bad = unsupported(ep)
     if bad:
         raise UnsupportedModelError(
@@ -92,3 +91,17 @@ def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...],
             "every op.")
     with torch.no_grad():
         return Interpreter(ep, tuple(sample_shape), output).run()
+
+
+def output_index(output: ty.Union[int, str], names: ty.List[str]) -> int:
+    """The position of ``output`` (an index or a key path) among the
+    model's flattened outputs ``names``."""
+    if isinstance(output, str):
+        if output not in names:
+            raise ValueError(f"output={output!r}, but the model's outputs "
+                             f"are {names}")
+        return names.index(output)
+    if not 0 <= output < len(names):
+        raise ValueError(f"output={output}, but the model returns "
+                         f"{len(names)} tensors ({names})")
+    return output

@@ -11,11 +11,15 @@ thing and can have one rule (:mod:`lava_spiked.capture.rules`).
 import contextlib
 import dataclasses
 import inspect
+import io
+import logging
 import operator
+import sys
 import typing as ty
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from lava_spiked.capture.symbolic import UnsupportedModelError
 
@@ -72,21 +76,24 @@ def where(node: torch.fx.Node) -> str:
 
 class _Flat(nn.Module):
     """The user's model fed with one tensor (positionally, or as the
-    keyword ``input_name``) and its output flattened into a tuple of
-    tensors: tuples, lists, dicts, dataclasses and Hugging Face
-    ``ModelOutput``s alike (:meth:`names` gives their key paths)."""
+    keyword ``input_name``) and the constant keyword inputs ``given``, and
+    its output flattened into a tuple of tensors: tuples, lists, dicts,
+    dataclasses and Hugging Face ``ModelOutput``s alike (:meth:`names`
+    gives their key paths)."""
 
-    def __init__(self, model: nn.Module,
-                 input_name: ty.Optional[str]) -> None:
+    def __init__(self, model: nn.Module, input_name: ty.Optional[str],
+                 given: ty.Optional[ty.Mapping[str, torch.Tensor]] = None
+                 ) -> None:
         super().__init__()
         self.add_module(WRAPPED, model)
-        self.input_name = input_name
+        self.input_name, self.given = input_name, dict(given or {})
 
     def call(self, x: torch.Tensor) -> ty.Any:
         """The model's own output."""
         model = getattr(self, WRAPPED)
-        return model(**{self.input_name: x}) if self.input_name else \
-            model(x)
+        if self.input_name:
+            return model(**{self.input_name: x}, **self.given)
+        return model(x, **self.given)
 
     def forward(self, x: torch.Tensor) -> ty.Tuple[torch.Tensor, ...]:
         return tuple(t for _, t in _flatten_output(self.call(x), ""))
@@ -114,8 +121,20 @@ def _flatten_output(value: ty.Any, prefix: str
         item, f"{prefix}.{key}" if prefix else str(key))]
 
 
-def _check_inputs(model: nn.Module, input_name: ty.Optional[str]) -> None:
-    """Refuse a model that needs more inputs than the data, naming them."""
+def extra_inputs(model: nn.Module, input_name: ty.Optional[str]
+                 ) -> ty.Tuple[ty.List[str], bool]:
+    """The parameters of ``forward`` besides the data's that may take a
+    token mask, and whether ``forward`` requires that input: the one
+    parameter it requires, else its optional ones whose name ends in
+    ``mask``, in order.
+
+    Raises
+    ------
+    UnsupportedModelError
+        If ``forward`` requires more than one input besides the data.
+    ValueError
+        If ``input_name`` is not a parameter of ``forward``.
+    """
     params = list(inspect.signature(model.forward).parameters.values())
     kinds = inspect.Parameter
     if input_name is None:
@@ -128,15 +147,18 @@ def _check_inputs(model: nn.Module, input_name: ty.Optional[str]) -> None:
                 f"input_name={input_name!r}, but {type(model).__name__}."
                 f"forward takes {', '.join(p.name for p in params)}")
         fed = input_name
-    missing = [p.name for p in params if p.name != fed and
-               p.default is kinds.empty and
-               p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)]
-    if missing:
+    others = [p for p in params if p.name != fed and
+              p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)]
+    required = [p.name for p in others if p.default is kinds.empty]
+    if len(required) > 1:
         raise UnsupportedModelError(
             f"{type(model).__name__}.forward also requires "
-            f"{', '.join(missing)}; the converter feeds one tensor "
-            f"({fed}) and supports no other inputs yet (a padding mask "
-            "will be a runtime input)")
+            f"{', '.join(required)}; the converter feeds the data ({fed}) "
+            "and at most one more input, a token mask")
+    if required:
+        return required, True
+    return [p.name for p in others if p.name.lower().endswith("mask")], \
+        False
 
 
 @contextlib.contextmanager
@@ -156,27 +178,71 @@ def eval_mode(model: nn.Module):
 
 
 def export(model: nn.Module, sample_shape: ty.Tuple[int, ...],
-           input_name: ty.Optional[str] = None
+           input_name: ty.Optional[str] = None,
+           given: ty.Optional[ty.Mapping[str, torch.Tensor]] = None
            ) -> ty.Tuple[torch.export.ExportedProgram, ty.List[str]]:
-    """``torch.export`` of ``model`` in eval mode for one sample; also the
-    names of its flattened outputs (see :class:`_Flat`)."""
-    _check_inputs(model, input_name)
+    """``torch.export`` of ``model`` in eval mode for one sample, fed the
+    constant keyword inputs ``given`` (a batch of one); also the names of
+    its flattened outputs (see :class:`_Flat`).
+
+    Raises
+    ------
+    UnsupportedModelError
+        If ``forward`` requires an input besides the data that ``given``
+        does not hold, or if the export fails.
+    """
+    names, required = extra_inputs(model, input_name)
+    if required and names[0] not in (given or {}):
+        raise UnsupportedModelError(
+            f"{type(model).__name__}.forward also requires {names[0]}: if "
+            "it is a token mask, give convert the calibration samples' "
+            "masks (attention_mask=, 1 = real token) and the network takes "
+            "one per sample at run time; other inputs are not supported")
     dtype = next((p.dtype for p in model.parameters()
                   if p.is_floating_point()), torch.float32)
     x = torch.zeros((1,) + tuple(sample_shape), dtype=dtype)
-    flat = _Flat(model, input_name)
+    flat = _Flat(model, input_name, given)
     with eval_mode(model):
         try:
             with torch.no_grad():
                 names = flat.names(x)
-            ep = torch.export.export(flat, (x,), strict=False)
-            ep = ep.run_decompositions({})
+            ep = _export(flat, x)
         except Exception as err:  # export raises many types
             raise UnsupportedModelError(
                 f"torch.export could not capture {type(model).__name__} for "
                 f"inputs of shape {tuple(sample_shape)} (one sample): "
                 f"{type(err).__name__}: {err}") from err
     return ep, names
+
+
+def _export(flat: nn.Module, x: torch.Tensor
+            ) -> torch.export.ExportedProgram:
+    """``torch.export``, functionalised; where the model branches on the
+    values of its constants (``nn.TransformerEncoder`` asks whether its
+    mask is causal), again taking the branches their values take. A branch
+    on the data stays in the graph as an ``item`` of an activation, which
+    has no rule and is refused."""
+    shapes = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = shapes.level
+    shapes.setLevel(logging.ERROR)  # it logs each such branch
+    printed = io.StringIO()
+    try:
+        try:
+            with contextlib.redirect_stderr(printed):
+                ep = torch.export.export(flat, (x,), strict=False)
+        except GuardOnDataDependentSymNode:
+            # the graph so far, which torch printed, is no news
+            with torch._functorch.config.patch(
+                    fake_tensor_propagate_real_tensors=True):
+                return torch.export.export(
+                    flat, (x,), strict=False).run_decompositions({})
+        except BaseException:
+            sys.stderr.write(printed.getvalue())
+            raise
+        sys.stderr.write(printed.getvalue())
+        return ep.run_decompositions({})
+    finally:
+        shapes.setLevel(level)
 
 
 def constants(ep: torch.export.ExportedProgram) -> ty.Dict[str, ty.Any]:
