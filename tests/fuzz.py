@@ -13,8 +13,11 @@ satisfy:
    (relative 1e-5; at real tokens where padding applies);
 2. the engine in fixed mode equals ``golden_fixed`` bit for bit, and in
    float mode equals ``golden_float`` up to float rounding;
-3. nothing but the library's own errors is raised (anything raised fails
-   the check; ``benchmarks/fuzz_converter.py`` sorts what it finds).
+3. nothing but the library's own errors is raised: a model with
+   something the phase code cannot carry (:data:`UNSUPPORTED`) is refused
+   with ``UnsupportedModelError`` naming its module, and anything raised
+   by a supported one fails the check (``benchmarks/fuzz_converter.py``
+   sorts what it finds).
 
 ``python benchmarks/fuzz_converter.py`` runs thousands of seeds.
 """
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lava_spiked import Engine, convert
+from lava_spiked.capture import UnsupportedModelError
 from lava_spiked.models import TokenBatchNorm
 
 #: Causal masks as models write them: a boolean mask for ``masked_fill``
@@ -37,6 +41,11 @@ CAUSAL = ("none", "bool", "-inf", "finfo", "-1e4")
 #: ``attention_mask`` (1 = real) added as -1e4; ``mask`` (1 = real) through
 #: ``masked_fill``; PyTorch's ``key_padding_mask`` (True = padding)
 PADDING = ("none", "additive", "fill", "key_padding")
+#: Something the phase code cannot carry, put in the last block's MLP,
+#: which must be refused naming that MLP: an activation with no stage
+#: (ELU), a product of two activations (a gated MLP), neither ("none",
+#: drawn most often)
+UNSUPPORTED = ("none", "elu", "gated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Architecture:
     pooling: str     # cls, mean, first, tokens
     causal: str      # CAUSAL
     padding: str     # PADDING
+    unsupported: str  # UNSUPPORTED
     T: int
     B: float
 
@@ -90,6 +100,8 @@ def architecture(choose: ty.Callable[[str, ty.Sequence], ty.Any]
                           if attention == "encoder" else
                           ["relu", "gelu", "gelu_tanh", "silu"]),
         pooling=pooling, causal=causal, padding=padding,
+        unsupported=choose("unsupported", ["none"] * 4 + ["elu", "gated"])
+        if attention != "encoder" else "none",
         T=choose("T", [16, 40]), B=1.15)
 
 
@@ -167,15 +179,13 @@ class _Attention(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, arch: Architecture, n: int):
+    def __init__(self, arch: Architecture, n: int, last: bool):
         super().__init__()
         d, self.pre = arch.width, arch.order == "pre"
         norm = nn.LayerNorm if arch.norm == "layer" else TokenBatchNorm
         self.norm1, self.norm2 = norm(d), norm(d)
         self.attn = _Attention(arch, n)
-        self.mlp = nn.Sequential(nn.Linear(d, arch.hidden),
-                                 _ACTIVATIONS[arch.activation](),
-                                 nn.Linear(arch.hidden, d))
+        self.mlp = _MLP(arch, arch.unsupported if last else "none")
 
     def forward(self, x, mask):
         if self.pre:
@@ -183,6 +193,21 @@ class _Block(nn.Module):
             return x + self.mlp(self.norm2(x))
         x = self.norm1(x + self.attn(x, mask))
         return self.norm2(x + self.mlp(x))
+
+
+class _MLP(nn.Module):
+    def __init__(self, arch: Architecture, unsupported: str):
+        super().__init__()
+        self.fc1 = nn.Linear(arch.width, arch.hidden)
+        self.act = nn.ELU() if unsupported == "elu" else \
+            _ACTIVATIONS[arch.activation]()
+        self.gate = nn.Linear(arch.width, arch.hidden) \
+            if unsupported == "gated" else None
+        self.fc2 = nn.Linear(arch.hidden, arch.width)
+
+    def forward(self, x):
+        h = self.act(self.fc1(x))
+        return self.fc2(h if self.gate is None else h * self.gate(x))
 
 
 class Generated(nn.Module):
@@ -207,8 +232,8 @@ class Generated(nn.Module):
             self.register_buffer("later", torch.ones(
                 n, n, dtype=torch.bool).triu(1))
         else:
-            self.blocks = nn.ModuleList(_Block(arch, n)
-                                        for _ in range(arch.depth))
+            self.blocks = nn.ModuleList(_Block(arch, n, i == arch.depth - 1)
+                                        for i in range(arch.depth))
         self.norm = (nn.LayerNorm(d) if arch.norm == "layer" else
                      TokenBatchNorm(d)) if arch.order == "pre" else None
         self.head = nn.Linear(d, 3)
@@ -267,7 +292,8 @@ def _fed(arch: Architecture, real: ty.Optional[torch.Tensor]):
 def check(arch: Architecture, calibration: int = 24, samples: int = 2
           ) -> None:
     """Convert the model of ``arch`` and assert the three properties of
-    the module docstring; raises whatever the conversion raises."""
+    the module docstring, or, for an unsupported model, that it is refused
+    naming the module; raises whatever else the conversion raises."""
     model = build(arch)
     g = torch.Generator().manual_seed(arch.seed)
     n = arch.tokens
@@ -276,10 +302,19 @@ def check(arch: Architecture, calibration: int = 24, samples: int = 2
     if arch.padding != "none":
         count = torch.randint(1, n + 1, (len(x),), generator=g)
         real = torch.arange(n)[None, :] < count[:, None]
-    net = convert(model, x[:calibration].numpy(),
-                  attention_mask=None if real is None else
-                  real[:calibration].long().numpy(),
-                  T=arch.T, B=arch.B, progress=False)
+    try:
+        net = convert(model, x[:calibration].numpy(),
+                      attention_mask=None if real is None else
+                      real[:calibration].long().numpy(),
+                      T=arch.T, B=arch.B, progress=False)
+    except UnsupportedModelError as err:
+        if arch.unsupported == "none":
+            raise
+        last = f"blocks.{arch.depth - 1}.mlp"
+        assert f"{last}." in str(err) or f"{last} " in str(err), (
+            f"the refusal does not name {last}: {err}")
+        return
+    assert arch.unsupported == "none", f"{arch.unsupported} converted"
     xt = x[calibration:]
     rt = None if real is None else real[calibration:]
     mask = None if rt is None else rt.numpy()

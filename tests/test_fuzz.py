@@ -19,7 +19,11 @@ FOUND = {
     0: "nn.TransformerEncoder with a causal mask asks whether the mask is "
        "causal (a branch on a constant): torch.export stopped there",
 }
-SEEDS = sorted(FOUND) + [s for s in range(1, 11) if s not in FOUND]
+# 1 to 10 hold each attention form, norm, order and pooling, and a gated
+# MLP (2); 28 is an ELU, 46 a mask through masked_fill and a masked mean,
+# 150 nn.MultiheadAttention's key_padding_mask and a masked mean
+SEEDS = sorted(FOUND) + [s for s in range(1, 11) if s not in FOUND] + [
+    28, 46, 150]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -37,6 +41,7 @@ def test_the_strategy_draws_every_choice():
             ("activation", {"relu", "gelu", "gelu_tanh", "silu"}),
             ("pooling", {"cls", "mean", "first", "tokens"}),
             ("causal", set(fuzz.CAUSAL)), ("padding", set(fuzz.PADDING)),
+            ("unsupported", set(fuzz.UNSUPPORTED)),
             ("depth", {1, 2, 3})]:
         assert {getattr(a, field) for a in drawn} == options, field
 
