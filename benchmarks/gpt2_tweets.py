@@ -315,7 +315,7 @@ def record(lines):
     print(text)
     if not RESULTS.exists():
         RESULTS.write_text("# Character-level GPT-2 on tweets: ANN vs SNN\n\n"
-                           + "\n\n".join(__doc__.split("\n\n")[1:3]) +
+                           + "\n\n".join(__doc__.split("\n\n")[1:4]) +
                            "\n")
     with RESULTS.open("a") as f:
         f.write(text)
