@@ -102,6 +102,7 @@ reads them (both scale linearly with the batch). The default
 47 / 53 MB and 232-257 / 318-337 MB, spikes decoded (ranges: two runs;
 peaks move by up to about 25 MB from run to run).
 """
+import functools
 import math
 import types
 import typing as ty
@@ -109,11 +110,10 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked import fixed
-from lava_spiked.golden import (clip_sizes, stage_fixed, stage_float,
-                                warn_clipped)
+from lava_spiked import fixed, torch_stages
+from lava_spiked.golden import clip_sizes, warn_clipped
 from lava_spiked.phase import threshold_factor
-from lava_spiked.plan import Synapse
+from lava_spiked.plan import ActivationStage, Synapse
 from lava_spiked.validation import check_batch
 
 EXACT = 2.0 ** 53  # float64 integers are exact below this
@@ -121,7 +121,6 @@ EXACT_F32 = 2.0 ** 24  # float32 integers are exact up to this
 # columns of one shared product (_Product): wider, MKL's products on the
 # AVX-512 CPU measured ran up to 2.2x slower per column (float64, K <= 64)
 PRODUCT_COLUMNS = 128
-STAGE_CHUNK = 1 << 16  # membranes per numpy stage call (int64: 512 kB)
 INT32_MAX = (1 << 31) - 1  # TraceMatMul's output port
 # float mode's closed-form fire steps are computed within about 1e-12 of a
 # step (float64 logs of tables exact to a few ulps); lowered by this they
@@ -570,9 +569,9 @@ class Engine:
         recompiles once, with a dynamic batch dimension, whose code runs
         up to about 1.1x slower than the first size's (measured on the
         encoder ViT); an evaluation at one batch size runs the first
-        graph for every full batch. LayerNorm and activation stages run
-        in numpy between compiled graphs, one per run of layers between
-        two stages. Worth it for datasets, not for a few batches;
+        graph for every full batch. LayerNorm and activation stages are
+        in the same graph (:mod:`lava_spiked.torch_stages`). Worth it for
+        datasets, not for a few batches;
         ``benchmarks/results/engine_vs_ann.md`` has the numbers.
 
     Raises
@@ -629,28 +628,20 @@ class Engine:
         self.clip_sizes = clip_sizes(plan)
         self.input_scale = self._tensor(plan[plan.input].scale)
         self.output_scale = self._tensor(plan[plan.output].scale)
-        # runs of layers between numpy stages (one run without stages):
-        # each ends at a staged layer's closed membrane or the readout and
-        # the next begins by finishing that staged layer
-        ends = [i + 1 for i, layer in enumerate(plan.layers[1:])
-                if layer.stage is not None or layer.kind == "readout"]
-        self._segments = list(zip([0] + [e - 1 for e in ends[:-1]], ends))
-        self._runs = [self._layers] * len(self._segments)
+        self._compute = self._layers
         if compile:
-            # Each run compiles its own copy of the code: Dynamo keeps at
-            # most recompile_limit (8) graphs per code object, and the runs
-            # of one network, or engines of other networks, modes or batch
-            # sizes in one process (a sweep, a benchmark) would use up a
-            # shared budget and then run eagerly, with only a logged
-            # warning
+            # Each engine compiles its own copy of the code: Dynamo keeps
+            # at most recompile_limit (8) graphs per code object, and
+            # engines of other networks, modes or batch sizes in one
+            # process (a sweep, a benchmark) would use up a shared budget
+            # and then run eagerly, with only a logged warning
             fn = Engine._layers
-            self._runs = [torch.compile(
+            self._compute = torch.compile(
                 types.MethodType(types.FunctionType(
                     fn.__code__.replace(), fn.__globals__, fn.__name__,
                     fn.__defaults__), self),
                 options=dict(_inductor_options(self.device),
                              guard_filter_fn=_tensor_guards_of_self))
-                for _ in self._segments]
 
     # ----------------------------------------------------------- utilities
     def _tensor(self, a) -> torch.Tensor:
@@ -787,7 +778,31 @@ class Engine:
         return dict(synapses=synapses, bias=self._bias(layer.name,
                                                        layer.bias),
                     sum_f32=self.mode == "fixed" and
-                    _exact_in_f32(sum(bounds) * unit, 2 * unit))
+                    _exact_in_f32(sum(bounds) * unit, 2 * unit),
+                    stage=self._stage_constants(layer))
+
+    def _stage_constants(self, layer) -> ty.Optional[dict]:
+        """What :meth:`_stage` needs of a staged layer, as tensors: the
+        knot table raveled and each neuron's first knot (fixed), the
+        scales (float), a LayerNorm's gains per token row."""
+        st = layer.stage
+        if st is None:
+            return None
+        long = functools.partial(torch.as_tensor, dtype=torch.int64,
+                                 device=self.device)
+        n = layer.shape[-1]
+        if isinstance(st, ActivationStage):
+            if self.mode == "fixed":
+                return dict(knots=long(np.ravel(st.knots)),
+                            row_base=long(np.asarray(st.row) * fixed.KNOTS))
+            return dict(fn=st.fn, pre_scale=self._tensor(st.pre_scale),
+                        scale=self._tensor(layer.scale))
+        if self.mode == "fixed":
+            return dict(n=n, eps_state=int(st.eps_state),
+                        gain=long(np.reshape(st.gain, (-1, n))),
+                        gain_shift=int(st.gain_shift))
+        return dict(n=n, eps_norm=st.eps / st.pre_scale ** 2,
+                    scale=self._tensor(np.reshape(layer.scale, (-1, n))))
 
     def _attention_layer(self, op):
         t = self._tensor
@@ -816,10 +831,16 @@ class Engine:
                                               unit)
             self._prove(np.abs(w).max() * 2 * k * 2.0 ** bits[0],
                         op.out + name + " (product current)", current_max)
-        if self.mode == "fixed" and np.abs(op.logit_scale).max() >= 2 ** (
-                fixed.STATE_BITS - 1 - fixed.STATE_FRAC_BITS - 1):
-            raise ValueError(f"{op.out}: logit scales of 64 or more "
-                             "could saturate the WOSS membrane mid-window")
+        limit = 2 ** (fixed.STATE_BITS - 1 - fixed.STATE_FRAC_BITS - 1)
+        if self.mode == "fixed" and np.abs(op.logit_scale).max() >= limit:
+            raise ValueError(
+                f"{op.out}: its calibrated logits reach "
+                f"{np.abs(op.logit_scale).max():.3g}, and fixed_pt's WOSS "
+                f"membrane (24 bits, 16 of them fraction) holds logits "
+                f"below {limit}: they could saturate it mid-window. Run the "
+                "network in float mode (floating_pt), or scale the model's "
+                "queries or keys down (a softmax of logits this large is "
+                "one-hot anyway)")
         # WOSS logit: round(unit * G / 2**woss_bits), the shift folded into
         # the unit
         unit = t(fixed.to_state(op.logit_scale)[0] * 2.0 ** -woss_bits
@@ -884,7 +905,7 @@ class Engine:
         pad = None if valid is None else torch.as_tensor(~valid,
                                                          device=self.device)
         f32 = self.mode == "fixed" and _f32_products_exact(self.device)
-        logits, saturated, membranes, clipped = self._forward(
+        logits, saturated, membranes, clipped = self._compute(
             x, pad, record, f32)
         if plan.mean_pool:
             logits = torch.as_tensor(plan.pool(logits.cpu().numpy(), valid),
@@ -892,74 +913,44 @@ class Engine:
         return EngineResult(logits, saturated, membranes if record else None,
                             self, clipped)
 
-    def _forward(self, x: torch.Tensor, pad: ty.Optional[torch.Tensor],
-                 record: bool, f32: bool):
-        """The layers on a checked batch: logits (before mean pooling),
-        saturation counts, membranes and clipping counts. The layers run
-        in segments that end at a staged (LayerNorm, activation) layer's
-        closed membrane, whose numpy stage runs between them."""
-        state, staged = None, None
-        for (start, stop), run in zip(self._segments, self._runs):
-            state, v = run(start, stop, x, pad, record, f32, state, staged)
-            layer = self.plan.layers[stop]
-            if layer.kind == "readout":
-                return v, state["saturated"], state["membranes"], \
-                    state["clipped"]
-            staged = self._stage(layer, v)
-        raise AssertionError("no readout layer")
-
-    def _layers(self, start: int, stop: int, x: torch.Tensor,
-                pad: ty.Optional[torch.Tensor], record: bool, f32: bool,
-                state: ty.Optional[dict], staged: ty.Optional[tuple]):
-        """Layers ``start`` to ``stop - 1`` (of ``plan.layers[1:]``):
-        ``state`` (None: start from the input ``x``) carries the
-        saturation and clipping counts, membranes, the traces and products
-        that later layers read; ``staged`` is the stage output of layer
-        ``start`` (see :meth:`_stage`), if it has a stage. Returns the
-        state and the last layer's closed membrane as its stage takes it
-        (:meth:`_stage_input`) or, for the readout, the logits."""
+    def _layers(self, x: torch.Tensor, pad: ty.Optional[torch.Tensor],
+                record: bool, f32: bool):
+        """The layers on a checked batch ``x``: the logits (before mean
+        pooling), saturation counts, membranes and clipping counts. Per
+        layer the state holds its membrane and kind (decoded to spikes on
+        demand) and its trace; products of the synapse groups that later
+        layers still read; each is freed after its last reader."""
         plan = self.plan
         n = len(x)
         fixed_mode = self.mode == "fixed"
-        if state is None:
-            first = plan[plan.input]
-            u = x.reshape(n, -1) / self.input_scale
-            saturated = torch.zeros(n, dtype=torch.int64, device=self.device)
-            if fixed_mode:  # to_state; beyond 2**30 only "saturated" matters
-                u = _round_to_int(u.mul_(float(1 << fixed.STATE_FRAC_BITS))
-                                  .clamp_(-INT_LIMIT, INT_LIMIT)).add_(
-                                      self.top)
-                saturated += self._saturated(u)
-            # per layer: membrane and kind (decoded to spikes on demand),
-            # trace; products of the synapse groups that later layers
-            # still read
-            state = dict(saturated=saturated,
-                         clipped={first.name: self._clipped(u, False)},
-                         membranes={first.name: (u, "bipolar")},
-                         traces={first.name: self._trace(u, False)},
-                         products={})
-        saturated, clipped, membranes, traces, products = (
-            state["saturated"], state["clipped"], state["membranes"],
-            state["traces"], state["products"])
-        for i in range(start, stop):
-            layer = plan.layers[i + 1]
+        first = plan[plan.input]
+        u = x.reshape(n, -1) / self.input_scale
+        saturated = torch.zeros(n, dtype=torch.int64, device=self.device)
+        if fixed_mode:  # to_state; beyond 2**30 only "saturated" matters
+            u = _round_to_int(u.mul_(float(1 << fixed.STATE_FRAC_BITS))
+                              .clamp_(-INT_LIMIT, INT_LIMIT)).add_(self.top)
+            saturated += self._saturated(u)
+        clipped = {first.name: self._clipped(u, False)}
+        membranes = {first.name: (u, "bipolar")}
+        traces = {first.name: self._trace(u, False)}
+        products: ty.Dict[tuple, torch.Tensor] = {}
+        for i, layer in enumerate(plan.layers[1:]):
             op = plan.attention_of(layer.name)
             if op is not None:
                 saturated = saturated + self._attend(op, traces, membranes,
                                                      clipped, pad)
             else:
                 kind = "relu" if layer.kind == "relu" else "bipolar"
-                if i == start and staged is not None:
-                    v, clipped[layer.name], n_sat = staged
+                v = self._membrane(layer, traces, products, f32)
+                saturated = saturated + self._saturated(v, layer.name)
+                if layer.kind == "readout":
+                    return self._logits(v, layer), saturated, membranes, \
+                        clipped
+                if layer.stage is not None:
+                    v, clipped[layer.name], n_sat = self._stage(
+                        layer, self._stage_input(v))
                     saturated = saturated + n_sat
                 else:
-                    v = self._membrane(layer, traces, products, f32)
-                    saturated = saturated + self._saturated(v, layer.name)
-                    if layer.kind == "readout" or layer.stage is not None:
-                        state["saturated"] = saturated
-                        return state, (self._logits(v, layer)
-                                       if layer.kind == "readout" else
-                                       self._stage_input(v))  # to stage
                     clipped[layer.name] = self._clipped(v, kind == "relu")
                 if layer.token_mask:  # padded tokens never fire
                     silent = self.top if fixed_mode else 0.0
@@ -972,8 +963,7 @@ class Engine:
                     del done[k]
             if not record:
                 membranes.clear()
-        state["saturated"] = saturated
-        return state, None
+        raise AssertionError("no readout layer")
 
     def _membrane(self, layer, traces: dict, products: dict,
                   f32: bool) -> torch.Tensor:
@@ -1081,36 +1071,40 @@ class Engine:
 
     def _stage(self, layer, m: torch.Tensor):
         """The window-close stage of an activation or LayerNorm layer on
-        closed membranes ``m`` (:meth:`_stage_input`), by the golden
-        model's own numpy functions (one definition): the stage's output
-        as membranes (fixed: table rows), its clipped neurons and its
-        saturation events per sample. It runs on a few samples at a time,
-        so that numpy's dozen passes over its temporaries stay in cache
-        (with the flat knot reads of :func:`fixed.activation`, a MiniLM
-        engine call 1.37x faster than the whole batch at once;
-        ``benchmarks/results/engine_vs_ann.md``)."""
+        closed membranes ``m`` (:meth:`_stage_input`), in torch
+        (:mod:`lava_spiked.torch_stages`, bit for bit the golden model's
+        numpy stages in fixed mode): the stage's output as membranes
+        (fixed: table rows), its clipped neurons and its saturation events
+        per sample."""
+        c = self.layers[layer.name]["stage"]
         n = m.shape[0]
-        fixed_mode = self.mode == "fixed"
-        m = m.cpu().numpy()
-        one = 1 << fixed.STATE_FRAC_BITS if fixed_mode else 1.0
-        out = np.empty(m.shape, np.int32 if fixed_mode else np.float64)
-        n_sat = np.zeros(n, np.int64)
-        clipped = np.empty(n, np.int64)
-        k = max(1, STAGE_CHUNK // m.shape[1])
-        for s in range(0, n, k):
-            part = slice(s, s + k)
-            if fixed_mode:
-                y, n_sat[part] = stage_fixed(layer, m[part])
-                out[part] = y + self.top  # table rows
-            else:
-                y = out[part] = stage_float(layer, m[part])
-            beyond = np.abs(y) > one
+        if self.mode == "fixed":
+            one = 1 << fixed.STATE_FRAC_BITS
             if layer.kind == "activation":
-                beyond |= np.abs(m[part]) > one
-            clipped[part] = np.count_nonzero(beyond, axis=1)
-        y = torch.as_tensor(out, device=self.device)
-        clipped = torch.as_tensor(clipped, device=self.device)
-        return y, clipped, torch.as_tensor(n_sat, device=self.device)
+                y = torch_stages.activation_fixed(m, c["knots"],
+                                                  c["row_base"])
+                n_sat = torch.zeros(n, dtype=torch.int64, device=m.device)
+            else:
+                y, n_sat = torch_stages.layer_norm_fixed(
+                    m.reshape(n, -1, c["n"]), c["eps_state"], c["gain"],
+                    c["gain_shift"])
+                y, n_sat = y.reshape(n, -1), n_sat.sum(1)
+            out = (y + self.top).int()  # table rows
+        else:
+            one = 1.0
+            if layer.kind == "activation":
+                y = torch_stages.activation_float(m, c["fn"], c["pre_scale"],
+                                                  c["scale"])
+            else:
+                y = torch_stages.layer_norm_float(
+                    m.reshape(n, -1, c["n"]), c["eps_norm"],
+                    c["scale"]).reshape(n, -1)
+            out, n_sat = y, torch.zeros(n, dtype=torch.int64,
+                                        device=m.device)
+        beyond = y.abs() > one
+        if layer.kind == "activation":
+            beyond |= m.abs() > one
+        return out, beyond.sum(1), n_sat
 
     def _close(self, acc, bias, name: str) -> torch.Tensor:
         """Membrane when the window closes (see fixed.close_window), before

@@ -46,3 +46,49 @@ def run(proc, steps, tag, read):
         return read()
     finally:
         proc.stop()
+
+
+# No float membrane of the engine tests' inputs lies within this distance
+# (in units of sigma) of a level it is compared with (a fire threshold,
+# the clip level, a WOSS threshold): far beyond the rounding by which two
+# orders of summing its terms can differ (at most 2 n 2**-53 times the
+# sum of their magnitudes: below 2e-12 on these networks, whose traces
+# are at most 1 and weights' row sums at most a few tens). So float spikes
+# and clip counts do not depend on the order in which a CPU's kernels or
+# compiled code sum. (An activation's input, which its stage also counts
+# as clipped beyond 1, is not recorded and so not checked.)
+DECIDED = 1e-9
+
+
+def level_gap(res, plan, sample=None) -> float:
+    """The smallest distance of a float membrane that the engine result
+    ``res`` recorded (of one ``sample``, or all) from a level it is
+    compared with: the fire thresholds c_B B**-m and the clip level 1 (for
+    |v|), the WOSS thresholds -(m + 1/2) ln B (for the shifted logits),
+    written out here from the paper's definitions. A threshold is the
+    midpoint of two adjacent levels B**-m, so a membrane that averages
+    two such values with equal weights (an attention row with two keys of
+    one WOSS step) lands on it: only rounding decides that spike. The
+    input's membranes are not sums and are left out."""
+    m = np.arange(plan.T, dtype=np.float64)
+    levels = {"woss": np.sort(-(m + 0.5) * np.log(plan.B))}
+    neuron = np.sort(np.append((1 + 1 / plan.B) / 2 * plan.B ** -m, 1.0))
+    activations = {la.name for la in plan.layers if la.kind == "activation"}
+    gap = np.inf
+    for name, (v, kind) in res._membranes.items():
+        if name == plan.input:  # x / sigma: one division, no sum, exact
+            continue  # to the same bit everywhere (and often exactly 1)
+        v = (v if sample is None else v[sample]).numpy().ravel()
+        # -inf: masked; 1: an activation of an input clipped to one
+        # sigma, f(sigma_pre) / sigma with sigma = f(sigma_pre), 1 up to
+        # the last bit of torch's f against numpy's (its clip is decided
+        # by the input, counted clipped either way)
+        v = v[np.isfinite(v)] if kind == "woss" else np.abs(v)
+        if name in activations:
+            v = v[np.abs(v - 1.0) > 4 * 2.0 ** -52]
+        lv = levels.get(kind, neuron)
+        i = np.clip(np.searchsorted(lv, v), 1, len(lv) - 1)
+        gap = min(gap, float(np.minimum(np.abs(v - lv[i - 1]),
+                                        np.abs(v - lv[i])).min(
+                                            initial=np.inf)))
+    return gap

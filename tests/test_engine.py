@@ -7,7 +7,7 @@ import pytest
 import torch
 from lava.magma.core.run_configs import Loihi2SimCfg
 
-from conftest import TAGS
+from conftest import DECIDED, TAGS, level_gap
 from lava_spiked import engine as engine_module
 from lava_spiked import fixed
 from lava_spiked.engine import (Engine, _exact_in_f32, _round,
@@ -82,7 +82,7 @@ def test_engine_rejects_bad_input_and_unprovable_networks():
                warn=False).saturated.item() > 0
     op = net.plan.attention[0]
     op.logit_scale = op.logit_scale * 0 + 100.0
-    with pytest.raises(ValueError, match="logit scales of 64"):
+    with pytest.raises(ValueError, match="holds logits below 64"):
         Engine(net.plan, "fixed")
 
 
@@ -437,21 +437,6 @@ def _staged_net(width: int = 16, classes: int = 3):
     return net, np.concatenate([x, x[:2] * 30])
 
 
-def test_stages_run_a_few_samples_at_a_time(monkeypatch):
-    """The numpy LayerNorm and GELU stages run on chunks of samples: one
-    sample per chunk gives what the whole batch at once gives (logits,
-    counts, spikes), in both modes."""
-    net, x = _staged_net()
-    for mode in ("fixed", "float"):
-        whole = Engine(net, mode)(x, warn=False)  # 10 x 16: one chunk
-        monkeypatch.setattr(engine_module, "STAGE_CHUNK", 1)
-        chunked = Engine(net, mode)(x, warn=False)
-        monkeypatch.undo()
-        _same_results(whole, chunked)
-        assert sum(int(c.sum()) for c in whole.clipped.values()) > 0
-        _same_spikes(whole, chunked)
-
-
 def test_compile_options():
     """Scalar loop remainders; 256-bit vectors on an AVX-512 CPU; of the
     Dynamo guards on the engine itself only the tensor guards stay (its
@@ -500,8 +485,9 @@ def test_compiled_lookups_skip_index_checks():
 def test_compiled_engines_do_not_share_a_recompile_budget(monkeypatch):
     """With Dynamo allowed one graph per code object, a fixed and a float
     engine of one network both run compiled (each compiles its own copy
-    of the code), not the second one eagerly; so do the runs of layers
-    between a network's stages."""
+    of the code), not the second one eagerly; a network with LayerNorm
+    and GELU stages is one graph too (the stages are torch ops inside
+    it)."""
     from torch._dynamo.utils import counters
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     net, x = _small_net()
@@ -510,13 +496,11 @@ def test_compiled_engines_do_not_share_a_recompile_budget(monkeypatch):
         Engine(net, mode, compile=True)(x, warn=False)
     assert counters["stats"]["unique_graphs"] == 2
     assert counters["frames"]["ok"] == 2  # both frames compiled
-    # the runs of layers between numpy stages (LayerNorm, GELU) compile
-    # one graph each, not the helpers they call frame by frame
     staged, x = _staged_net()
     counters.clear()
     Engine(staged, "fixed", compile=True)(x, warn=False)
-    assert counters["stats"]["unique_graphs"] == 3
-    assert counters["frames"]["ok"] == 3
+    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["frames"]["ok"] == 1
 
 
 @pytest.mark.slow
@@ -524,7 +508,7 @@ def test_compiled_engine_equals_eager():
     """compile=True (TorchInductor) against the eager engine: the default
     model at two batch sizes (the second compiles with dynamic shapes),
     also under inference_mode, and a model with LayerNorm and GELU stages
-    (numpy, between compiled runs of layers), 384 wide with a 2-class
+    (in the compiled graph), 384 wide with a 2-class
     readout. Fixed mode: the same logits, counts and spikes, bit for bit.
     Float mode: the same spikes and counts and logits within the readout's
     rounding bound (:func:`_agree`): compiled code sums in
@@ -553,39 +537,10 @@ def test_compiled_engine_equals_eager():
                      for c in (False, True)), staged.plan)
 
 
-# No float membrane of these tests' inputs lies within this distance (in
-# units of sigma) of a level it is compared with (a fire threshold, the
-# clip level, a WOSS threshold): far beyond the rounding by which two
-# orders of summing its terms can differ (at most 2 n 2**-53 times the sum
-# of their magnitudes: below 2e-12 on these networks, whose traces are at
-# most 1 and weights' row sums at most a few tens). So float spikes and
-# clip counts do not depend on the order in which a CPU's kernels or
-# compiled code sum. (An activation's input, which its stage also counts
-# as clipped beyond 1, is not recorded and so not checked.)
-DECIDED = 1e-9
-
-
 def _assert_decided(res, plan):
     """Every float membrane that ``res`` recorded lies more than DECIDED
-    from each level it is compared with: the fire thresholds c_B B**-m and
-    the clip level 1 (for |v|), the WOSS thresholds -(m + 1/2) ln B (for
-    the shifted logits), written out here from the paper's definitions.
-    The input's membranes are not sums and are left out."""
-    m = np.arange(plan.T, dtype=np.float64)
-    levels = {"woss": np.sort(-(m + 0.5) * np.log(plan.B))}
-    neuron = np.sort(np.append((1 + 1 / plan.B) / 2 * plan.B ** -m, 1.0))
-    for name, (v, kind) in res._membranes.items():
-        if name == plan.input:  # x / sigma: one division, no sum, exact
-            continue  # to the same bit everywhere (and often exactly 1)
-        v = v.numpy().ravel()
-        # -inf: masked; exactly 1: an activation of an input clipped to
-        # one sigma (a clip and a pointwise function: exact everywhere)
-        v = v[np.isfinite(v)] if kind == "woss" else np.abs(v)
-        v = v[v != 1.0]
-        lv = levels.get(kind, neuron)
-        i = np.clip(np.searchsorted(lv, v), 1, len(lv) - 1)
-        gap = np.minimum(np.abs(v - lv[i - 1]), np.abs(v - lv[i]))
-        assert gap.min(initial=np.inf) > DECIDED, name
+    from each level it is compared with (:func:`conftest.level_gap`)."""
+    assert level_gap(res, plan) > DECIDED
 
 
 def _readout_rounding(plan) -> float:
