@@ -37,7 +37,7 @@ def rss_mb():
 
 torch.set_num_threads(1)
 net, batch = load({model!r})
-engine = Engine(net, {mode!r})
+engine = Engine(net, {mode!r}, compile=False)
 _, warm = batch(8)
 _, inputs = batch(256)
 res = engine(**warm, record={record}, warn=False)

@@ -35,11 +35,20 @@ compiled engines (a graph specialised to that size, as an evaluation at
 one batch size runs) and, apart, engines compiled at the other batch
 size first, which run the graph with a dynamic batch dimension that
 torch.compile makes for a second size (the last, smaller batch of a
-dataset, say).
+dataset, say). The rows "engine fixed" and "engine float" are eager
+engines (``compile=False``).
+
+``--evaluate N`` adds what the default engine (``compile='auto'``) costs
+over an evaluation of N samples in batches of the batch size: fresh
+engines and the ANN run the same ceil(N / batch) calls in turn, and the
+row's ms is the engine's mean per call (its eager calls, the call that
+compiles and the compiled ones), its ratio the engine's total over the
+ANN's. Every process gets an empty TorchInductor cache directory, so
+each first compile is an uncached one, as on a fresh machine.
 
 Usage: .venv/bin/python benchmarks/engine_vs_ann.py [--threads N]
        [--batch 64 256] [--repeats R] [--models digits fashion-vit minilm]
-       [--keep-freed-memory] [--compile]
+       [--keep-freed-memory] [--compile] [--evaluate N]
 Appends a section to benchmarks/results/engine_vs_ann.md.
 """
 import argparse
@@ -47,8 +56,10 @@ import json
 import pathlib
 import platform
 import statistics
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -161,6 +172,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time Engine(..., compile=True) (its "
                         "first call, which compiles, reported apart)")
+    parser.add_argument("--evaluate", type=int, metavar="N",
+                        help="also time the default engine over N samples")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="lava_spiked.engine.keep_freed_memory() first "
                         "(for the ANN as for the engine)")
@@ -178,9 +191,12 @@ def main() -> None:
     compile_s, threads = {}, None
     for name in args.models:
         for batch in args.batch:
-            out = subprocess.run(
-                [sys.executable, __file__, *sys.argv[1:], "--only", name,
-                 str(batch)], stdout=subprocess.PIPE, text=True, check=True)
+            with tempfile.TemporaryDirectory() as cache:
+                out = subprocess.run(
+                    [sys.executable, __file__, *sys.argv[1:], "--only", name,
+                     str(batch)], stdout=subprocess.PIPE, text=True,
+                    check=True, env=dict(os.environ,
+                                         TORCHINDUCTOR_CACHE_DIR=cache))
             part = json.loads(out.stdout.splitlines()[-1])
             rows += part["rows"]
             compile_s.update(part["compile_s"])
@@ -189,8 +205,8 @@ def main() -> None:
     lines = rows
     if compile_s:
         lines += ["", "First call of a compiled engine at this batch size "
-                  "(compiles; Inductor's on-disk cache makes a repeated "
-                  "graph fast): " + "; ".join(
+                  "(compiles, uncached; the call of a default engine that "
+                  "compiles): " + "; ".join(
                       f"{k} {v:.1f} s" for k, v in compile_s.items())]
     append_section("engine_vs_ann.md", "Engine vs ANN forward time",
                    f"## {platform.machine()} CPU, {threads} thread"
@@ -211,7 +227,12 @@ def measure(args, name: str, batch: int) -> dict:
     torch.backends.mha.set_fastpath_enabled(False)
     net, make_batch = load(name)
     ann, inputs = make_batch(batch)
-    engines = {mode: Engine(net, mode) for mode in ("fixed", "float")}
+    rows, compile_s = [], {}
+    if args.evaluate:  # first: nothing compiled in this process yet
+        rows, compile_s = evaluation(args.evaluate, name, batch, net, ann,
+                                     inputs)
+    engines = {mode: Engine(net, mode, compile=False)
+               for mode in ("fixed", "float")}
     if args.compile:  # fresh engines: each batch size compiles its own
         # graph, as an evaluation at one batch size does; an engine
         # compiled at another size first runs a graph with a dynamic
@@ -229,7 +250,6 @@ def measure(args, name: str, batch: int) -> dict:
         lambda e=e: e(**inputs, record=False, warn=False))
         for mode, e in engines.items()})
     times = {what: [] for what in runs}
-    compile_s = {}
     with torch.inference_mode():
         for what, fn in runs.items():
             if "compiled" in what:  # compiles for this batch size
@@ -244,7 +264,6 @@ def measure(args, name: str, batch: int) -> dict:
                 if i >= 2:
                     times[what].append(time.perf_counter() - t0)
     ann = times["ANN (float32)"]
-    rows = []
     for what, ts in times.items():
         ratio = statistics.median(t / a for t, a in zip(ts, ann))
         rows.append(f"| {name} | {batch} | {net.plan.num_steps} | "
@@ -252,6 +271,41 @@ def measure(args, name: str, batch: int) -> dict:
                     f"{ratio:.2f} |")
     return dict(rows=rows, compile_s=compile_s,
                 threads=torch.get_num_threads())
+
+
+def evaluation(n: int, name: str, batch: int, net, ann, inputs):
+    """Rows and compile times of default engines (``compile='auto'``)
+    over ceil(n / batch) calls, each call of the ANN and both engines in
+    turn."""
+    engines = {mode: Engine(net, mode) for mode in ("fixed", "float")}
+    calls = -(-n // batch)
+    total = {what: 0.0 for what in ["ANN", *engines]}
+    eager = dict.fromkeys(engines, 0)
+    compile_s = {}
+    with torch.inference_mode():
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            ann()
+            total["ANN"] += time.perf_counter() - t0
+            for mode, e in engines.items():
+                compiled = bool(e.compiled_batch_sizes)
+                t0 = time.perf_counter()
+                e(**inputs, record=False, warn=False)
+                took = time.perf_counter() - t0
+                total[mode] += took
+                eager[mode] += not e.compiled_batch_sizes
+                if e.compiled_batch_sizes and not compiled:
+                    compile_s[f"{name}, batch {batch}, engine {mode}, "
+                              f"default"] = took
+    rows = []
+    for mode in engines:
+        rows.append(
+            f"| {name} | {batch} | {net.plan.num_steps} | engine {mode}, "
+            f"default, {calls * batch} samples ({eager[mode]} of {calls} "
+            "calls eager) | "
+            f"{total[mode] / calls * 1e3:.2f} | "
+            f"{total[mode] / total['ANN']:.2f} |")
+    return rows, compile_s
 
 
 def append_section(results: str, title: str, heading: str,

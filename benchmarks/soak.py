@@ -83,7 +83,8 @@ def soak_lava(net, x, samples: int, chunk: int) -> list:
 def soak_engine(net, x, samples: int, batch: int) -> list:
     """One row per engine call."""
     from lava_spiked.engine import Engine
-    engine, me, rows = Engine(net, "fixed"), psutil.Process(), []
+    engine, me, rows = Engine(net, "fixed", compile=False), \
+        psutil.Process(), []
     t0 = time.perf_counter()
     for start in range(0, samples, batch):
         n = min(batch, samples - start)

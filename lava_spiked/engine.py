@@ -104,6 +104,7 @@ peaks move by up to about 25 MB from run to run).
 """
 import functools
 import math
+import time
 import types
 import typing as ty
 
@@ -111,9 +112,11 @@ import numpy as np
 import torch
 
 from lava_spiked import fixed, torch_stages
-from lava_spiked.golden import clip_sizes, warn_clipped
+from lava_spiked.golden import (clip_sizes, stage_fixed, stage_float,
+                                warn_clipped)
 from lava_spiked.phase import threshold_factor
 from lava_spiked.plan import ActivationStage, Synapse
+from lava_spiked.progress import bar
 from lava_spiked.validation import check_batch
 
 EXACT = 2.0 ** 53  # float64 integers are exact below this
@@ -121,7 +124,13 @@ EXACT_F32 = 2.0 ** 24  # float32 integers are exact up to this
 # columns of one shared product (_Product): wider, MKL's products on the
 # AVX-512 CPU measured ran up to 2.2x slower per column (float64, K <= 64)
 PRODUCT_COLUMNS = 128
+STAGE_CHUNK = 1 << 16  # membranes per numpy stage call (int64: 512 kB)
 INT32_MAX = (1 << 31) - 1  # TraceMatMul's output port
+# seconds a first compile takes per layer of a network, on the 2-core
+# AVX-512 CPU measured (benchmarks/results/engine_vs_ann.md, first calls):
+# DigitsViT 9 layers 8-11 s, the encoder ViT 23 layers 19-25 s, MiniLM 44
+# layers 42-74 s
+COMPILE_S_PER_LAYER = 1.2
 # float mode's closed-form fire steps are computed within about 1e-12 of a
 # step (float64 logs of tables exact to a few ulps); lowered by this they
 # are never above the true step and at most one below
@@ -560,25 +569,42 @@ class Engine:
         Integer (``fixed_pt``) or floating-point (``floating_pt``) model.
     device : str or torch.device, optional
         Default 'cpu'.
-    compile : bool, optional
+    compile : bool or 'auto', optional
         Run the layers through ``torch.compile`` (TorchInductor), which
         fuses the elementwise passes between the matrix products: the same
         results (bit for bit in fixed mode; float mode as the module
         docstring states), in less time per batch, after a compile on the
-        first call (tens of seconds on CPU). A second batch size
-        recompiles once, with a dynamic batch dimension, whose code runs
-        up to about 1.1x slower than the first size's (measured on the
-        encoder ViT); an evaluation at one batch size runs the first
-        graph for every full batch. LayerNorm and activation stages are
-        in the same graph (:mod:`lava_spiked.torch_stages`). Worth it for
-        datasets, not for a few batches;
-        ``benchmarks/results/engine_vs_ann.md`` has the numbers.
+        first call (tens of seconds on CPU; Inductor's on-disk cache makes
+        a later compile of the same network a fraction of that). With
+        ``True`` a second batch size recompiles once, with a dynamic
+        batch dimension, whose code runs up to about 1.1x slower than the
+        first size's (measured on the encoder ViT). LayerNorm and
+        activation stages are in the same graph
+        (:mod:`lava_spiked.torch_stages`). The default, ``'auto'``, runs
+        eagerly until the eager calls of one batch size have taken as long
+        as a first compile of this network is expected to take
+        (:attr:`compile_estimate_s`), then compiles for that batch size
+        (calls of other sizes, such as a dataset's last batch, stay
+        eager): an evaluation of a dataset compiles, a few batches do
+        not, and neither choice costs more than about twice the better
+        one would have. ``benchmarks/results/engine_vs_ann.md`` has the
+        numbers.
 
     Raises
     ------
     ValueError
         If ``mode`` is unknown or bit-exactness cannot be proven for the
         network's weights and scales.
+
+    Attributes
+    ----------
+    compile_estimate_s : float
+        Seconds a first compile of this network is expected to take on
+        CPU, uncached (1.2 s per layer, measured): ``compile='auto'``
+        compiles after eager calls of one batch size have taken this
+        long.
+    compiled_batch_sizes : set of int
+        Batch sizes that have run compiled so far.
 
     Notes
     -----
@@ -589,9 +615,12 @@ class Engine:
 
     def __init__(self, plan: ty.Any, mode: str = "fixed",
                  device: ty.Union[str, torch.device] = "cpu",
-                 compile: bool = False) -> None:
+                 compile: ty.Union[bool, str] = "auto") -> None:
         if mode not in ("fixed", "float"):
             raise ValueError(f"mode must be 'fixed' or 'float', got {mode!r}")
+        if compile not in (True, False, "auto"):
+            raise ValueError("compile must be True, False or 'auto', got "
+                             f"{compile!r}")
         plan = getattr(plan, "plan", plan)
         self.plan, self.mode = plan, mode
         self.device = torch.device(device)
@@ -628,20 +657,64 @@ class Engine:
         self.clip_sizes = clip_sizes(plan)
         self.input_scale = self._tensor(plan[plan.input].scale)
         self.output_scale = self._tensor(plan[plan.output].scale)
-        self._compute = self._layers
-        if compile:
-            # Each engine compiles its own copy of the code: Dynamo keeps
-            # at most recompile_limit (8) graphs per code object, and
-            # engines of other networks, modes or batch sizes in one
-            # process (a sweep, a benchmark) would use up a shared budget
-            # and then run eagerly, with only a logged warning
+        self.compile = compile
+        self.compile_estimate_s = COMPILE_S_PER_LAYER * (len(plan.layers) - 1)
+        self.compiled_batch_sizes: ty.Set[int] = set()
+        self._eager_s: ty.Dict[int, float] = {}  # by batch size
+        self._compiled = None
+
+    def _compiled_layers(self):
+        """:meth:`_layers` through ``torch.compile``, built once. Each
+        engine compiles its own copy of the code: Dynamo keeps at most
+        recompile_limit (8) graphs per code object, and engines of other
+        networks, modes or batch sizes in one process (a sweep, a
+        benchmark) would use up a shared budget and then run eagerly,
+        with only a logged warning."""
+        if self._compiled is None:
             fn = Engine._layers
-            self._compute = torch.compile(
+            self._compiled = torch.compile(
                 types.MethodType(types.FunctionType(
                     fn.__code__.replace(), fn.__globals__, fn.__name__,
                     fn.__defaults__), self),
                 options=dict(_inductor_options(self.device),
                              guard_filter_fn=_tensor_guards_of_self))
+        return self._compiled
+
+    def _runs_compiled(self, n: int) -> bool:
+        """Whether a batch of ``n`` runs compiled. ``'auto'`` is the ski
+        rental rule: rent (run eagerly) until the rent paid equals the
+        price (the expected compile), then buy; one batch size only."""
+        if self.compile != "auto":
+            return self.compile
+        if not self.compiled_batch_sizes and \
+                self._eager_s.get(n, 0.0) >= self.compile_estimate_s:
+            return True
+        return n in self.compiled_batch_sizes
+
+    def _compute(self, x: torch.Tensor, pad: ty.Optional[torch.Tensor],
+                 record: bool, f32: bool):
+        """:meth:`_layers`, eager or compiled (:meth:`_runs_compiled`);
+        a call that compiles shows a progress bar."""
+        n = len(x)
+        if not self._runs_compiled(n):
+            start = time.perf_counter()
+            out = self._layers(x, pad, record, f32)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._eager_s[n] = self._eager_s.get(n, 0.0) + \
+                time.perf_counter() - start
+            return out
+        compiled = self._compiled_layers()
+        # Dynamo compiles a first batch size, and a second one with a
+        # dynamic batch dimension that serves every later size
+        if n in self.compiled_batch_sizes or \
+                len(self.compiled_batch_sizes) >= 2:
+            self.compiled_batch_sizes.add(n)
+            return compiled(x, pad, record, f32)
+        self.compiled_batch_sizes.add(n)
+        with bar(total=1, desc=f"compiling the engine for batch {n} (about "
+                 f"{self.compile_estimate_s:.0f} s uncached)"):
+            return compiled(x, pad, record, f32)
 
     # ----------------------------------------------------------- utilities
     def _tensor(self, a) -> torch.Tensor:
@@ -795,8 +868,15 @@ class Engine:
             if self.mode == "fixed":
                 return dict(knots=long(np.ravel(st.knots)),
                             row_base=long(np.asarray(st.row) * fixed.KNOTS))
+            # the values at the clip, +-sigma_pre, as the golden model
+            # computes them: f(sigma_pre) / sigma is exactly 1 there where
+            # sigma = f(sigma_pre), and torch's f may round it above 1,
+            # which would count as clipped
+            ends = stage_float(layer, np.stack([-np.ones(layer.size),
+                                                np.ones(layer.size)]))
             return dict(fn=st.fn, pre_scale=self._tensor(st.pre_scale),
-                        scale=self._tensor(layer.scale))
+                        scale=self._tensor(layer.scale),
+                        low=self._tensor(ends[0]), high=self._tensor(ends[1]))
         if self.mode == "fixed":
             return dict(n=n, eps_state=int(st.eps_state),
                         gain=long(np.reshape(st.gain, (-1, n))),
@@ -1071,11 +1151,50 @@ class Engine:
 
     def _stage(self, layer, m: torch.Tensor):
         """The window-close stage of an activation or LayerNorm layer on
-        closed membranes ``m`` (:meth:`_stage_input`), in torch
-        (:mod:`lava_spiked.torch_stages`, bit for bit the golden model's
-        numpy stages in fixed mode): the stage's output as membranes
-        (fixed: table rows), its clipped neurons and its saturation events
-        per sample."""
+        closed membranes ``m`` (:meth:`_stage_input`): the stage's output
+        as membranes (fixed: table rows), its clipped neurons and its
+        saturation events per sample. Compiled, in torch
+        (:meth:`_stage_torch`), fused into the graph; eager, by the golden
+        model's own numpy functions (:meth:`_stage_numpy`), which were
+        faster there: MiniLM, batch 64, one thread, side by side, an eager
+        fixed call took 4.84 s so and 5.56 s in torch (float: 5.52 s and
+        5.21 s). Bit for bit alike in fixed mode."""
+        if torch.compiler.is_compiling():
+            return self._stage_torch(layer, m)
+        return self._stage_numpy(layer, m)
+
+    def _stage_numpy(self, layer, m: torch.Tensor):
+        """:meth:`_stage` by :func:`lava_spiked.golden.stage_fixed` and
+        ``stage_float``, on a few samples at a time, so that numpy's dozen
+        passes over its temporaries stay in cache (with the flat knot
+        reads of :func:`fixed.activation`, a MiniLM engine call 1.37x
+        faster than the whole batch at once)."""
+        n = m.shape[0]
+        fixed_mode = self.mode == "fixed"
+        m = m.cpu().numpy()
+        one = 1 << fixed.STATE_FRAC_BITS if fixed_mode else 1.0
+        out = np.empty(m.shape, np.int32 if fixed_mode else np.float64)
+        n_sat = np.zeros(n, np.int64)
+        clipped = np.empty(n, np.int64)
+        k = max(1, STAGE_CHUNK // m.shape[1])
+        for s in range(0, n, k):
+            part = slice(s, s + k)
+            if fixed_mode:
+                y, n_sat[part] = stage_fixed(layer, m[part])
+                out[part] = y + self.top  # table rows
+            else:
+                y = out[part] = stage_float(layer, m[part])
+            beyond = np.abs(y) > one
+            if layer.kind == "activation":
+                beyond |= np.abs(m[part]) > one
+            clipped[part] = np.count_nonzero(beyond, axis=1)
+        y = torch.as_tensor(out, device=self.device)
+        clipped = torch.as_tensor(clipped, device=self.device)
+        return y, clipped, torch.as_tensor(n_sat, device=self.device)
+
+    def _stage_torch(self, layer, m: torch.Tensor):
+        """:meth:`_stage` by :mod:`lava_spiked.torch_stages` (bit for bit
+        the numpy stages in fixed mode), on the whole batch."""
         c = self.layers[layer.name]["stage"]
         n = m.shape[0]
         if self.mode == "fixed":
@@ -1095,6 +1214,8 @@ class Engine:
             if layer.kind == "activation":
                 y = torch_stages.activation_float(m, c["fn"], c["pre_scale"],
                                                   c["scale"])
+                y = torch.where(m >= 1, c["high"],
+                                torch.where(m <= -1, c["low"], y))
             else:
                 y = torch_stages.layer_norm_float(
                     m.reshape(n, -1, c["n"]), c["eps_norm"],

@@ -73,19 +73,15 @@ def level_gap(res, plan, sample=None) -> float:
     m = np.arange(plan.T, dtype=np.float64)
     levels = {"woss": np.sort(-(m + 0.5) * np.log(plan.B))}
     neuron = np.sort(np.append((1 + 1 / plan.B) / 2 * plan.B ** -m, 1.0))
-    activations = {la.name for la in plan.layers if la.kind == "activation"}
     gap = np.inf
     for name, (v, kind) in res._membranes.items():
         if name == plan.input:  # x / sigma: one division, no sum, exact
             continue  # to the same bit everywhere (and often exactly 1)
         v = (v if sample is None else v[sample]).numpy().ravel()
-        # -inf: masked; 1: an activation of an input clipped to one
-        # sigma, f(sigma_pre) / sigma with sigma = f(sigma_pre), 1 up to
-        # the last bit of torch's f against numpy's (its clip is decided
-        # by the input, counted clipped either way)
+        # -inf: masked; exactly 1: an activation of an input clipped to
+        # one sigma (the engine takes that value from the golden model)
         v = v[np.isfinite(v)] if kind == "woss" else np.abs(v)
-        if name in activations:
-            v = v[np.abs(v - 1.0) > 4 * 2.0 ** -52]
+        v = v[v != 1.0]
         lv = levels.get(kind, neuron)
         i = np.clip(np.searchsorted(lv, v), 1, len(lv) - 1)
         gap = min(gap, float(np.minimum(np.abs(v - lv[i - 1]),

@@ -1,5 +1,6 @@
 """The batched torch engine against Lava (every population's spikes and the
 logits) and against the integer and float golden models."""
+import dataclasses
 import types
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 from lava.magma.core.run_configs import Loihi2SimCfg
 
+import fuzz
 from conftest import DECIDED, TAGS, level_gap
 from lava_spiked import engine as engine_module
 from lava_spiked import fixed
@@ -437,6 +439,21 @@ def _staged_net(width: int = 16, classes: int = 3):
     return net, np.concatenate([x, x[:2] * 30])
 
 
+def test_stages_run_a_few_samples_at_a_time(monkeypatch):
+    """Eager, the LayerNorm and GELU stages run on chunks of samples: one
+    sample per chunk gives what the whole batch at once gives (logits,
+    counts, spikes), in both modes."""
+    net, x = _staged_net()
+    for mode in ("fixed", "float"):
+        whole = Engine(net, mode)(x, warn=False)  # 10 x 16: one chunk
+        monkeypatch.setattr(engine_module, "STAGE_CHUNK", 1)
+        chunked = Engine(net, mode)(x, warn=False)
+        monkeypatch.undo()
+        _same_results(whole, chunked)
+        assert sum(int(c.sum()) for c in whole.clipped.values()) > 0
+        _same_spikes(whole, chunked)
+
+
 def test_compile_options():
     """Scalar loop remainders; 256-bit vectors on an AVX-512 CPU; of the
     Dynamo guards on the engine itself only the tensor guards stay (its
@@ -535,6 +552,56 @@ def test_compiled_engine_equals_eager():
         with torch.inference_mode():
             _agree(*(Engine(staged, mode, compile=c)(x, warn=False)
                      for c in (False, True)), staged.plan)
+
+
+@pytest.mark.slow
+def test_auto_compiles_once_eager_calls_took_the_expected_compile():
+    """compile='auto' (the default): calls run eagerly until the eager
+    calls of one batch size have taken compile_estimate_s, then that size
+    runs compiled (one graph) and other sizes stay eager; every call gives
+    what the eager engine gives. An engine used for a few small batches
+    never compiles."""
+    from torch._dynamo.utils import counters
+    net, x = _small_net()
+    few = Engine(net, "fixed")
+    assert few.compile == "auto" and few.compile_estimate_s > 1.0
+    for _ in range(3):
+        few(x, warn=False)
+    assert few.compiled_batch_sizes == set()
+    eager = Engine(net, "fixed", compile=False)
+    auto = Engine(net, "fixed")
+    auto.compile_estimate_s = 1e-9  # one eager call takes longer
+    counters.clear()
+    for batch, compiled in [(x, set()), (x, {len(x)}), (x[:3], {len(x)}),
+                            (x, {len(x)})]:
+        _agree(eager(batch, warn=False), auto(batch, warn=False), net.plan)
+        assert auto.compiled_batch_sizes == compiled
+    assert counters["stats"]["unique_graphs"] == 1
+    with pytest.raises(ValueError, match="compile must be True, False or "
+                       "'auto', got 'yes'"):
+        Engine(net, "fixed", compile="yes")
+
+
+@pytest.mark.slow
+def test_compiled_engine_equals_eager_with_masks_and_stages():
+    """A generated transformer with LayerNorm, GELU, an additive padding
+    mask and a mean over the real tokens, samples of every length:
+    compiled and eager engines agree (fixed: bit for bit)."""
+    arch = dataclasses.replace(
+        fuzz.from_seed(3), attention="hand", norm="layer", order="pre",
+        activation="gelu", pooling="mean", causal="none",
+        padding="additive", unsupported="none", depth=2, tokens=6)
+    g = torch.Generator().manual_seed(arch.seed)
+    x = torch.randn(30, arch.tokens, arch.features, generator=g).numpy()
+    real = (np.arange(arch.tokens)[None] <
+            np.arange(30)[:, None] % arch.tokens + 1).astype(np.int64)
+    net = convert(fuzz.build(arch), x[:24], attention_mask=real[:24],
+                  T=arch.T, B=arch.B, progress=False)
+    assert any(layer.stage is not None for layer in net.plan.layers)
+    for mode in ("fixed", "float"):
+        _agree(*(Engine(net, mode, compile=c)(x[24:], warn=False,
+                                              attention_mask=real[24:])
+                 for c in (False, True)), net.plan)
 
 
 def _assert_decided(res, plan):
