@@ -44,7 +44,10 @@ engines and the ANN run the same ceil(N / batch) calls in turn, and the
 row's ms is the engine's mean per call (its eager calls, the call that
 compiles and the compiled ones), its ratio the engine's total over the
 ANN's. Every process gets an empty TorchInductor cache directory, so
-each first compile is an uncached one, as on a fresh machine.
+each first compile is an uncached one, as on a fresh machine. Each
+compile keeps memory (MiniLM's 7.7 GB): on MiniLM run ``--evaluate`` and
+``--compile`` apart, since four of its compiles in one process did not
+fit in 24 GB.
 
 Usage: .venv/bin/python benchmarks/engine_vs_ann.py [--threads N]
        [--batch 64 256] [--repeats R] [--models digits fashion-vit minilm]
@@ -288,13 +291,13 @@ def evaluation(n: int, name: str, batch: int, net, ann, inputs):
             ann()
             total["ANN"] += time.perf_counter() - t0
             for mode, e in engines.items():
-                compiled = bool(e.compiled_batch_sizes)
+                compiled = bool(e.compiler.batch_sizes)
                 t0 = time.perf_counter()
                 e(**inputs, record=False, warn=False)
                 took = time.perf_counter() - t0
                 total[mode] += took
-                eager[mode] += not e.compiled_batch_sizes
-                if e.compiled_batch_sizes and not compiled:
+                eager[mode] += not e.compiler.batch_sizes
+                if e.compiler.batch_sizes and not compiled:
                     compile_s[f"{name}, batch {batch}, engine {mode}, "
                               f"default"] = took
     rows = []

@@ -10,10 +10,11 @@ from lava.magma.core.run_configs import Loihi2SimCfg
 
 import fuzz
 from conftest import DECIDED, TAGS, level_gap
-from lava_spiked import engine as engine_module
+from lava_spiked.engine import compiling, fixed_mode, ops, products, stages
 from lava_spiked import fixed
-from lava_spiked.engine import (Engine, _exact_in_f32, _round,
-                                _round_to_int, _Product, _pruned)
+from lava_spiked.engine import Engine
+from lava_spiked.engine.ops import round_half_away, round_to_int
+from lava_spiked.engine.products import Product, exact_in_f32, pruned
 from lava_spiked.models import DigitsViT, digits_splits, load_default
 from lava_spiked.phase import threshold_factor
 from lava_spiked.conversion import convert
@@ -110,7 +111,7 @@ def test_fixed_fire_steps_equal_the_step_by_step_neuron_for_every_state():
     beyond): the lookup equals fixed.first_spike, a loop over thresholds."""
     net, _ = _small_net()
     eng = Engine(net, "fixed")
-    top = int(eng.top)
+    top = int(eng.arith.top)
     v = np.arange(-top - 3, top + 4)
     thresholds = fixed.threshold_table(net.B, net.T)
     gains = fixed.gain_table(net.B, net.T)
@@ -118,10 +119,10 @@ def test_fixed_fire_steps_equal_the_step_by_step_neuron_for_every_state():
         want_step, want_sign = fixed.first_spike(v, thresholds,
                                                  kind == "relu")
         row = torch.as_tensor(v + top)  # fixed membranes are table rows
-        step, sign = eng._decode(row[None], kind)
+        step, sign = eng.arith.decode(row[None], kind)
         np.testing.assert_array_equal(step[0].numpy(), want_step)
         np.testing.assert_array_equal(sign[0].numpy(), want_sign)
-        trace = eng._trace(row, kind == "relu")
+        trace = eng.arith.trace(row, kind == "relu")
         np.testing.assert_array_equal(
             trace.numpy(), np.where(want_step >= 0,
                                     want_sign * gains[want_step], 0))
@@ -132,7 +133,7 @@ def test_fixed_softmax_traces_equal_its_fire_steps_for_every_input():
     beyond): the trace table gives G at the fire step that the threshold
     count finds, 0 where silent."""
     net, _ = _small_net()
-    eng = Engine(net, "fixed")
+    eng = Engine(net, "fixed").arith
     d = np.arange(eng.woss_low - 5, 1, dtype=np.float64)
     want = eng.gains[eng.woss_steps(torch.as_tensor(d))].numpy()
     row = np.clip(d, eng.woss_low, 0) - eng.woss_low
@@ -148,7 +149,7 @@ def test_closed_form_fire_steps_are_exact_at_every_threshold(mode):
     (and the gain at that step), on the thresholds themselves, their
     neighbours and random values."""
     net, _ = _small_net()
-    eng = Engine(net, mode)
+    eng = Engine(net, mode).arith
     rng = np.random.default_rng(0)
     finders = [(eng.woss_steps, eng.woss_steps.at.numpy()[:-1])]
     if mode == "float":  # c_B B**-m, by hand
@@ -181,14 +182,14 @@ def test_closed_form_fire_steps_are_exact_at_every_threshold(mode):
 def test_round_is_half_away_from_zero_like_fixed_round_shift():
     k = np.concatenate([np.arange(-70, 71), [2 ** 46 + 1, -(2 ** 46) - 3]])
     for n in (0, 1, 3, 12):
-        got = _round(torch.as_tensor(k * 2.0 ** -n))
+        got = round_half_away(torch.as_tensor(k * 2.0 ** -n))
         np.testing.assert_array_equal(got.numpy(), fixed.round_shift(k, n))
 
 
 def _product(syn, w, dtype=torch.float64):
     """One synapse as the engine's product: ``f(x)`` -> its outputs."""
-    rows, w, out = _pruned(syn, w)
-    p = _Product(rows, [(w, out)], "cpu", dtype)
+    rows, w, out = pruned(syn, w)
+    p = Product(rows, [(w, out)], "cpu", dtype)
     return p, lambda x: p.pick(p(x), 0)
 
 
@@ -244,8 +245,8 @@ def test_synapses_sharing_a_product_pick_their_own_outputs():
         (3, transposed), (2, np.append(rng.permutation(r * 2), -1)),
         (1, np.arange(r)))]
     x = rng.integers(-4096, 4097, (6, 30))
-    members = [_pruned(s, s.weight.astype(float))[1:] for s in synapses]
-    shared = _Product(rows, members, "cpu")
+    members = [pruned(s, s.weight.astype(float))[1:] for s in synapses]
+    shared = Product(rows, members, "cpu")
     y = shared(torch.as_tensor(x, dtype=torch.float64))
     assert y.shape == (6, r * 6)  # one product, all the members' columns
     for i, s in enumerate(synapses):
@@ -260,12 +261,13 @@ def test_products_stop_at_their_column_cap(monkeypatch, mode):
     the default cap's wider products (:func:`_agree`)."""
     net, x = _small_net()
     default = Engine(net, mode)
-    assert max(p["f64"].w.shape[1] for p in default.products.values()) > 8
+    assert max(g.f64.w.shape[1]
+               for g in default.products.groups.values()) > 8
     wide = default(x, warn=False)
-    monkeypatch.setattr(engine_module, "PRODUCT_COLUMNS", 8)
+    monkeypatch.setattr(products, "PRODUCT_COLUMNS", 8)
     capped = Engine(net, mode)
-    for p in capped.products.values():
-        assert p["f64"].w.shape[1] <= 8 or len(p["f64"].columns) == 1
+    for g in capped.products.groups.values():
+        assert g.f64.w.shape[1] <= 8 or len(g.f64.columns) == 1
     got = capped(x, warn=False)
     _agree(wide, got, net.plan)  # float: other widths may round otherwise
 
@@ -283,8 +285,8 @@ def test_float32_products_are_exact_up_to_their_bound():
     k[2, ::2] *= -1
     w = 2 * k
     bound = 4095 * 4096 * 2.0
-    assert _exact_in_f32(bound * unit, 2 * unit)
-    assert not _exact_in_f32((bound + 2 * 4096) * unit, 2 * unit)
+    assert exact_in_f32(bound * unit, 2 * unit)
+    assert not exact_in_f32((bound + 2 * 4096) * unit, 2 * unit)
     r = 4
     syn = Synapse("src", np.arange(r * 33).reshape(r, 33),
                   w.astype(np.int32), np.arange(r * 3))
@@ -304,7 +306,7 @@ def test_float32_products_are_exact_up_to_their_bound():
                           [bound - 4, -bound + 4, bound - 3]]).astype(
         np.int64)
     np.testing.assert_array_equal(
-        _round_to_int(torch.as_tensor(acc * unit, dtype=torch.float32))
+        round_to_int(torch.as_tensor(acc * unit, dtype=torch.float32))
         .numpy(), fixed.round_shift(acc, fixed.GAIN_FRAC_BITS - exp))
 
 
@@ -330,14 +332,14 @@ def test_fixed_float32_path_equals_float64_path_and_golden(monkeypatch):
     rng = np.random.default_rng(6)
     x = np.concatenate([x, rng.uniform(-3, 3, (4, 1, 8, 8)), x[:1] * 400])
     fast = Engine(net, "fixed")
-    dense = [a for a in fast.layers.values() if "synapses" in a]
-    assert all(p["f32"] is not None for p in fast.products.values())
-    assert any(a["sum_f32"] for a in dense)
+    dense = [k for k, a in fast.layers.items() if hasattr(a, "synapses")]
+    assert all(g.f32 is not None for g in fast.products.groups.values())
+    assert any(fast.layers[k].sum_f32 for k in dense)
     got = fast(x)
-    for a in dense:  # float32 products summed in float64
-        a["sum_f32"] = False
+    for k in dense:  # float32 products summed in float64
+        fast.layers[k] = dataclasses.replace(fast.layers[k], sum_f32=False)
     mixed = fast(x)
-    monkeypatch.setattr(engine_module, "_f32_products_exact",
+    monkeypatch.setattr(fixed_mode, "f32_products_exact",
                         lambda device: False)
     want = Engine(net, "fixed")(x)
     np.testing.assert_array_equal(got.logits.numpy(), want.logits.numpy())
@@ -357,11 +359,11 @@ def test_float32_products_only_in_ieee_precision():
     """TF32 or bfloat16 matrix products (a backend setting) would break the
     exactness proof: the engine then runs every product in float64."""
     cpu = torch.device("cpu")
-    assert engine_module._f32_products_exact(cpu)
+    assert products.f32_products_exact(cpu)
     before = torch.backends.mkldnn.matmul.fp32_precision
     try:
         torch.backends.mkldnn.matmul.fp32_precision = "bf16"
-        assert not engine_module._f32_products_exact(cpu)
+        assert not products.f32_products_exact(cpu)
     finally:
         torch.backends.mkldnn.matmul.fp32_precision = before
 
@@ -382,11 +384,11 @@ def test_unrecorded_run_keeps_logits_and_counts(mode):
     with pytest.raises(ValueError, match="record=True"):
         bare.steps
     op = net.plan.attention[0]
-    (key, _), = eng.layers[op.x]["synapses"]
+    (key, _), = eng.layers[op.x].synapses
     s = net.plan[op.x].synapses[0]
     assert len(s.weight) == 8  # of the in-projection's 24 (dim 8)
-    assert len(_pruned(s, s.weight)[1]) == len(s.weight)
-    assert [eng.layers[k]["synapses"][0][0] for k in (op.y, op.v)] == \
+    assert len(pruned(s, s.weight)[1]) == len(s.weight)
+    assert [eng.layers[k].synapses[0][0] for k in (op.y, op.v)] == \
         [key, key]
 
 
@@ -446,7 +448,7 @@ def test_stages_run_a_few_samples_at_a_time(monkeypatch):
     net, x = _staged_net()
     for mode in ("fixed", "float"):
         whole = Engine(net, mode)(x, warn=False)  # 10 x 16: one chunk
-        monkeypatch.setattr(engine_module, "STAGE_CHUNK", 1)
+        monkeypatch.setattr(stages, "STAGE_CHUNK", 1)
         chunked = Engine(net, mode)(x, warn=False)
         monkeypatch.undo()
         _same_results(whole, chunked)
@@ -459,12 +461,12 @@ def test_compile_options():
     Dynamo guards on the engine itself only the tensor guards stay (its
     Python state is fixed when it is built), every guard on the arguments
     and globals stays."""
-    cpu = engine_module._inductor_options(torch.device("cpu"))
+    cpu = compiling.inductor_options(torch.device("cpu"))
     assert cpu["cpp.enable_loop_tail_vec"] is False
     assert cpu["assert_indirect_indexing"] is False
     assert ("cpp.simdlen" in cpu) == \
         torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    assert "cpp.simdlen" not in engine_module._inductor_options(
+    assert "cpp.simdlen" not in compiling.inductor_options(
         torch.device("cuda"))
     entries = [("L['self'].layers['a']['bias']", "TENSOR_MATCH", True),
                ("L['self'].reach['a']", "CONSTANT_MATCH", False),
@@ -472,7 +474,7 @@ def test_compile_options():
                ("L['record']", "CONSTANT_MATCH", True),
                ("L['x']", "TENSOR_MATCH", True),
                ("G['torch'].backends", "ID_MATCH", True)]
-    keep = engine_module._tensor_guards_of_self([
+    keep = compiling.tensor_guards_of_self([
         types.SimpleNamespace(name=name, guard_type=kind)
         for name, kind, _ in entries])
     assert keep == [k for _, _, k in entries]
@@ -487,8 +489,8 @@ def test_compiled_lookups_skip_index_checks():
     table = torch.arange(1000, dtype=torch.float32) / 7
     index = torch.arange(-5, 1195, dtype=torch.int32)
     lookup = torch.compile(
-        lambda t, i: engine_module._lookup(t, i.clamp(0, 999)) * 2,
-        options=engine_module._inductor_options(torch.device("cpu")))
+        lambda t, i: ops.lookup(t, i.clamp(0, 999)) * 2,
+        options=compiling.inductor_options(torch.device("cpu")))
     got, (code,) = run_and_get_code(lookup, table, index)
     torch.testing.assert_close(got, table[index.clamp(0, 999).long()] * 2,
                                rtol=0, atol=0)
@@ -557,25 +559,25 @@ def test_compiled_engine_equals_eager():
 @pytest.mark.slow
 def test_auto_compiles_once_eager_calls_took_the_expected_compile():
     """compile='auto' (the default): calls run eagerly until the eager
-    calls of one batch size have taken compile_estimate_s, then that size
+    calls of one batch size have taken compiler.estimate_s, then that size
     runs compiled (one graph) and other sizes stay eager; every call gives
     what the eager engine gives. An engine used for a few small batches
     never compiles."""
     from torch._dynamo.utils import counters
     net, x = _small_net()
     few = Engine(net, "fixed")
-    assert few.compile == "auto" and few.compile_estimate_s > 1.0
+    assert few.compiler.compile == "auto" and few.compiler.estimate_s > 1
     for _ in range(3):
         few(x, warn=False)
-    assert few.compiled_batch_sizes == set()
+    assert few.compiler.batch_sizes == set()
     eager = Engine(net, "fixed", compile=False)
     auto = Engine(net, "fixed")
-    auto.compile_estimate_s = 1e-9  # one eager call takes longer
+    auto.compiler.estimate_s = 1e-9  # one eager call takes longer
     counters.clear()
     for batch, compiled in [(x, set()), (x, {len(x)}), (x[:3], {len(x)}),
                             (x, {len(x)})]:
         _agree(eager(batch, warn=False), auto(batch, warn=False), net.plan)
-        assert auto.compiled_batch_sizes == compiled
+        assert auto.compiler.batch_sizes == compiled
     assert counters["stats"]["unique_graphs"] == 1
     with pytest.raises(ValueError, match="compile must be True, False or "
                        "'auto', got 'yes'"):
