@@ -2,6 +2,7 @@
 logits) and against the integer and float golden models."""
 import dataclasses
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -557,12 +558,14 @@ def test_compiled_engine_equals_eager():
 
 
 @pytest.mark.slow
-def test_auto_compiles_once_eager_calls_took_the_expected_compile():
+def test_auto_compiles_once_eager_calls_took_the_expected_compile(
+        monkeypatch):
     """compile='auto' (the default): calls run eagerly until the eager
     calls of one batch size have taken compiler.estimate_s, then that size
     runs compiled (one graph) and other sizes stay eager; every call gives
     what the eager engine gives. An engine used for a few small batches
-    never compiles."""
+    never compiles; nor does one where the OS has less than twice the
+    memory a compile may keep: it warns once, at the caller's line."""
     from torch._dynamo.utils import counters
     net, x = _small_net()
     few = Engine(net, "fixed")
@@ -582,6 +585,20 @@ def test_auto_compiles_once_eager_calls_took_the_expected_compile():
     with pytest.raises(ValueError, match="compile must be True, False or "
                        "'auto', got 'yes'"):
         Engine(net, "fixed", compile="yes")
+    short = Engine(net, "fixed")
+    short.compiler.estimate_s = 1e-9
+    monkeypatch.setattr(compiling, "available_memory",
+                        lambda: short.compiler.estimate_bytes)
+    short(x, warn=False)
+    with pytest.warns(RuntimeWarning, match=r"keeps running eagerly: "
+                      r"compiling this network may take up to about "
+                      r"[0-9.]+ GB and [0-9.]+ GB are available") as caught:
+        short(x, warn=False)
+    assert [w.filename for w in caught] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        short(x, warn=False)
+    assert short.compiler.batch_sizes == set()
 
 
 @pytest.mark.slow

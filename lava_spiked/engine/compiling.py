@@ -4,6 +4,7 @@ options for the engine's code, the guards it keeps, and
 import time
 import types
 import typing as ty
+import warnings
 
 import torch
 
@@ -14,6 +15,23 @@ from lava_spiked.progress import bar
 # DigitsViT 9 layers 8-11 s, the encoder ViT 23 layers 19-25 s, MiniLM 44
 # layers 42-74 s
 COMPILE_S_PER_LAYER = 1.2
+# memory a compile keeps per layer, the most measured (resident memory of
+# the process before and after the first call): MiniLM 7.7 GB for 44
+# layers; DigitsViT 0.07 GB for 9, the encoder ViT 0.25 GB for 23
+COMPILE_BYTES_PER_LAYER = 0.18 * 2 ** 30
+
+
+def available_memory() -> ty.Optional[int]:
+    """Bytes the OS can still give (Linux's ``MemAvailable``), or None
+    where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def inductor_options(device: torch.device) -> dict:
@@ -74,6 +92,8 @@ class Compiler:
                              f"{compile!r}")
         self.engine, self.compile = engine, compile
         self.estimate_s = COMPILE_S_PER_LAYER * layers
+        self.estimate_bytes = COMPILE_BYTES_PER_LAYER * layers
+        self._short_of_memory = False  # 'auto' declined to compile
         self.batch_sizes: ty.Set[int] = set()  # that have run compiled
         self._eager_s: ty.Dict[int, float] = {}  # by batch size
         self._compiled = None
@@ -98,12 +118,25 @@ class Compiler:
     def runs_compiled(self, n: int) -> bool:
         """Whether a batch of ``n`` runs compiled. ``'auto'`` is the ski
         rental rule: rent (run eagerly) until the rent paid equals the
-        price (the expected compile), then buy; one batch size only."""
+        price (the expected compile), then buy; one batch size only; and
+        not where the OS has less than twice the memory a compile may
+        keep (:data:`COMPILE_BYTES_PER_LAYER`): it warns once and stays
+        eager."""
         if self.compile != "auto":
             return self.compile
-        if not self.batch_sizes and \
+        if not self.batch_sizes and not self._short_of_memory and \
                 self._eager_s.get(n, 0.0) >= self.estimate_s:
-            return True
+            free = available_memory()
+            if free is None or free >= 2 * self.estimate_bytes:
+                return True
+            self._short_of_memory = True
+            warnings.warn(
+                f"Engine(compile='auto') keeps running eagerly: compiling "
+                f"this network may take up to about "
+                f"{self.estimate_bytes / 2 ** 30:.1f} GB and "
+                f"{free / 2 ** 30:.1f} GB are available. Pass compile=True "
+                "to compile anyway, or compile=False to silence this",
+                RuntimeWarning, stacklevel=6)
         return n in self.batch_sizes
 
     def __call__(self, x: torch.Tensor, *args):

@@ -55,7 +55,8 @@ class Engine:
         kept by the allocator afterwards: the resident memory of a
         process grew by 0.07 GB compiling the bundled DigitsViT, 0.25 GB
         the encoder ViT and 7.7 GB the 6-layer MiniLM (2.1 to 9.9 GB;
-        measured on CPU); pass ``compile=False`` where that does not fit.
+        measured on CPU): ``'auto'`` does not compile where the OS has
+        less than twice 0.18 GB per layer available, and says so once.
 
     Raises
     ------
