@@ -73,6 +73,7 @@ def level_gap(res, plan, sample=None) -> float:
     m = np.arange(plan.T, dtype=np.float64)
     levels = {"woss": np.sort(-(m + 0.5) * np.log(plan.B))}
     neuron = np.sort(np.append((1 + 1 / plan.B) / 2 * plan.B ** -m, 1.0))
+    activations = {la.name for la in plan.layers if la.kind == "activation"}
     gap = np.inf
     for name, (v, kind) in res._membranes.items():
         if name == plan.input:  # x / sigma: one division, no sum, exact
@@ -81,7 +82,8 @@ def level_gap(res, plan, sample=None) -> float:
         # -inf: masked; exactly 1: an activation of an input clipped to
         # one sigma (the engine takes that value from the golden model)
         v = v[np.isfinite(v)] if kind == "woss" else np.abs(v)
-        v = v[v != 1.0]
+        if name in activations:
+            v = v[v != 1.0]
         lv = levels.get(kind, neuron)
         i = np.clip(np.searchsorted(lv, v), 1, len(lv) - 1)
         gap = min(gap, float(np.minimum(np.abs(v - lv[i - 1]),

@@ -36,9 +36,9 @@ class Engine:
         fuses the elementwise passes between the matrix products: the same
         results (bit for bit in fixed mode; float mode as
         :mod:`lava_spiked.engine` states), in less time per batch, after a
-        compile on the
-        first call (tens of seconds on CPU; Inductor's on-disk cache makes
-        a later compile of the same network a fraction of that). With
+        compile on the first call (tens of seconds on CPU; Inductor's
+        on-disk cache makes a later compile of the same network a fraction
+        of that). With
         ``True`` a second batch size recompiles once, with a dynamic
         batch dimension, whose code runs up to about 1.1x slower than the
         first size's (measured on the encoder ViT). LayerNorm and
@@ -127,8 +127,8 @@ class Engine:
         record : bool
             Keep every layer's membrane, so that the result can decode
             spikes (``steps``, ``signs``); False keeps only the logits and
-            the saturation and clipping counts (see the module docstring
-            for memory).
+            the saturation and clipping counts (:mod:`lava_spiked.engine`
+            states the memory either takes).
         warn : bool
             Warn (one RuntimeWarning per call, naming the populations) where
             more than :data:`lava_spiked.golden.CLIP_WARN_FRACTION` of a
