@@ -80,7 +80,7 @@ def main() -> None:
         for mode in ("fixed", "float"):
             engine = Engine(net, mode, compile=True)
             wall, buckets, kernels = profile(engine, inputs, args.repeats)
-            del engine  # and its compiled code: MiniLM's kept 7.7 GB
+            del engine  # and its compiled code: MiniLM's kept 8.1 GB
             total = sum(buckets.values())
             lines += [f"### {name}, batch {args.batch}, {mode}, compiled: "
                       f"{wall:.0f} ms per call (profiled)", "",

@@ -45,9 +45,9 @@ row's ms is the engine's mean per call (its eager calls, the call that
 compiles and the compiled ones), its ratio the engine's total over the
 ANN's. Every process gets an empty TorchInductor cache directory, so
 each first compile is an uncached one, as on a fresh machine. Each
-compile keeps memory (MiniLM's 7.7 GB): on MiniLM run ``--evaluate`` and
-``--compile`` apart, since four of its compiles in one process did not
-fit in 24 GB.
+compile keeps memory (MiniLM's 8.1 GB, ``compile_memory.py``): on MiniLM
+run ``--evaluate`` and ``--compile`` apart, since four of its compiles in
+one process did not fit in 24 GB.
 
 Usage: .venv/bin/python benchmarks/engine_vs_ann.py [--threads N]
        [--batch 64 256] [--repeats R] [--models digits fashion-vit minilm]

@@ -52,11 +52,11 @@ class Engine:
         not, and neither choice costs more than about twice the better
         one would have. ``benchmarks/results/engine_vs_ann.md`` has the
         numbers. A compile also takes memory while it runs, most of it
-        kept by the allocator afterwards: the resident memory of a
-        process grew by 0.07 GB compiling the bundled DigitsViT, 0.25 GB
-        the encoder ViT and 7.7 GB the 6-layer MiniLM (2.1 to 9.9 GB;
-        measured on CPU): ``'auto'`` does not compile where the OS has
-        less than twice 0.18 GB per layer available, and says so once.
+        kept by the allocator afterwards: a process kept 0.07 GB after
+        compiling the bundled DigitsViT, 0.25 GB the encoder ViT and 8.1
+        GB the 6-layer MiniLM (``benchmarks/compile_memory.py``, CPU):
+        ``'auto'`` does not compile where the OS has less than twice 0.19
+        GB per layer available, and says so once.
 
     Raises
     ------
