@@ -185,6 +185,13 @@ class SpikingNetwork:
             (n, N) token masks, for a network that takes one (set in the
             running network before each sample; nothing is rebuilt).
 
+        Returns
+        -------
+        numpy.ndarray
+            (n, ...) decoded logits.
+
+        Notes
+        -----
         After the call, ``self.clipped`` holds population name (the input,
         every spiking layer and every ``<attention>:logits``; not the
         readout) -> neurons clipped over this call's samples (a value beyond
