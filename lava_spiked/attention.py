@@ -19,7 +19,8 @@ integrator, which is exactly ``p * v_hat``.
 The golden models compute the same pipeline in closed form
 (:meth:`SpikingSelfAttention.golden_float`) or with the integer functions of
 :mod:`lava_spiked.fixed` step by step (:meth:`golden_fixed`), from the
-equations of design §12.6-12.7 rather than from the Process code.
+rules of docs/semantics.md (sections "Trace-driven spike × spike products"
+and "WOSS softmax") rather than from the Process code.
 """
 import typing as ty
 

@@ -111,7 +111,8 @@ class PhaseChain:
                        for i, (b, n) in enumerate(zip(biases, sizes[1:]))]
         # Fold the presynaptic sigma into the weights and divide by the
         # postsynaptic one: a +1 spike then adds w * sigma_pre / sigma_post
-        # to the normalised membrane (design §12.5).
+        # to the normalised membrane (docs/semantics.md, "Windows and
+        # integration").
         names = ["input"] + [f"layer{i}" for i in range(len(mats) - 1)] + \
             ["readout"]
         T, starts = self.T, [1 + i * (self.T + 1) for i in range(len(mats))]
@@ -161,7 +162,8 @@ class PhaseChain:
         return self._result(spikes, state, saturated)
 
     def golden_float(self, x: ty.Any) -> ChainResult:
-        """Closed form of §12 (:func:`lava_spiked.golden.golden_float`)."""
+        """Closed form of docs/semantics.md
+        (:func:`lava_spiked.golden.golden_float`)."""
         res = golden.golden_float(self.plan, self._check(x))
         return self._result(res.spikes, res.state, res.saturated)
 

@@ -1,4 +1,5 @@
-"""Energy model of a converted network and of its ANN (design §7, fixed).
+"""Energy model of a converted network and of its ANN (the SpikedAttention
+code's, with its counts corrected; docs/guide/energy.md).
 
 Operations are counted from the spikes that the engine computes, per sample,
 and priced with 45 nm figures (Horowitz, ISSCC 2014, 32-bit float, as the

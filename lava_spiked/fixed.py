@@ -410,8 +410,9 @@ def layer_norm(v: ty.Any, eps_state: int, gain: ty.Any,
                gain_shift: int) -> ty.Tuple[np.ndarray, int]:
     """LayerNorm stage: normalise closed membranes over their last axis.
 
-    A non-spike operation (design §12.11). For each token of ``n``
-    membranes ``v`` (int, state units of the one ``sigma_pre``):
+    A non-spike operation (docs/semantics.md, "Non-spike operations"). For
+    each token of ``n`` membranes ``v`` (int, state units of the one
+    ``sigma_pre``):
 
     1. exact integer sum ``S``; the deviations ``c = v - mu`` with the
        mean ``mu = round(S / n)`` (half away from zero) for the variance,

@@ -1,7 +1,7 @@
 """The bundled default model: a small ViT of the paper's family.
 
 SpikedAttention converts transformers whose LayerNorm and GELU are replaced
-by BatchNorm and ReLU (design §5). ``DigitsViT`` is such a model for
+by BatchNorm and ReLU. ``DigitsViT`` is such a model for
 scikit-learn's 8x8 digits: 2x2 patches (16 tokens + CLS), pre-norm blocks
 with token-wise BatchNorm, plain q/k/v/proj attention and a ReLU MLP. Its
 weights were trained by ``scripts/train_default_model.py`` and ship in

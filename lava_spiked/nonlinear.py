@@ -1,4 +1,5 @@
-"""Window-close stages beyond the phase code's linear neurons (§12.13).
+"""Window-close stages beyond the phase code's linear neurons
+(docs/semantics.md, "Window-close stages: activations and LayerNorm").
 
 A phase neuron integrates ``A`` over its input window and fires ``Q`` of
 what it holds when the window closes. Two stages change what it holds:
@@ -17,7 +18,7 @@ LayerNorm (population kind ``'layernorm'``)
     ``z = (A - mean) / sqrt(var + eps)``, and the neuron fires ``Q(z)`` in
     units of its output scale; ``gamma`` and ``beta`` fold into the
     synapses that read it. The per-token mean, variance and inverse square
-    root are a **non-spike operation** (design §12.11), counted as
+    root are a **non-spike operation** (docs/semantics.md), counted as
     multiply-accumulates by the energy model; the membrane's scale
     ``sigma_pre`` is one number per population so that one token's
     membranes share their units.

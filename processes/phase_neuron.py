@@ -31,10 +31,10 @@ class PhaseNeuron(AbstractProcess):
     so a spike at fire step ``m`` means ``s * scale * B**-m`` and the neuron
     emits ``Q(A)`` of its integrated input ``A = scale * v``: a presynaptic
     spike that arrives at input step ``j`` counts ``B**-j``, which is exactly
-    its phase value (design §12.3-12.4). The bias enters once, when the window
-    closes, so its decoded total is exactly ``bias``. Input that arrives outside the
-    input window is a scheduling error; it is ignored and counted in
-    ``stray_count``.
+    its phase value (docs/semantics.md, "Windows and integration"). The bias
+    enters once, when the window closes, so its decoded total is exactly
+    ``bias``. Input that arrives outside the input window is a scheduling
+    error; it is ignored and counted in ``stray_count``.
 
     ``fixed_pt`` runs the same steps with the functions of
     :mod:`lava_spiked.fixed`: the ``acc_bits`` (48) bit dendritic
@@ -162,7 +162,8 @@ class PhaseNeuron(AbstractProcess):
 
 class NormalizedPhaseNeuron(PhaseNeuron):
     """PhaseNeuron whose integrated value is divided by a per-row sum before
-    it fires: the attention output ``(sum_c p_c v_c) / R`` (design §12.7).
+    it fires: the attention output ``(sum_c p_c v_c) / R``
+    (docs/semantics.md, "WOSS softmax").
 
     Shape (..., d); rows are the leading axes. ``r_in`` receives row-sum
     increments (from :class:`~lava_spiked.processes.WOSSSoftmax`'s
@@ -193,7 +194,8 @@ class NormalizedPhaseNeuron(PhaseNeuron):
 class ActivationPhaseNeuron(PhaseNeuron):
     """PhaseNeuron that fires ``Q(f(A))``: a pointwise activation (GELU,
     its tanh form, SiLU, tanh, sigmoid) applied when the input window
-    closes (design §12.13; :mod:`lava_spiked.nonlinear`).
+    closes (docs/semantics.md, "Window-close stages";
+    :mod:`lava_spiked.nonlinear`).
 
     The membrane integrates ``A`` in units of ``pre_scale`` (the calibrated
     range of the pre-activation; the incoming weight mantissas are
@@ -248,7 +250,7 @@ class LayerNormPhaseNeuron(PhaseNeuron):
 
     (integer mean, variance and 24-bit inverse square root; constants of
     :func:`lava_spiked.nonlinear.layer_norm_constants`). This per-token
-    statistics stage is a **non-spike operation** (design §12.11);
+    statistics stage is a **non-spike operation** (docs/semantics.md);
     ``norm_count`` counts the normalised elements, which the energy model
     charges as multiply-accumulates. LayerNorm's gamma and beta are not
     applied here: they fold into the weights and biases that read the

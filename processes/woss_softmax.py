@@ -15,8 +15,8 @@ from lava_spiked.validation import (broadcast, check_base, check_period,
 
 
 class WOSSSoftmax(AbstractProcess):
-    """Softmax of phase-coded logits, one spike per probability (design §4,
-    §12.7).
+    """Softmax of phase-coded logits, one spike per probability
+    (docs/semantics.md, "WOSS softmax").
 
     Input ``s_in`` carries the +-1 spikes of a logit PhaseNeuron of shape
     (..., M) (rows = all leading axes) whose scale is ``scale`` (one per

@@ -87,8 +87,8 @@ Counting clipped neurons (:attr:`EngineResult.clipped`, also with
 with one sigma: measured at about 10 % of a call (fixed, CPU, the bundled
 DigitsViT, 1191 samples: 10 of 90 ms; float 16 of 199 ms).
 ``Engine(..., compile=True)`` fuses those passes with ``torch.compile``
-(same results, as above; README, "Dataset-scale evaluation", has what it
-saves).
+(same results, as above; docs/guide/engine.md, "Compiling", says where
+to find what it saves).
 
 Memory: with ``record=False`` a call keeps only the traces and shared
 products that later layers still read (float32 in fixed mode, float64 in
