@@ -1,4 +1,5 @@
-"""The examples in the docstrings and the README run and do what they say."""
+"""The examples in the docstrings, the README and the guide run and do
+what they say."""
 import doctest
 import pathlib
 import re
@@ -7,7 +8,7 @@ import pytest
 
 from lava_spiked import fixed, phase
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("module", [phase, fixed],
@@ -18,11 +19,14 @@ def test_docstring_examples(module):
 
 
 @pytest.mark.slow
-def test_readme_example(tmp_path, monkeypatch):
-    """README's first Python block, as written (its asserts included):
-    convert, the engine, Lava and the export, on the bundled model."""
-    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S)[1]
-    monkeypatch.chdir(tmp_path)          # the example writes its .h5 here
+@pytest.mark.parametrize("page, block", [
+    ("README.md", 0),                   # convert, engine, Lava, export
+    ("docs/guide/converting.md", 1),    # "Your own model"
+])
+def test_markdown_example(page, block, tmp_path, monkeypatch):
+    """A Python block of a page, as written (its asserts included)."""
+    text = (ROOT / page).read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[block]
+    monkeypatch.chdir(tmp_path)          # where an example writes files
     monkeypatch.setenv("CI", "true")     # no progress bars
-    exec(compile(code, str(README), "exec"), {})
-    assert (tmp_path / "digits_vit.h5").exists()
+    exec(compile(code, page, "exec"), {"__name__": "__example__"})
