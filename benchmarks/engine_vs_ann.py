@@ -1,6 +1,6 @@
 """Engine time vs the ANN's own forward time on CPU, same batch and threads.
 
-Three models, each converted at T=40, B=1.15:
+Four models, each converted at T=40, B=1.15:
 
 ``digits``
     The bundled DigitsViT (1x8x8 inputs, 17 tokens x 32 channels, one
@@ -19,6 +19,9 @@ Three models, each converted at T=40, B=1.15:
     benchmark (LayerNorm, GELU, attention mask, mean pooling; 64 tokens x
     384 channels, 6 layers) on test tweets. Its ANN runs from token ids
     (embeddings included), its engine from the embedding outputs.
+``vit-tiny`` (only when asked for)
+    timm's stock ``vit_tiny_patch16_224`` (LayerNorm, GELU; 197 tokens x
+    192 channels, 12 blocks), random weights and random images.
 
 The ANN is the user's original module in float32 under
 ``torch.inference_mode``; the engines run with ``record=False`` (logits
@@ -50,7 +53,8 @@ run ``--evaluate`` and ``--compile`` apart, since four of its compiles in
 one process did not fit in 24 GB.
 
 Usage: .venv/bin/python benchmarks/engine_vs_ann.py [--threads N]
-       [--batch 64 256] [--repeats R] [--models digits fashion-vit minilm]
+       [--batch 64 256] [--repeats R]
+       [--models digits fashion-vit minilm vit-tiny]
        [--keep-freed-memory] [--compile] [--evaluate N]
 Appends a section to benchmarks/results/engine_vs_ann.md.
 """
@@ -145,13 +149,28 @@ def minilm():
     return net, batch
 
 
+def vit_tiny(seed: int = 0):
+    """timm's ``vit_tiny_patch16_224`` as the library builds it
+    (LayerNorm, GELU; random weights, 10 classes: no download), and
+    random 3x224x224 images (32 for calibration, then test)."""
+    import timm
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False,
+                              num_classes=10).eval()
+    x = torch.rand(96, 3, 224, 224,
+                   generator=torch.Generator().manual_seed(seed))
+    return model, x[:32].numpy(), x[32:].numpy()
+
+
 def load(name: str):
     """The converted network and ``batch(n) -> (ann, engine_kwargs)``:
     the ANN's forward on n test samples and the engine's inputs for them
     (both ready before timing)."""
     if name == "minilm":
         return minilm()
-    if name == "digits":
+    if name == "vit-tiny":
+        model, calib, test = vit_tiny()
+    elif name == "digits":
         splits = digits_splits()
         model, calib, test = (load_default(), splits["calibration"][0],
                               splits["test"][0])
