@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lava_spiked import fixed, phase
-from lava_spiked.calibrate import absorb_masks, calibrate, groups
+from lava_spiked.calibrate import (absorb_masks, calibrate, center_logits,
+                                   groups)
 from lava_spiked.capture import capture, evaluate
 from lava_spiked.capture.graph import Graph, _apply
 from lava_spiked.engine import Engine
@@ -205,8 +206,9 @@ def run(graph: Graph, sig: ty.Optional[ty.Mapping[str, torch.Tensor]],
         Plan's 8-bit ``av`` mantissas make of the ratio ``sigma_v /
         sigma_out`` they stand for (:func:`plan_weights`); default 1.
     exact : container of str
-        Populations (attention outputs: the whole attention) computed
-        without the code, to attribute the error.
+        Populations computed without the code, to attribute the error;
+        of an attention, ``<out>:logits``, ``<out>:softmax`` (exact
+        softmax for WOSS) and ``<out>`` (its output) each alone.
     """
     attention = {op.out: op for op in graph.attention}
     for name in names:
@@ -220,18 +222,21 @@ def run(graph: Graph, sig: ty.Optional[ty.Mapping[str, torch.Tensor]],
             z = torch.from_numpy(op.coef) * (xs @ ys) + \
                 torch.from_numpy(op.bias)
             mask = torch.from_numpy(op.mask).expand_as(z)
-            if not coded:
-                p = torch.softmax(z.masked_fill(mask, -math.inf), -1)
-                out = torch.nan_to_num(p @ vs, nan=0.0)
+            # three codes, each switched off alone by ``exact``: the
+            # logits', the WOSS softmax's and the output's
+            if code is not None and op.logits not in exact:
+                z = code.quantize(z, sig[op.logits].reshape(op.coef.shape))
+            if code is not None and name + ":softmax" not in exact:
+                p = code.woss(z, mask)
             else:
-                s = sig[op.logits].reshape(op.coef.shape)
-                zq = code.quantize(z, s)
-                p = code.woss(zq, mask)
-                r = p.sum(-1, keepdim=True)
-                out = torch.where(r > 0, (p @ vs) / torch.where(
-                    r > 0, r, torch.ones_like(r)), 0.0)
-                if gains is not None and name in gains:
-                    out = out * torch.from_numpy(gains[name])
+                p = torch.softmax(z.masked_fill(mask, -math.inf), -1)
+                p = torch.nan_to_num(p, nan=0.0)
+            r = p.sum(-1, keepdim=True)
+            out = torch.where(r > 0, (p @ vs) / torch.where(
+                r > 0, r, torch.ones_like(r)), 0.0)
+            if gains is not None and name in gains:
+                out = out * torch.from_numpy(gains[name])
+            if coded:
                 out = code.quantize(out.reshape(n, -1), sig[name])
             val[name] = out.reshape(n, -1)
             continue
@@ -541,6 +546,22 @@ def search(graph: Graph, sigmas, x: torch.Tensor, code: Code,
     return s
 
 
+def attribute(graph: Graph, sigmas, code: Code, x: torch.Tensor
+              ) -> ty.Dict[str, float]:
+    """Readout error (:func:`logit_error`) with one code switched on at a
+    time, everything else exact: every population's, and each
+    attention's logits, softmax and output apart."""
+    keys = [p.name for p in graph.populations if p.name != graph.output]
+    for op in graph.attention:
+        i = keys.index(op.out)
+        keys[i:i] = [op.logits, op.out + ":softmax"]
+    x = x.reshape(len(x), -1).double()
+    with torch.no_grad():
+        ref = quant_forward(graph, None, None, x)
+    return {k: logit_error(graph, sigmas, code, x, ref,
+                           exact=set(keys) - {k}) for k in keys}
+
+
 def scales_input(graph, sig, code, x):
     return code.quantize(x, sig[graph.input])
 
@@ -667,6 +688,24 @@ def validate(graph: Graph, sigmas, code: Code, x: np.ndarray, log=print
     return res
 
 
+def scales_for(method: str, graph: Graph, s_max, xc: torch.Tensor,
+               code: Code, args, log) -> ty.Dict[str, np.ndarray]:
+    """The scales of one method (see the module docstring)."""
+    if method == "max":
+        return s_max
+    if method == "mse":
+        return mse_scales(graph, s_max, xc.double(), code)
+    if method in ("search", "mse+search"):
+        s = s_max if method == "search" else \
+            mse_scales(graph, s_max, xc.double(), code)
+        return search(graph, s, xc, code, args.sweeps, log=log)
+    if method in ("block", "e2e"):
+        plan0 = lower(graph, s_max, code.B, code.T)
+        return reconstruct(graph, plan0, s_max, xc, code, method,
+                           args.iters, log=log)
+    raise ValueError(f"unknown method {method!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["digits", "fashion"])
@@ -676,14 +715,25 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--methods", nargs="+",
-                    default=["max", "mse", "search", "mse+search", "block",
-                             "e2e"])
+                    default=["max", "mse", "search", "mse+search", "e2e"],
+                    help="max, mse, search, mse+search, block, e2e; a "
+                    "'c' prefix (cmax, csearch, ...) runs it on the graph "
+                    "with centred logits (calibrate.center_logits)")
     ap.add_argument("--sweeps", type=int, default=2)
     ap.add_argument("--codes", nargs="+", default=None,
                     help="T:B pairs, default 16:1.4 24:1.15 40:1.15")
+    ap.add_argument("--name", default="lowt_calibration",
+                    help="results file stem")
+    ap.add_argument("--gradient", choices=("log", "lsq"), default="log",
+                    help="backward of the quantiser for block and e2e")
+    ap.add_argument("--b-grid", nargs="*", type=float, default=[],
+                    help="also, per T of --codes, every B of this grid with "
+                    "max scales: the quantised model's readout error on "
+                    "the calibration samples and the engine's test drop")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    lines = []
+    Code.gradient = args.gradient
+    lines, rows, checks, where, bs = [], [], [], [], []
     log = lambda s: (print(s, flush=True), lines.append(s))  # noqa: E731
     for name in args.models:
         log(f"## {name}")
@@ -697,39 +747,123 @@ def main() -> None:
         ann_acc = float((ann.argmax(1) == yt).mean())
         log(f"ANN accuracy {ann_acc:.4f} on {len(yt)}; "
             f"{len(xc)} calibration samples")
-        graph = capture(model, tuple(xc.shape[1:]))
-        graph = absorb_masks(graph, xc, progress=False)
-        s_max = calibrate(graph, xc, progress=False)
+        graphs = {"": absorb_masks(capture(model, tuple(xc.shape[1:])), xc,
+                                   progress=False)}
+        if any(m.startswith("c") for m in args.methods):
+            graphs["c"] = center_logits(graphs[""], xc, progress=False)
+        s_maxes = {k: calibrate(g, xc, progress=False)
+                   for k, g in graphs.items()}
         xct = torch.from_numpy(xc)
         codes = CODES if args.codes is None else [
-            (int(c.split(":")[0]), float(c.split(":")[1])) for c in args.codes]
+            (int(c.split(":")[0]), float(c.split(":")[1]))
+            for c in args.codes]
+        for T in dict.fromkeys(T for T, _ in codes) if args.b_grid else ():
+            for B in args.b_grid:
+                code = Code(B, T)
+                acc, _ = accuracy(lower(graphs[""], s_maxes[""], B, T),
+                                  graphs[""], s_maxes[""], xt, yt)
+                err = logit_error(graphs[""], s_maxes[""], code, xct)
+                bs.append((name, T, B, ann_acc, acc, err))
+                log(f"B-SWEEP {name} T={T} B={B}: calibration error "
+                    f"{err:.4f}, drop {100 * (ann_acc - acc):+.2f} pp")
         for T, B in codes:
             code = Code(B, T)
-            validate(graph, s_max, code, xt[:256], log)
+            check = validate(graphs[""], s_maxes[""], code, xt[:500], log)
+            checks.append((name, T, B, check))
+            att = attribute(graphs[""], s_maxes[""], code,
+                            torch.from_numpy(xt[:1000]))
+            where.append((name, T, B, att))
             for method in args.methods:
+                centred = method.startswith("c")
+                graph = graphs["c" if centred else ""]
                 t0 = time.perf_counter()
-                if method == "max":
-                    s = s_max
-                elif method == "mse":
-                    s = mse_scales(graph, s_max, xct.double(), code)
-                elif method in ("search", "mse+search"):
-                    s = s_max if method == "search" else \
-                        mse_scales(graph, s_max, xct.double(), code)
-                    s = search(graph, s, xct, code, args.sweeps, log=log)
-                else:
-                    plan0 = lower(graph, s_max, B, T)
-                    s = reconstruct(graph, plan0, s_max, xct, code, method,
-                                    args.iters, log=log)
+                s = scales_for(method[1:] if centred else method, graph,
+                               s_maxes["c" if centred else ""], xct, code,
+                               args, log)
                 took = time.perf_counter() - t0
-                plan = lower(graph, s, B, T)
-                acc, _ = accuracy(plan, graph, s, xt, yt)
+                acc, _ = accuracy(lower(graph, s, B, T), graph, s, xt, yt)
                 err_c = logit_error(graph, s, code, xct)
-                err_t = logit_error(graph, s, code, torch.from_numpy(
-                    xt[:2000]))
+                err_t = logit_error(graph, s, code,
+                                    torch.from_numpy(xt[:2000]))
+                rows.append((name, T, B, method, ann_acc, acc, err_c, err_t,
+                             took))
                 log(f"RESULT {name} T={T} B={B} {method}: acc {acc:.4f} "
                     f"drop {100 * (ann_acc - acc):+.2f} pp, error calib "
                     f"{err_c:.4f} test {err_t:.4f} ({took:.0f} s)")
-    (args.out / "lowt_calibration.log").write_text("\n".join(lines) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.log").write_text("\n".join(lines) + "\n")
+    write_results(args, rows, checks, where, bs)
+
+
+def write_results(args, rows, checks, where, bs) -> None:
+    """``<name>.md``: the command, the machine, the tables."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/lowt_calibration.py " + \
+        " ".join(sys.argv[1:])
+    out = [f"Command: `{cmd}`  ",
+           f"Machine: {cpu}, one thread, Python "
+           f"{platform.python_version()}, torch {torch.__version__}, "
+           f"{time.strftime('%Y-%m-%d')}", "",
+           "## Accuracy (engine fixed, full test split)", "",
+           "Drop = ANN accuracy - SNN accuracy (pp; negative: the SNN is "
+           "better). Readout error = squared error of the quantised "
+           "model's logits against the float graph's over their mean "
+           "square, on the calibration samples and on the first 2000 "
+           "test samples. Time: choosing the scales (one thread).", "",
+           "| model | T | B | method | ANN acc | SNN acc | drop (pp) | "
+           "readout error calib | readout error test | time (s) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, T, B, m, a, acc, ec, et, took in rows:
+        out.append(f"| {name} | {T} | {B} | {m} | {a:.2%} | {acc:.2%} | "
+                   f"{100 * (a - acc):+.2f} | {ec:.4f} | {et:.4f} | "
+                   f"{took:.0f} |")
+    out += ["", "## The quantised model against Engine(net, 'float')", "",
+            "Max scales, the first 500 test samples (all of digits' 397). "
+            "`plan weights`: the graph with the Plan's dequantised 8-bit "
+            "weights; `real weights`: the graph's own.", "",
+            "| model | T | B | max abs diff (plan weights) | relative | "
+            "samples with any diff > 1e-9 rel | argmax agreement | max abs "
+            "diff (real weights) | argmax agreement (real weights) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, T, B, c in checks:
+        out.append(f"| {name} | {T} | {B} | {c['max_abs']:.2g} | "
+                   f"{c['rel']:.2g} | {c['rows_differ']:.2%} | "
+                   f"{c['argmax']:.2%} | {c['real_max_abs']:.3g} | "
+                   f"{c['real_argmax']:.2%} |")
+    out += ["", "## Where the error is (max scales)", "",
+            "Readout error (as above, first 1000 test samples) with one "
+            "code switched on, everything else exact.", ""]
+    keys = []
+    for _, _, _, att in where:
+        keys += [k for k in att if k not in keys]
+    for name in dict.fromkeys(w[0] for w in where):
+        sub = [w for w in where if w[0] == name]
+        out += [f"### {name}", "",
+                "| code | " + " | ".join(f"T={T}, B={B}"
+                                        for _, T, B, _ in sub) + " |",
+                "|---|" + "---|" * len(sub)]
+        for k in dict.fromkeys(k for w in sub for k in w[3]):
+            out.append(f"| {k} | " + " | ".join(
+                f"{w[3][k]:.4f}" for w in sub) + " |")
+        out.append("")
+    if bs:
+        out += ["## B at fixed T (max scales)", "",
+                "Readout error of the quantised model on the calibration "
+                "samples, and the engine's (fixed) test drop.", "",
+                "| model | T | B | readout error calib | drop (pp) |",
+                "|---|---|---|---|---|"]
+        for name, T, B, a, acc, err in bs:
+            out.append(f"| {name} | {T} | {B} | {err:.4f} | "
+                       f"{100 * (a - acc):+.2f} |")
+        out.append("")
+    (args.out / f"{args.name}.md").write_text("\n".join(out) + "\n")
 
 
 if __name__ == "__main__":
