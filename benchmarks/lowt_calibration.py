@@ -1,39 +1,48 @@
 """Low-T calibration (issue 33): reconstruction of the scales against max
 and per-channel MSE scales, measured on the engine's fixed mode.
 
-A research prototype, not a library feature. It holds
+A research prototype, not a library feature (results and conclusions:
+``benchmarks/results/lowt_calibration.md``). It holds
 
 - :func:`quant_forward`, a differentiable model of the code: the captured
   graph evaluated as :func:`lava_spiked.capture.graph.evaluate` does, but
-  every population's value phase-coded with its scale (forward: the
-  ``floating_pt`` value; backward: straight through, LSQ-style gradient
-  with respect to sigma). It is checked against ``Engine(net, 'float')``
-  on the same scales (:func:`validate`): same logits up to float rounding
-  once the Plan's 8-bit weights are put into the graph
-  (:func:`plan_weights`);
-- three ways of choosing the scales: ``max`` (:func:`lava_spiked.calibrate.
-  calibrate`, what ``convert`` does), ``mse`` (per calibration group the
+  every population's value phase-coded with its scale, every attention's
+  logits coded and its softmax WOSS (forward: the ``floating_pt`` value;
+  backward: straight through, :meth:`Code.quantize`). It is checked
+  against ``Engine(net, 'float')`` on the same scales (:func:`validate`):
+  the same logits up to float rounding once the Plan's 8-bit weights are
+  put into the graph (:func:`plan_weights`);
+- ways of choosing the scales: ``max`` (:func:`lava_spiked.calibrate.
+  calibrate`, what ``convert`` does); ``mse`` (per calibration group the
   ``alpha * max``, alpha on a grid 0.30..1.00, that minimises the code's
-  squared error of that population's float activations) and the
+  squared error of that population's own float values); the gradient
   reconstructions ``block`` (per block of :meth:`lava_spiked.plan.Plan.
-  blocks`, in order, Adam on log sigma minimising the MSE of the block's
-  output population with quantised inputs from the blocks before, as
-  BRECQ does for integer networks) and ``e2e`` (all scales at once,
-  minimising the MSE of the readout logits);
+  blocks`, in order, Adam on log sigma minimising the squared error of
+  the block's output with quantised inputs from the blocks before, as
+  BRECQ does for integer networks) and ``e2e`` (every scale at once, the
+  readout's squared error); ``search`` and ``mse+search`` (a coordinate
+  search of one multiplier per population on the readout's error,
+  :func:`search`); a ``c`` prefix runs a method on the graph with
+  centred logits (:func:`lava_spiked.calibrate.center_logits`);
+- :func:`attribute`: the readout error with one code on at a time;
 - the measurement: each set of scales lowered with
   :func:`lava_spiked.plan.lower` and run on ``Engine(net, 'fixed')`` over
-  the full test split, accuracy against the ANN's.
+  the full test split, accuracy against the ANN's; with ``--b-grid``,
+  the quantised model's calibration error and the engine's drop per B.
 
-Models: ``digits`` (the bundled DigitsViT, BatchNorm/ReLU) and ``fashion``
-(a 3-block LayerNorm/GELU ViT for Fashion-MNIST, the tutorial's
-``TinyViT`` with 7x7 patches, trained here on 55k training images; the
-other 5k give the calibration samples). Usage::
+Models: ``digits`` (the bundled DigitsViT, BatchNorm/ReLU, 200
+calibration and 397 test images) and ``fashion`` (a 3-block
+LayerNorm/GELU ViT for Fashion-MNIST, the tutorial's ``TinyViT`` with 7x7
+patches, trained here for 12 epochs on the first 55k training images; 512
+of the other 5k are the calibration samples, the 10k test images the
+test). Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/lowt_calibration.py \\
         --models digits fashion --out benchmarks/results
 
-Writes ``lowt_calibration.md`` (and the Fashion ViT's weights,
-``lowt_fashion_vit.pt``, reused on the next run).
+writes ``<name>.md`` and ``<name>.log`` (``--name``, default
+``lowt_calibration``) and trains the Fashion ViT unless ``<out>/
+lowt_fashion_vit.pt`` holds its weights.
 """
 import argparse
 import dataclasses
@@ -562,7 +571,9 @@ def attribute(graph: Graph, sigmas, code: Code, x: torch.Tensor
                            exact=set(keys) - {k}) for k in keys}
 
 
-def scales_input(graph, sig, code, x):
+def scales_input(graph: Graph, sig, code: Code,
+                 x: torch.Tensor) -> torch.Tensor:
+    """The encoder's spikes' values: the input coded with its scale."""
     return code.quantize(x, sig[graph.input])
 
 
