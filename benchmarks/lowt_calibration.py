@@ -41,7 +41,8 @@ test). Usage::
         --models digits fashion --out benchmarks/results
 
 writes ``<name>.md`` and ``<name>.log`` (``--name``, default
-``lowt_calibration``) and trains the Fashion ViT unless ``<out>/
+``lowt_run``; ``lowt_calibration.md`` is the written-up measurement, not
+overwritten) and trains the Fashion ViT unless ``<out>/
 lowt_fashion_vit.pt`` holds its weights.
 """
 import argparse
@@ -733,7 +734,7 @@ def main() -> None:
     ap.add_argument("--sweeps", type=int, default=2)
     ap.add_argument("--codes", nargs="+", default=None,
                     help="T:B pairs, default 16:1.4 24:1.15 40:1.15")
-    ap.add_argument("--name", default="lowt_calibration",
+    ap.add_argument("--name", default="lowt_run",
                     help="results file stem")
     ap.add_argument("--gradient", choices=("log", "lsq"), default="log",
                     help="backward of the quantiser for block and e2e")
