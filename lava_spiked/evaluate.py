@@ -37,12 +37,14 @@ from torch.utils.data.distributed import DistributedSampler
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lava_spiked import capture, phase  # noqa: E402
+from lava_spiked import capture  # noqa: E402
+from lava_spiked.bundled.digits_vit import (  # noqa: E402
+    digits_splits, load_default)
+from lava_spiked.conversion import convert  # noqa: E402
 from lava_spiked.energy import energy, mean_report  # noqa: E402
 from lava_spiked.engine import Engine, keep_freed_memory  # noqa: E402
+from lava_spiked.numerics import phase  # noqa: E402
 from lava_spiked.progress import bar  # noqa: E402
-from lava_spiked.models import digits_splits, load_default  # noqa: E402
-from lava_spiked.conversion import convert  # noqa: E402
 from lava_spiked.validation import (check_base, check_count,  # noqa: E402
                                     check_steps, cli_type)
 

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from lava.proc.io.sink import RingBuffer
 
 from conftest import TAGS, lava_children, run
-from lava_spiked import fixed, phase
-from lava_spiked.attention import (SpikingSelfAttention, softmax_attention,
-                                   woss, woss_fixed)
+from lava_spiked.numerics import fixed, phase
+from lava_spiked.lava_backend.self_attention import SpikingSelfAttention
+from lava_spiked.golden.attention import softmax_attention, woss, woss_fixed
 from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
                                    PhaseNeuron, TraceMatMul, WOSSSoftmax)
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from lava.magma.core.run_configs import Loihi2SimCfg
 
-from lava_spiked import golden
-from lava_spiked.chain import PhaseChain
+from lava_spiked.lava_backend.chain import PhaseChain
 from lava_spiked.conversion import convert
 from lava_spiked.engine import Engine
-from lava_spiked.golden import CLIP_WARN_FRACTION, clip_sizes
-from lava_spiked.models import digits_splits, load_default
+from lava_spiked.golden.models import (CLIP_WARN_FRACTION, clip_sizes,
+                                       golden_fixed, golden_float)
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
 from lava_spiked.network import SpikingNetwork
 
 MODES = {"fixed_pt": "fixed", "floating_pt": "float"}
@@ -49,7 +49,7 @@ def test_hand_checked_chain_counts_alike_everywhere():
     chain, x, want = _chain()
     zero = dict.fromkeys(want, 0)
     assert clip_sizes(chain.plan) == {"input": 3, "layer0": 3, "layer1": 3}
-    for model in (golden.golden_fixed, golden.golden_float):
+    for model in (golden_fixed, golden_float):
         assert model(chain.plan, x[0]).clipped == want
         assert model(chain.plan, x[1]).clipped == zero
     for mode in ("fixed", "float"):
@@ -128,8 +128,8 @@ def test_golden_models_count_attention_clipping_like_the_engine(bundled):
     at 20x the calibration range."""
     net, calib, test = bundled
     x = np.concatenate([test[:4], calib[:2] * 20])
-    for mode, model in (("fixed", golden.golden_fixed),
-                        ("float", golden.golden_float)):
+    for mode, model in (("fixed", golden_fixed),
+                        ("float", golden_float)):
         res = Engine(net, mode)(x, warn=False)
         for i, sample in enumerate(x):
             want = {k: int(v[i]) for k, v in res.clipped.items()}

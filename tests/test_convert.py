@@ -14,11 +14,11 @@ from torch import nn
 
 import lava_spiked
 from conftest import TAGS, lava_children
-from lava_spiked.calibrate import calibrate
-from lava_spiked.capture import UnsupportedModelError, capture, evaluate
+from lava_spiked.calibration import calibrate
+from lava_spiked.capture import UnsupportedModelError, capture, run_graph
 from lava_spiked.engine import Engine
-from lava_spiked.models import (DigitsViT, TokenBatchNorm, digits_splits,
-                                load_default)
+from lava_spiked.bundled.digits_vit import (DigitsViT, TokenBatchNorm,
+                                            digits_splits, load_default)
 from lava_spiked.conversion import convert
 
 
@@ -158,7 +158,7 @@ def test_capture_is_exact_and_leaves_the_model_alone(case):
             want = model(x).numpy()
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
-    np.testing.assert_allclose(evaluate(graph, x).numpy(), want,
+    np.testing.assert_allclose(run_graph(graph, x).numpy(), want,
                                rtol=1e-9, atol=1e-9)
     if "attention" in case or "encoder" in case:
         assert graph.attention
@@ -271,7 +271,7 @@ def test_keyword_input_and_structured_output(kind, key):
         graph = capture(model, (4,), output=output,
                         input_name="inputs_embeds")
         assert graph.output == "head"
-        np.testing.assert_allclose(evaluate(graph, x.double()).numpy(), want,
+        np.testing.assert_allclose(run_graph(graph, x.double()).numpy(), want,
                                    rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="model's outputs are"):
         capture(model, (4,), output="nope", input_name="inputs_embeds")
@@ -456,7 +456,7 @@ def test_unmodified_torchvision_vit_converts():
     x = torch.randn(5, 3, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         want = vit(x).numpy()
-    np.testing.assert_allclose(evaluate(graph, x).numpy(), want, rtol=1e-9,
+    np.testing.assert_allclose(run_graph(graph, x).numpy(), want, rtol=1e-9,
                                atol=1e-9)
     net = convert(vit, torch.randn(64, 3, 16, 16, dtype=torch.float64),
                   progress=False)
@@ -613,7 +613,7 @@ def test_calibration_statistics(small_vit):
     assert (logits == logits[..., :1]).all()  # one scale per query row
     assert np.unique(logits).size > 2
     ann = {}
-    evaluate(graph, torch.from_numpy(calib), ann.__setitem__)
+    run_graph(graph, torch.from_numpy(calib), ann.__setitem__)
     top = np.abs(ann["blocks.0.act"].numpy().reshape(-1, 17, 16)).max(
         (0, 1))  # per channel; channels that never fire take the largest
     np.testing.assert_allclose(sig["blocks.0.act"].reshape(17, 16)[0],
@@ -791,7 +791,7 @@ def test_integer_index_buffers_stay_integer():
     assert model.ids.dtype == torch.int64
     with torch.no_grad():
         want = model.double()(x).numpy()
-    np.testing.assert_allclose(evaluate(graph, x).numpy(), want, rtol=1e-9,
+    np.testing.assert_allclose(run_graph(graph, x).numpy(), want, rtol=1e-9,
                                atol=1e-12)
 
 
@@ -917,14 +917,14 @@ def test_centred_logits_fire_where_every_logit_is_negative():
     kw = dict(T=16, B=1.4, progress=False)
     plain = convert(model, x[:32], **kw)
     centred = convert(model, x[:32], center_logits=True, **kw)
-    np.testing.assert_allclose(evaluate(centred.graph, x[32:]),
-                               evaluate(plain.graph, x[32:]), rtol=1e-12)
+    np.testing.assert_allclose(run_graph(centred.graph, x[32:]),
+                               run_graph(plain.graph, x[32:]), rtol=1e-12)
     peaks = []
 
     def record(name, z):
         if name.endswith(":logits"):
             peaks.append(z.reshape(-1, 5, 5).max(-1).values)
-    evaluate(centred.graph, x[:32], record)
+    run_graph(centred.graph, x[:32], record)
     np.testing.assert_allclose(np.median(peaks[0].numpy(), 0), 0.0,
                                atol=1e-12)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from torch import nn
 
 from lava_spiked import convert, export
 from lava_spiked.engine import Engine
-from lava_spiked.models import digits_splits, load_default
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
 
 
 def _assert_same_plan(a, b):
@@ -204,7 +204,7 @@ def test_truncated_or_foreign_file(bundled, tmp_path):
 
 
 def test_resources_count_what_lava_stores(bundled):
-    from lava_spiked.lava_build import sparse_weights
+    from lava_spiked.lava_backend.build import sparse_weights
     net, _ = bundled
     plan = net.plan
     report = export.resources(net)
@@ -242,7 +242,7 @@ def test_export_cli(tmp_path, capsys):
 
 
 def test_loihi2_check_names_what_does_not_fit(bundled, tmp_path):
-    from lava_spiked import loihi2
+    from lava_spiked.plan import loihi2
     net, _ = bundled
     found = loihi2.check(net)
     text = loihi2.report(net)
@@ -279,7 +279,7 @@ def test_loihi2_target_sums_windows_in_24_bits(which, request, tmp_path):
     keeps the bits, and the fixed_pt Lava run equals the engine."""
     from lava.magma.core.run_configs import Loihi2SimCfg
 
-    from lava_spiked import loihi2
+    from lava_spiked.plan import loihi2
     net, x = request.getfixturevalue(which)
     con = net.recode(target="loihi2")
     assert con.plan.target == "loihi2" and net.plan.target == "lava"
@@ -320,7 +320,7 @@ def test_loihi2_target_sums_windows_in_24_bits(which, request, tmp_path):
 def test_loihi2_target_refuses_a_current_beyond_23_bits(bundled):
     """A layer whose one-step current alone exceeds 2**22 cannot be made
     to fit with gains of 1 bit: the error names it."""
-    from lava_spiked import loihi2
+    from lava_spiked.plan import loihi2
     net, _ = bundled
     plan = net.plan
     i = next(i for i, layer in enumerate(plan.layers) if layer.synapses)
@@ -370,7 +370,7 @@ def test_loihi2_target_caps_synapse_shifts(bundled):
     neuron's exponent by 2, leaves the shift-9 channel's mantissas (now
     shift 7) and the shift-3 synapse's (now 1), and rounds the shift-0
     channel's k = 3, -5, 127 by 2 bits: 1, -1, 32 (mantissas 2k)."""
-    from lava_spiked import loihi2
+    from lava_spiked.plan import loihi2
     from lava_spiked.plan import Synapse
     net, _ = bundled
     layer = next(layer for layer in net.plan.layers if layer.synapses)
@@ -400,7 +400,7 @@ def test_loihi2_target_splits_a_wide_fan_in(tmp_path):
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.sparse.process import Sparse
 
-    from lava_spiked import loihi2
+    from lava_spiked.plan import loihi2
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(600, 8), nn.ReLU(), nn.Linear(8, 3))
     data = torch.randn(34, 600)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from lava.utils.weightutils import SignMode, clip_weights, truncate_weights
 
-from lava_spiked import fixed, phase
+from lava_spiked.numerics import fixed, phase
 
 
 def test_round_shift_half_away_from_zero():

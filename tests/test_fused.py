@@ -9,7 +9,7 @@ from lava.proc.io.sink import RingBuffer
 
 from conftest import TAGS, lava_children
 from lava_spiked import convert
-from lava_spiked.models import DigitsViT
+from lava_spiked.bundled.digits_vit import DigitsViT
 from test_convert import EncoderLayer, MHABlock, _randomize_norms
 
 
@@ -103,7 +103,7 @@ def test_masked_bert_blocks_fused_equal_neuron_level():
     from test_huggingface import TEXTS, _classifier
 
     from lava_spiked.huggingface import convert, embed
-    from lava_spiked.text_data import load_minilm
+    from lava_spiked.bundled.text_data import load_minilm
     model = _classifier(layers=2)
     enc = load_minilm()[1](TEXTS, padding=True, return_tensors="pt")
     net = convert(model, enc, length=16, T=8, progress=False)
@@ -124,13 +124,13 @@ def test_long_delays_chain_links_of_at_most_62_steps():
     """The bundled model's 204-step residual delay is built as links of
     62, 62, 62 and 18 steps (Loihi's synaptic delays stop at 62); the
     Lava tests of the bundled model show the timing is unchanged."""
-    from lava_spiked.lava_build import _LavaNetwork
-    from lava_spiked.models import digits_splits, load_default
+    from lava_spiked.lava_backend.runs import LavaNetwork
+    from lava_spiked.bundled.digits_vit import digits_splits, load_default
     from lava_spiked.processes import SpikeDelay
     net = convert(load_default(), digits_splits()["calibration"][0][:32],
                   progress=False)
     assert net.plan.delay("input", "blocks.0.add") == 204
-    lava = _LavaNetwork(net.plan, "fixed_pt", record=False)
+    lava = LavaNetwork(net.plan, "fixed_pt", record=False)
     delays = {name: p.proc_params["delay"]
               for name, p in lava.processes.items()
               if isinstance(p, SpikeDelay)}

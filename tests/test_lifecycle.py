@@ -17,7 +17,7 @@ import pytest
 from lava.magma.core.run_configs import Loihi2SimCfg
 
 from lava_spiked import convert
-from lava_spiked.models import digits_splits, load_default
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
 
 CHILD = textwrap.dedent("""
     import signal
@@ -28,7 +28,7 @@ CHILD = textwrap.dedent("""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava_spiked import convert
-    from lava_spiked.models import digits_splits, load_default
+    from lava_spiked.bundled.digits_vit import digits_splits, load_default
     splits = digits_splits()
     net = convert(load_default(), splits["calibration"][0][:32],
                   progress=False)
@@ -163,7 +163,7 @@ def test_forks_warn_of_no_threads(net):
 
     import torch
 
-    from lava_spiked.lava_build import _forks_from_library_threads
+    from lava_spiked.lava_backend.lifecycle import _forks_from_library_threads
     torch.ones(256, 256) @ torch.ones(256, 256)  # wakes torch's workers
     x = digits_splits()["test"][0][:1]
     net.stop()
@@ -190,7 +190,7 @@ def test_stop_without_a_thread_at_exit(net, monkeypatch):
     import warnings
 
     from conftest import lava_children
-    from lava_spiked import lava_build
+    from lava_spiked.lava_backend import lifecycle
     x = digits_splits()["test"][0][:1]
     net.stop()
     net.infer(x, Loihi2SimCfg(select_tag="fixed_pt"), progress=False)
@@ -207,9 +207,9 @@ def test_stop_without_a_thread_at_exit(net, monkeypatch):
     while lava_children() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not lava_children()
-    assert lava_build._within(lambda: None, 1.0)
+    assert lifecycle._within(lambda: None, 1.0)
     start = time.monotonic()
-    assert not lava_build._within(lambda: time.sleep(5), 0.2)
+    assert not lifecycle._within(lambda: time.sleep(5), 0.2)
     assert time.monotonic() - start < 2
 
 
@@ -223,7 +223,7 @@ def test_stop_reads_past_replies_an_interrupt_left():
                                                      MGMT_RESPONSE)
     from lava.magma.runtime.runtime import Runtime
 
-    from lava_spiked.lava_build import _stop_cleanly
+    from lava_spiked.lava_backend.lifecycle import _stop_cleanly
 
     class Port:
         def __init__(self, replies):

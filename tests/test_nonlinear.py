@@ -1,5 +1,5 @@
 """Activation and LayerNorm stages against torch's own functions (the
-golden values come from torch, not from lava_spiked.nonlinear)."""
+golden values come from torch, not from lava_spiked.numerics.nonlinear)."""
 import math
 
 import numpy as np
@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lava_spiked import Engine, convert, fixed, nonlinear, phase
-from lava_spiked.golden import golden_float
+from lava_spiked import Engine, convert
+from lava_spiked.numerics import fixed, nonlinear, phase
+from lava_spiked.golden.models import golden_float
 
 TORCH = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
          "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
@@ -196,7 +197,7 @@ def test_torchvision_vit_runs_in_lava_as_on_the_engine():
     equals the engine bit for bit, floating_pt the float engine."""
     from torchvision.models import VisionTransformer
 
-    from lava_spiked.lava_build import Loihi2SimCfg
+    from lava_spiked.lava_backend.imports import Loihi2SimCfg
 
     torch.manual_seed(0)
     vit = VisionTransformer(image_size=16, patch_size=8, num_layers=1,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lava_spiked import phase
+from lava_spiked.numerics import phase
 
 
 def test_threshold_factor_hand_values():

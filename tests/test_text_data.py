@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lava_spiked import text_data
+from lava_spiked.bundled import text_data
 
 
 @pytest.fixture(scope="module")

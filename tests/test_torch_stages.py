@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lava_spiked import fixed, nonlinear, torch_stages
+from lava_spiked.numerics import fixed, nonlinear, torch_stages
 
 ONE = 1 << fixed.STATE_FRAC_BITS
 

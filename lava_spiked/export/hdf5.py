@@ -17,12 +17,10 @@ topological order, with ``type``-like ``kind``, ``shape``, ``weight``,
 node for graded phase spikes, spike x spike products or the WOSS softmax and
 silently skips types it does not know.
 
-``resources(plan)`` counts what the network asks of a chip, and
-``python -m lava_spiked.export`` saves the bundled model or reports on a
-file.
+``python -m lava_spiked.export`` (:mod:`lava_spiked.export.__main__`) saves
+the bundled model or reports on a file; what a Plan asks of a chip is
+:func:`lava_spiked.plan.resources.resources`.
 """
-import argparse
-import dataclasses
 import hashlib
 import pathlib
 import typing as ty
@@ -30,11 +28,11 @@ import typing as ty
 import h5py
 import numpy as np
 
-from lava_spiked import fixed, loihi2, nonlinear
 from lava_spiked.network import SpikingNetwork
-from lava_spiked.plan import (KINDS, MASK, TARGETS, ActivationStage,
-                              Attention, Layer, NormStage, Plan, RuntimeInput,
-                              Synapse, Window)
+from lava_spiked.numerics import fixed, nonlinear
+from lava_spiked.plan import (KINDS, MASK, ActivationStage, Layer,
+                              LoweredAttention, NormStage, Plan, RuntimeInput,
+                              Synapse, Window, loihi2)
 from lava_spiked.validation import check_base, check_steps
 
 FORMAT = "lava-spiked plan"
@@ -59,7 +57,7 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
     ----------
     strict : bool
         Refuse a Plan that does not fit the Loihi 2 conventions
-        (:func:`lava_spiked.loihi2.check`; today's Plans never do).
+        (:func:`lava_spiked.plan.loihi2.check`; today's Plans never do).
 
     Raises
     ------
@@ -398,7 +396,7 @@ def _read(f) -> Plan:
                                  "layer")
         if np.size(a["av"]) != names[_attr(a, "out", str)].size:
             raise ValueError(f"{a.name}/av does not match its output layer")
-        attention.append(Attention(
+        attention.append(LoweredAttention(
             _attr(a, "x", str), _attr(a, "y", str), _attr(a, "v", str),
             _attr(a, "out", str), qk, _attr(a, "qk_exp", int),
             _array(a, "av", "i", 3), _attr(a, "av_exp", int),
@@ -419,217 +417,3 @@ def _read(f) -> Plan:
                 _attr(f, "num_steps", int), _attr(f, "ann_macs", float),
                 [RuntimeInput(MASK, (tokens,))] if tokens else [],
                 bool(f.attrs.get("mean_pool", False)))
-
-
-# Public Loihi 2 figures per chip (Intel, "Taking Neuromorphic Computing
-# to the Next Level with Loihi 2", technology brief, 2021): 128 neuro-cores,
-# up to 1 M neurons and 120 M synapses. Per-core budgets below are these
-# totals divided by 128, an even spread the real mapping will not reach.
-LOIHI2_CORES_PER_CHIP = 128
-LOIHI2_NEURONS_PER_CHIP = 1_000_000
-LOIHI2_SYNAPSES_PER_CHIP = 120_000_000
-
-
-@dataclasses.dataclass
-class Resources:
-    """What a Plan asks of neuromorphic hardware (see :func:`resources`).
-
-    Attributes
-    ----------
-    neurons : int
-        Spiking and readout neurons, plus two per attention logit (the
-        logit neuron and its WOSS softmax neuron), plus the relays of
-        delays over 62 steps (one population of the source's size every
-        62 steps).
-    synapses : int
-        Nonzero weights as the chip must store them: a token-shared weight
-        once per token (the block-diagonal matrix Lava builds).
-    product_inputs : int
-        Trace inputs of the spike x spike products: each logit reads K
-        traces of x and of y, each attention output M of p and of v.
-    max_spikes : int
-        Spikes per sample at most: each neuron fires at most once (the
-        encoder included, the readout excluded: it reports its membrane).
-    steps : int
-        Steps per sample (latency).
-    cores, chips : float
-        Estimates from the public per-chip figures (the larger of the
-        neuron and synapse budgets).
-    """
-
-    neurons: int
-    synapses: int
-    product_inputs: int
-    max_spikes: int
-    steps: int
-    cores: float
-    chips: float
-
-    def to_markdown(self) -> str:
-        return "\n".join([
-            "| resource | count |", "|---|---|",
-            f"| neurons | {self.neurons:,} |",
-            f"| synapses (stored per token) | {self.synapses:,} |",
-            f"| spike x spike product inputs | {self.product_inputs:,} |",
-            f"| spikes per sample (at most) | {self.max_spikes:,} |",
-            f"| steps per sample | {self.steps:,} |",
-            f"| neuro-cores (estimate) | {self.cores:,.1f} |",
-            f"| Loihi 2 chips (estimate) | {self.chips:,.3f} |", "",
-            f"Estimates from the public Loihi 2 figures of "
-            f"{LOIHI2_CORES_PER_CHIP} neuro-cores, "
-            f"{LOIHI2_NEURONS_PER_CHIP:,} neurons and "
-            f"{LOIHI2_SYNAPSES_PER_CHIP:,} synapses per chip, spread evenly "
-            "over the cores; a real mapping needs more."])
-
-    __str__ = to_markdown
-
-
-def resources(plan: ty.Any) -> Resources:
-    """Count the neurons, stored synapses, spikes and steps of a Plan (or
-    of a network's ``.plan``) and estimate the Loihi 2 cores and chips."""
-    plan = getattr(plan, "plan", plan)
-    neurons = sum(layer.size for layer in plan.layers)
-    synapses = 0
-    for layer in plan.layers:
-        for syn in layer.synapses:
-            # each destination neuron reads the nonzero weights of its
-            # channel at the valid input positions of its row
-            c = syn.weight.shape[0]
-            o = syn.out[syn.out >= 0]
-            row, ch = np.divmod(o, c)
-            valid = (syn.rows >= 0)[row] & (syn.weight != 0)[ch]
-            synapses += int(valid.sum())
-    product_inputs = 0
-    for op in plan.attention:
-        neurons += 2 * op.qk.size
-        k = plan[op.x].shape[-1]
-        m = plan[op.v].shape[-2]
-        product_inputs += 2 * k * op.qk.size + 2 * m * op.av.size
-    # a delay beyond MAX_DELAY steps relays through a population every
-    # MAX_DELAY steps (chains of one source share their relays)
-    longest: ty.Dict[str, int] = {}
-    for layer in plan.layers:
-        for syn in layer.synapses:
-            longest[syn.src] = max(longest.get(syn.src, 0),
-                                   plan.delay(syn.src, layer.name))
-    neurons += sum(plan[src].size * ((delay - 1) // loihi2.MAX_DELAY)
-                   for src, delay in longest.items() if delay > 0)
-    spikes = neurons - plan[plan.output].size
-    chips = max(neurons / LOIHI2_NEURONS_PER_CHIP,
-                synapses / LOIHI2_SYNAPSES_PER_CHIP)
-    return Resources(neurons, synapses, product_inputs, spikes,
-                     plan.num_steps, chips * LOIHI2_CORES_PER_CHIP, chips)
-
-
-def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
-    """``python -m lava_spiked.export``: convert a model and save it, or
-    report on a saved file."""
-    from lava_spiked.validation import cli_type
-    parser = argparse.ArgumentParser(
-        prog="python -m lava_spiked.export",
-        description="Convert a model and save its Plan, or print the "
-        "resources of a saved file. MODEL is 'bundled' (the digits ViT, "
-        "calibrated on its own calibration split), 'minilm-sentiment' "
-        "(all-MiniLM-L6-v2 with the shipped head, calibrated on the "
-        "calibration tweets) or the directory of a Hugging Face "
-        "checkpoint with a head (a *ForSequenceClassification of BERT, "
-        "RoBERTa, DistilBERT, ELECTRA, ALBERT, ..., or a causal language "
-        "model such as GPT2LMHeadModel), calibrated on --calibration.")
-    parser.add_argument("model", nargs="?", metavar="MODEL",
-                        help="bundled, minilm-sentiment or a checkpoint "
-                        "directory")
-    parser.add_argument("out", nargs="?", metavar="OUT.h5",
-                        help="the HDF5 file to write")
-    parser.add_argument("--calibration", metavar="FILE",
-                        help="for a checkpoint: an .npz of tokenised "
-                        "calibration samples, the tokenizer's input_ids and "
-                        "attention_mask (and token_type_ids), padded to the "
-                        "length the network takes, e.g. np.savez(FILE, "
-                        "**tokenizer(texts, padding='max_length', "
-                        "max_length=64, truncation=True, "
-                        "return_tensors='np'))")
-    parser.add_argument("--T", type=cli_type(check_steps, int), default=40)
-    parser.add_argument("--B", type=cli_type(check_base, float),
-                        default=1.15)
-    parser.add_argument("--target", choices=TARGETS, default="lava",
-                        help="integer formats: Lava's, or conformant to "
-                        "Loihi 2 (lava_spiked.loihi2.conform)")
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse to write a Plan that does not fit "
-                        "Loihi 2")
-    parser.add_argument("--report", metavar="FILE",
-                        help="print the resources of a saved file and what "
-                        "in it does not fit Loihi 2")
-    args = parser.parse_args(argv)
-    if args.report:
-        try:
-            plan = load(args.report).plan
-        except ExportError as err:
-            parser.error(str(err))
-        print(resources(plan), "", "Loihi 2 conventions:", loihi2.report(plan),
-              sep="\n")
-        return
-    if not (args.model and args.out):
-        parser.error("give MODEL and OUT.h5, or --report FILE")
-    if args.model == "bundled":
-        from lava_spiked.conversion import convert
-        from lava_spiked.models import digits_splits, load_default
-        net = convert(load_default(), digits_splits()["calibration"][0],
-                      B=args.B, T=args.T)
-    elif args.model == "minilm-sentiment":
-        from lava_spiked.text_data import convert_minilm
-        net = convert_minilm(B=args.B, T=args.T)
-    else:
-        net = _convert_checkpoint(parser, args)
-    try:
-        net = net.recode(target=args.target)
-        save(net, args.out, strict=args.strict)
-    except ValueError as err:
-        parser.error(str(err))
-    print(f"wrote {args.out} (T = {args.T}, B = {args.B}, target "
-          f"{args.target})")
-    print(resources(net.plan))
-
-
-#: Architecture name endings the CLI converts -> the transformers Auto
-#: class that loads them
-_HEADS = {"ForSequenceClassification": "AutoModelForSequenceClassification",
-          "LMHeadModel": "AutoModelForCausalLM",
-          "ForCausalLM": "AutoModelForCausalLM"}
-
-
-def _convert_checkpoint(parser, args) -> SpikingNetwork:
-    """A Hugging Face checkpoint directory with a head, calibrated on the
-    tokenised samples of ``--calibration``."""
-    if not pathlib.Path(args.model).is_dir():
-        parser.error(f"MODEL {args.model!r} is neither 'bundled', "
-                     "'minilm-sentiment' nor a checkpoint directory")
-    if not args.calibration:
-        parser.error("a checkpoint needs --calibration FILE (tokenised "
-                     "samples; see --help)")
-    import transformers
-
-    from lava_spiked.huggingface import convert
-    config = transformers.AutoConfig.from_pretrained(args.model,
-                                                     local_files_only=True)
-    kinds = [auto for arch in config.architectures or []
-             for end, auto in _HEADS.items() if arch.endswith(end)]
-    if not kinds:
-        parser.error(f"{args.model}: a {config.architectures} checkpoint; "
-                     "this command takes a model with a head (names ending "
-                     f"in {', '.join(_HEADS)}); for a bare model with a "
-                     "head of your own, call lava_spiked.huggingface."
-                     "convert(..., head=) and lava_spiked.export.save")
-    model = getattr(transformers, kinds[0]).from_pretrained(
-        args.model, local_files_only=True).eval()
-    with np.load(args.calibration) as f:
-        encodings = {k: f[k] for k in f.files}
-    if "input_ids" not in encodings:
-        parser.error(f"{args.calibration}: no input_ids (keys "
-                     f"{sorted(encodings)}); see --help")
-    return convert(model, encodings, length=encodings["input_ids"].shape[1],
-                   B=args.B, T=args.T)
-
-
-if __name__ == "__main__":
-    main()

@@ -26,7 +26,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import torch
 
-from lava_spiked.capture import Graph, evaluate
+from lava_spiked.capture import Graph, run_graph
 from lava_spiked.plan import STAGED
 from lava_spiked.progress import bar
 from lava_spiked.validation import check_batch
@@ -228,7 +228,7 @@ def _each_logits(graph: Graph, ops: ty.Dict[str, ty.Any], data: ty.Any,
             if op.key_mask and m is not None:
                 masked = masked | ~m[:, None, None, :]
             fn(op, z.reshape((-1,) + op.bias.shape), masked)
-        evaluate(graph, x, record, m)
+        run_graph(graph, x, record, m)
 
 
 def center_logits(graph: Graph, data: ty.Any, batch_size: int = 64,
@@ -352,7 +352,7 @@ def calibrate(graph: Graph, data: ty.Any, statistic: str = "max",
 
     for x, m in bar(_masked(data, attention_mask, shape, batch_size,
                             "calibration_data"), "calibrating", progress):
-        evaluate(graph, x, update, m)
+        run_graph(graph, x, update, m)
     per_neuron = {
         name: (v[0][0] if statistic == "max" else
                np.percentile(np.concatenate(v), percentile, axis=0))

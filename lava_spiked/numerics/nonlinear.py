@@ -25,9 +25,9 @@ LayerNorm (population kind ``'layernorm'``)
 
 This module holds the floating-point definitions (``floating_pt``, the
 engine's float mode and the float golden model) and the constants of the
-integer ones, which live in :mod:`lava_spiked.fixed`
-(:func:`~lava_spiked.fixed.activation`,
-:func:`~lava_spiked.fixed.layer_norm`). numpy only, no torch.
+integer ones, which live in :mod:`lava_spiked.numerics.fixed`
+(:func:`~lava_spiked.numerics.fixed.activation`,
+:func:`~lava_spiked.numerics.fixed.layer_norm`). numpy only, no torch.
 """
 import math
 import typing as ty
@@ -35,7 +35,7 @@ import typing as ty
 import numpy as np
 from scipy.special import erf
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 
 
 def _gelu(x):
@@ -135,7 +135,7 @@ def knot_table(fn: str, pre_scale: ty.Any, scale: ty.Any
     Returns
     -------
     knots : numpy.ndarray of int64
-        (rows, :data:`lava_spiked.fixed.KNOTS`).
+        (rows, :data:`lava_spiked.numerics.fixed.KNOTS`).
     row : numpy.ndarray of int64
         Knot row of every neuron, shaped like the broadcast scales.
     """
@@ -193,7 +193,7 @@ class NormConstants(ty.NamedTuple):
 
 def layer_norm_constants(n: int, eps: float, pre_scale: float,
                          scale: ty.Any) -> NormConstants:
-    """Constants of :func:`lava_spiked.fixed.layer_norm` for tokens of
+    """Constants of :func:`lava_spiked.numerics.fixed.layer_norm` for tokens of
     ``n`` channels, LayerNorm's ``eps``, the membrane scale ``sigma_pre``
     (one number) and the output scales ``sigma`` (per neuron).
 

@@ -31,7 +31,7 @@ class TokenBatchNorm(nn.Module):
         return self.bn(x.transpose(1, 2)).transpose(1, 2)
 
 
-class Attention(nn.Module):
+class SelfAttention(nn.Module):
     """Multi-head self-attention written out with q, k, v and proj."""
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -58,7 +58,7 @@ class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp: int) -> None:
         super().__init__()
         self.norm1 = TokenBatchNorm(dim)
-        self.attn = Attention(dim, heads)
+        self.attn = SelfAttention(dim, heads)
         self.norm2 = TokenBatchNorm(dim)
         self.fc1 = nn.Linear(dim, mlp)
         self.act = nn.ReLU()

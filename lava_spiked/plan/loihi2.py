@@ -19,7 +19,7 @@ and no synapse shift exceeds :data:`MAX_SHIFT`, so that one spike's
 current fits too. Residual sources that wait longer
 than 62 steps fit either way: Lava builds their delay as a chain of
 SpikeDelays of at most 62 steps each, and
-:func:`lava_spiked.export.resources` counts the relay neurons.
+:func:`lava_spiked.plan.resources.resources` counts the relay neurons.
 
 Sources of the limits (paths in lava-nc 0.10.0 / lava-dl 0.6.0):
 
@@ -52,9 +52,8 @@ import typing as ty
 
 import numpy as np
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 
-STATE_BITS = 24
 MAX_DELAY = 62
 DENSE_OUT_MAX = (1 << 15) - 1  # bit-accurate Dense/Sparse a_out: 16 bits
 FACTOR_MAX = (1 << 12) - 1
@@ -84,7 +83,7 @@ def check(plan: ty.Any) -> ty.List[Violation]:
     """Every quantity of ``plan`` (or a network's ``.plan``) outside the
     Loihi 2 conventions above, in layer order."""
     plan = getattr(plan, "plan", plan)
-    state_max = (1 << (STATE_BITS - 1)) - 1
+    state_max = (1 << (fixed.STATE_BITS - 1)) - 1
     gain0 = int(fixed.gain_table(plan.B, plan.T)[0])
     found = []
     # any 12-bit trace or gain table
@@ -114,7 +113,7 @@ def check(plan: ty.Any) -> ty.List[Violation]:
                 layer.name, f"window accumulator ({layer.acc_bits}-bit in "
                 "the PhaseNeuron)", current * g0, state_max))
         shifts = {int(e) for s in layer.synapses for e in s.shift}
-        if layer.acc_bits > STATE_BITS:
+        if layer.acc_bits > fixed.STATE_BITS:
             # the neuron scales the accumulator by 2**weight_exp
             exps = {layer.weight_exp + e for e in shifts}
             quantity = "weight exponent (neuron's plus the synapse's shift)"
@@ -139,7 +138,7 @@ def check(plan: ty.Any) -> ty.List[Violation]:
     for op in plan.attention:
         k, m = plan[op.x].shape[-1], plan[op.v].shape[-2]
         out_bits = plan[op.out].gain_bits
-        current = "int32" if op.acc_bits > STATE_BITS else "24-bit"
+        current = "int32" if op.acc_bits > fixed.STATE_BITS else "24-bit"
         for name, w, n, exp, trace, gain in (
                 (op.logits, op.qk, k, op.qk_exp, op.qk_bits, op.qk_bits),
                 (op.out, op.av, m, op.av_exp, op.v_bits, out_bits)):
@@ -158,7 +157,7 @@ def check(plan: ty.Any) -> ty.List[Violation]:
                     "PhaseNeuron)", bound, state_max))
             # conformant: the neuron shifts its 24-bit sum when the
             # window closes (saturating, counted), as for the layers
-            if op.acc_bits > STATE_BITS and not lo <= exp <= hi:
+            if op.acc_bits > fixed.STATE_BITS and not lo <= exp <= hi:
                 found.append(Violation(
                     name, "weight exponent (applied in the neuron)", exp,
                     hi if exp > hi else lo, certain=False))
@@ -172,8 +171,8 @@ def conform(plan: ty.Any) -> ty.Any:
     A layer whose largest per-step current is ``C`` (every source spiking
     at step 0, :func:`current_bound`) gets gains of
     ``b = min(11, floor(log2(STATE_MAX / C)))`` bits
-    (:func:`lava_spiked.fixed.layer_gains`: the 12-bit table rounded half
-    away from zero), so that no window, in any spike order, leaves 24 bits
+    (:func:`lava_spiked.numerics.fixed.layer_gains`: the 12-bit table rounded
+    half away from zero), so that no window, in any spike order, leaves 24 bits
     and every gain is a 12-bit factor (``2**b <= 2048``). The closed form
     is kept: the membrane is still ``W @ (sign * G[step])`` rounded once.
     The cost is the gains' rounding, at most half a unit of ``2**-b`` per
@@ -199,7 +198,7 @@ def conform(plan: ty.Any) -> ty.Any:
         (the neuron sums it whatever the connections).
     """
     layers = []
-    state_max = (1 << (STATE_BITS - 1)) - 1
+    state_max = (1 << (fixed.STATE_BITS - 1)) - 1
     for layer in plan.layers:
         if layer.synapses:
             layer = _cap_shifts(layer)
@@ -213,7 +212,7 @@ def conform(plan: ty.Any) -> ty.Any:
             bits = min(fixed.GAIN_FRAC_BITS - 1,
                        int(np.floor(np.log2(state_max / max(current, 1)))))
             layer = dataclasses.replace(layer, gain_bits=bits,
-                                        acc_bits=STATE_BITS)
+                                        acc_bits=fixed.STATE_BITS)
         layers.append(layer)
     attention, out_bits = [], {}
     for op in plan.attention:
@@ -224,9 +223,9 @@ def conform(plan: ty.Any) -> ty.Any:
         out_bits[op.out] = min(fixed.GAIN_FRAC_BITS - 1, av - t)
         attention.append(dataclasses.replace(
             op, qk_bits=min(fixed.GAIN_FRAC_BITS - 1, qk // 2), v_bits=t,
-            acc_bits=STATE_BITS, woss_bits=fixed.GAIN_FRAC_BITS - 1))
+            acc_bits=fixed.STATE_BITS, woss_bits=fixed.GAIN_FRAC_BITS - 1))
     layers = [dataclasses.replace(layer, gain_bits=out_bits[layer.name],
-                                  acc_bits=STATE_BITS)
+                                  acc_bits=fixed.STATE_BITS)
               if layer.name in out_bits else layer for layer in layers]
     return dataclasses.replace(plan, layers=layers, attention=attention)
 
@@ -255,7 +254,7 @@ def _cap_shifts(layer: ty.Any) -> ty.Any:
 def _product_bits(name: str, bound: int) -> int:
     """Bits that two factors of a product may share so that ``bound``
     times their product stays within 24 bits (at least 1 each)."""
-    bits = int(np.floor(np.log2(((1 << (STATE_BITS - 1)) - 1) /
+    bits = int(np.floor(np.log2(((1 << (fixed.STATE_BITS - 1)) - 1) /
                                 max(bound, 1))))
     if bits < 2:
         raise ValueError(

@@ -1,26 +1,27 @@
 """The window-close stages (activation, LayerNorm) as torch ops, for the
 engine: on its device, and traceable by ``torch.compile``.
 
-The numpy functions of :mod:`lava_spiked.fixed`
-(:func:`~lava_spiked.fixed.activation`, :func:`~lava_spiked.fixed.layer_norm`)
-and :mod:`lava_spiked.nonlinear` stay the one definition the Plan names and
-the golden models run; these repeat them step for step in int64 (fixed
-mode: bit for bit, tested exhaustively and by hypothesis) and float64
-(float mode: up to the last bits of erf, exp and sqrt, which are the
-library's to round).
+The numpy functions of :mod:`lava_spiked.numerics.fixed`
+(:func:`~lava_spiked.numerics.fixed.activation`,
+:func:`~lava_spiked.numerics.fixed.layer_norm`) and
+:mod:`lava_spiked.numerics.nonlinear` stay the one definition the Plan names
+and the golden models run; these repeat them step for step in int64 (fixed
+mode: bit for bit, tested exhaustively and by hypothesis) and float64 (float
+mode: up to the last bits of erf, exp and sqrt, which are the library's to
+round).
 """
 import typing as ty
 
 import torch
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 
 _ONE = 1 << fixed.STATE_FRAC_BITS
 
 
 def round_shift(x: torch.Tensor, n: int) -> torch.Tensor:
     """``x / 2**n`` rounded half away from zero (int64;
-    :func:`lava_spiked.fixed.round_shift`)."""
+    :func:`lava_spiked.numerics.fixed.round_shift`)."""
     if n <= 0:
         return x << -n
     return torch.sign(x) * ((x.abs() + (1 << (n - 1))) >> n)
@@ -28,7 +29,7 @@ def round_shift(x: torch.Tensor, n: int) -> torch.Tensor:
 
 def activation_fixed(v: torch.Tensor, flat_knots: torch.Tensor,
                      row_base: torch.Tensor) -> torch.Tensor:
-    """:func:`lava_spiked.fixed.activation` of int64 membranes ``v``
+    """:func:`lava_spiked.numerics.fixed.activation` of int64 membranes ``v``
     (..., size): ``flat_knots`` the knot table raveled (int64),
     ``row_base`` each neuron's row times ``fixed.KNOTS`` (int64, size)."""
     u = v.clamp(-_ONE, _ONE) + _ONE
@@ -42,7 +43,7 @@ def activation_fixed(v: torch.Tensor, flat_knots: torch.Tensor,
 
 def _bit_length(x: torch.Tensor) -> torch.Tensor:
     """Bits of positive int64 ``x`` (the float estimate corrected both
-    ways, as :func:`lava_spiked.fixed._bit_length`)."""
+    ways, as :func:`lava_spiked.numerics.fixed._bit_length`)."""
     b = torch.floor(torch.log2(x.double())).long() + 1
     b = b - ((x >> (b - 1).clamp(min=0)) == 0).long()
     return b + ((x >> b.clamp(max=62)) != 0).long()
@@ -57,8 +58,8 @@ def isqrt(x: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("lava_spiked::inverse_sqrt", mutates_args=())
 def inverse_sqrt(d: torch.Tensor) -> ty.Tuple[torch.Tensor, torch.Tensor]:
-    """Steps 3 and 4 of :func:`lava_spiked.fixed.layer_norm` for the int64
-    sums ``d >= 1`` of each token: ``r = round(2**47 / isqrt(d * 2**k))``
+    """Steps 3 and 4 of :func:`lava_spiked.numerics.fixed.layer_norm` for the
+    int64 sums ``d >= 1`` of each token: ``r = round(2**47 / isqrt(d * 2**k))``
     (24 bits, ``k`` even with ``d * 2**k`` in ``[2**46, 2**48)``) and the
     shift ``24 + MEAN_FRAC_BITS - k / 2`` that scales ``cf * r``.
 
@@ -81,7 +82,7 @@ def _(d: torch.Tensor) -> ty.Tuple[torch.Tensor, torch.Tensor]:
 def layer_norm_fixed(v: torch.Tensor, eps_state: int, gain: torch.Tensor,
                      gain_shift: int
                      ) -> ty.Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`lava_spiked.fixed.layer_norm` of int64 membranes ``v``
+    """:func:`lava_spiked.numerics.fixed.layer_norm` of int64 membranes ``v``
     (..., n) with int64 ``gain`` (n,) or broadcastable: the outputs and
     the saturated elements per token."""
     n = v.shape[-1]
@@ -103,7 +104,7 @@ def layer_norm_fixed(v: torch.Tensor, eps_state: int, gain: torch.Tensor,
     return clipped, (clipped != out).sum(-1)
 
 
-#: The activation stages of :data:`lava_spiked.nonlinear.ACTIVATIONS`
+#: The activation stages of :data:`lava_spiked.numerics.nonlinear.ACTIVATIONS`
 FLOAT = {
     "gelu": torch.nn.functional.gelu,
     "gelu_tanh": lambda a: torch.nn.functional.gelu(a, approximate="tanh"),
@@ -115,13 +116,13 @@ FLOAT = {
 
 def activation_float(v: torch.Tensor, fn: str, pre_scale: torch.Tensor,
                      scale: torch.Tensor) -> torch.Tensor:
-    """:func:`lava_spiked.nonlinear.activation_float` in float64."""
+    """:func:`lava_spiked.numerics.nonlinear.activation_float` in float64."""
     return FLOAT[fn](v.clamp(-1.0, 1.0) * pre_scale) / scale
 
 
 def layer_norm_float(v: torch.Tensor, eps_norm: float,
                      scale: torch.Tensor) -> torch.Tensor:
-    """:func:`lava_spiked.nonlinear.layer_norm_float` in float64."""
+    """:func:`lava_spiked.numerics.nonlinear.layer_norm_float` in float64."""
     c = v - v.mean(-1, keepdim=True)
     d = (c * c).mean(-1, keepdim=True) + eps_norm
     safe = torch.where(d > 0, d, torch.ones_like(d))

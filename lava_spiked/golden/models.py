@@ -3,10 +3,11 @@
 :func:`golden_float` is the closed form of the ``floating_pt`` models: Q of
 each layer's integrated input and the closed-form WOSS attention.
 :func:`golden_fixed` runs the integer functions of
-:mod:`lava_spiked.fixed` step by step over each window, as the ``fixed_pt``
-models do: :func:`lava_spiked.fixed.integrate_layer` per layer and
-:func:`lava_spiked.attention.attention_fixed` per attention. Both read the
-Plan only, and return every layer's spikes besides the readout.
+:mod:`lava_spiked.numerics.fixed` step by step over each window, as the
+``fixed_pt`` models do: :func:`lava_spiked.numerics.fixed.integrate_layer` per
+layer and :func:`lava_spiked.golden.attention.attention_fixed` per
+attention. Both read the Plan only, and return every layer's spikes besides
+the readout.
 
 Clipping
 --------
@@ -45,8 +46,8 @@ import warnings
 
 import numpy as np
 
-from lava_spiked import fixed, nonlinear, phase
-from lava_spiked.attention import attention_fixed, attention_float
+from lava_spiked.numerics import fixed, nonlinear, phase
+from lava_spiked.golden.attention import attention_fixed, attention_float
 from lava_spiked.plan import ActivationStage, Layer, Plan
 
 #: Clipped fraction (clipped neurons / (neurons x samples)) of a population

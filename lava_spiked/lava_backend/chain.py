@@ -17,7 +17,8 @@ import typing as ty
 
 import numpy as np
 
-from lava_spiked import fixed, golden, phase
+from lava_spiked.golden.models import golden_fixed, golden_float
+from lava_spiked.numerics import fixed, phase
 from lava_spiked.plan import Layer, Plan, Synapse, Window
 from lava_spiked.validation import (check_base, check_finite, check_scale,
                                     check_steps)
@@ -151,10 +152,11 @@ class PhaseChain:
         if tag not in TAGS:
             raise ValueError(f"tag must be one of {TAGS}, got {tag!r}")
         x = self._check(x)
-        from lava_spiked import lava_build
-        net = lava_build._LavaNetwork(self.plan, tag, record=True)
+        from lava_spiked.lava_backend.imports import Loihi2SimCfg
+        from lava_spiked.lava_backend.runs import LavaNetwork
+        net = LavaNetwork(self.plan, tag, record=True)
         try:
-            state = net.infer_one(x, lava_build.Loihi2SimCfg(select_tag=tag))
+            state = net.infer_one(x, Loihi2SimCfg(select_tag=tag))
             spikes = net.read_probes()
             saturated = net.check_counts()
         finally:
@@ -163,14 +165,15 @@ class PhaseChain:
 
     def golden_float(self, x: ty.Any) -> ChainResult:
         """Closed form of docs/semantics.md
-        (:func:`lava_spiked.golden.golden_float`)."""
-        res = golden.golden_float(self.plan, self._check(x))
+        (:func:`lava_spiked.golden.models.golden_float`)."""
+        res = golden_float(self.plan, self._check(x))
         return self._result(res.spikes, res.state, res.saturated)
 
     def golden_fixed(self, x: ty.Any) -> ChainResult:
-        """Integer golden model (:func:`lava_spiked.golden.golden_fixed`).
+        """Integer golden model
+        (:func:`lava_spiked.golden.models.golden_fixed`).
         """
-        res = golden.golden_fixed(self.plan, self._check(x))
+        res = golden_fixed(self.plan, self._check(x))
         return self._result(res.spikes, res.state, res.saturated)
 
     def _check(self, x: ty.Any) -> np.ndarray:

@@ -19,7 +19,7 @@ accumulator
     (:func:`close_window`). One rounding per layer keeps the membrane a
     function of ``W @ (sign * G[step])``, which a batched engine computes
     with one matrix product. A Loihi 2 conformant layer
-    (:func:`lava_spiked.loihi2.conform`) sums in 24 bits with gains of
+    (:func:`lava_spiked.plan.loihi2.conform`) sums in 24 bits with gains of
     fewer bits (:func:`layer_gains`), chosen so that no window can
     saturate it.
 weights
@@ -51,7 +51,7 @@ import typing as ty
 
 import numpy as np
 
-from lava_spiked.phase import threshold_factor
+from lava_spiked.numerics.phase import threshold_factor
 from lava_spiked.validation import check_base, check_finite, check_steps
 
 STATE_BITS = 24
@@ -370,8 +370,8 @@ def activation(v: ty.Any, knots: np.ndarray,
     2**KNOT_SHIFT``, and the result (state units of ``sigma``) is
     ``y_i + round_shift((y_{i+1} - y_i) * offset, KNOT_SHIFT)``, exact
     integers throughout. ``knots`` and each neuron's ``row`` of it come
-    from :func:`lava_spiked.nonlinear.knot_table`; the error bound is
-    :func:`lava_spiked.nonlinear.activation_error_bound`.
+    from :func:`lava_spiked.numerics.nonlinear.knot_table`; the error bound is
+    :func:`lava_spiked.numerics.nonlinear.activation_error_bound`.
 
     Returns the values and the number of saturated elements (always 0: the
     knots are saturated when they are made, and interpolation stays
@@ -430,7 +430,8 @@ def layer_norm(v: ty.Any, eps_state: int, gain: ty.Any,
        units of 2**-23 (``|z| <= sqrt(n)``);
     5. ``out = round(u * gain * 2**-(gain_shift + 7))``: ``z / sigma`` in
        state units, ``gain = round(sqrt(n) / sigma * 2**gain_shift)``
-       (:func:`lava_spiked.nonlinear.layer_norm_constants`), saturated.
+       (:func:`lava_spiked.numerics.nonlinear.layer_norm_constants`),
+       saturated.
 
     Each rounding is relative 2**-23 or finer, so ``|out - exact| <= 1 +
     |exact| * 2**-20`` (tested). A token with ``D = 0`` (all equal,
