@@ -208,6 +208,7 @@ def test_export_cli_converts_a_checkpoint_directory(tokenizer, tmp_path,
     Python; a bare BertModel checkpoint and a missing calibration file
     are refused with what to do instead."""
     from lava_spiked import export
+    from lava_spiked.export.__main__ import main as export_main
 
     model = _classifier().float()
     model.save_pretrained(tmp_path / "ckpt")
@@ -215,7 +216,7 @@ def test_export_cli_converts_a_checkpoint_directory(tokenizer, tmp_path,
                     truncation=True, return_tensors="np")
     np.savez(tmp_path / "cal.npz", **cal)
     out = tmp_path / "bert.h5"
-    export.main([str(tmp_path / "ckpt"), str(out), "--calibration",
+    export_main([str(tmp_path / "ckpt"), str(out), "--calibration",
                  str(tmp_path / "cal.npz"), "--T", "16", "--B", "1.4"])
     assert "neurons" in capsys.readouterr().out
     want = convert(model, cal, length=16, T=16, B=1.4, progress=False)
@@ -227,11 +228,11 @@ def test_export_cli_converts_a_checkpoint_directory(tokenizer, tmp_path,
         Engine(want, "fixed")(hidden, attention_mask=mask,
                               warn=False).logits.numpy())
     with pytest.raises(SystemExit):
-        export.main([str(tmp_path / "ckpt"), str(out)])
+        export_main([str(tmp_path / "ckpt"), str(out)])
     assert "needs --calibration" in capsys.readouterr().err
     transformers.BertModel(_config()).save_pretrained(tmp_path / "bare")
     with pytest.raises(SystemExit):
-        export.main([str(tmp_path / "bare"), str(out), "--calibration",
+        export_main([str(tmp_path / "bare"), str(out), "--calibration",
                      str(tmp_path / "cal.npz")])
     assert "names ending in ForSequenceClassification" in \
         capsys.readouterr().err

@@ -78,14 +78,15 @@ def test_hand_checked_chain_counts_alike_everywhere():
 
 
 @pytest.fixture(scope="module")
-def bundled():
+def bundled_splits():
     splits = digits_splits()
     net = convert(load_default(), splits["calibration"][0], progress=False)
     return net, splits["calibration"][0], splits["test"][0]
 
 
-def test_inputs_beyond_calibration_warn_and_lava_equals_the_engine(bundled):
-    net, calib, test = bundled
+def test_inputs_beyond_calibration_warn_and_lava_equals_the_engine(
+        bundled_splits):
+    net, calib, test = bundled_splits
     loud = calib[:2] * 20.0
     sizes = clip_sizes(net.plan)
     with net:
@@ -103,8 +104,8 @@ def test_inputs_beyond_calibration_warn_and_lava_equals_the_engine(bundled):
         Engine(net, "float")(loud, record=False)
 
 
-def test_ordinary_data_does_not_warn(bundled):
-    net, calib, test = bundled
+def test_ordinary_data_does_not_warn(bundled_splits):
+    net, calib, test = bundled_splits
     sizes = clip_sizes(net.plan)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -122,11 +123,12 @@ def test_ordinary_data_does_not_warn(bundled):
     assert net.clipped == {k: int(v.sum()) for k, v in res.clipped.items()}
 
 
-def test_golden_models_count_attention_clipping_like_the_engine(bundled):
+def test_golden_models_count_attention_clipping_like_the_engine(
+        bundled_splits):
     """Logit and attention-output membranes (which the attention golden
     models return) clip per sample as the engine counts them, in range and
     at 20x the calibration range."""
-    net, calib, test = bundled
+    net, calib, test = bundled_splits
     x = np.concatenate([test[:4], calib[:2] * 20])
     for mode, model in (("fixed", golden_fixed),
                         ("float", golden_float)):

@@ -10,12 +10,12 @@ from lava.proc.io.sink import RingBuffer
 from conftest import TAGS, lava_children
 from lava_spiked import convert
 from lava_spiked.bundled.digits_vit import DigitsViT
-from test_convert import EncoderLayer, MHABlock, _randomize_norms
+from toy_models import EncoderLayer, MHABlock, randomize_norms
 
 
 def _digits_vit():
     torch.manual_seed(1)
-    model = _randomize_norms(DigitsViT(dim=8, heads=2, mlp=16), seed=1)
+    model = randomize_norms(DigitsViT(dim=8, heads=2, mlp=16), seed=1)
     data = np.random.default_rng(0).uniform(0, 1, (34, 1, 8, 8))
     return convert(model, data[:32].astype(np.float32), T=10, B=1.3,
                    progress=False), data[32:]
@@ -23,7 +23,7 @@ def _digits_vit():
 
 def _encoder():
     torch.manual_seed(2)
-    model = _randomize_norms(EncoderLayer(norm_first=True), seed=2).eval()
+    model = randomize_norms(EncoderLayer(norm_first=True), seed=2).eval()
     data = np.random.default_rng(1).normal(0, 1, (34, 5, 8))
     return convert(model, data[:32].astype(np.float32), T=10, B=1.3,
                    progress=False), data[32:]
