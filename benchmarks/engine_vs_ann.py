@@ -70,9 +70,9 @@ import torch
 from torch import nn
 
 from lava_spiked import convert
-from lava_spiked.engine import Engine, keep_freed_memory
 from lava_spiked.bundled.digits_vit import (TokenBatchNorm, digits_splits,
                                             load_default)
+from lava_spiked.engine import Engine, keep_freed_memory
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from lava_spiked import Engine, convert
-from lava_spiked.plan import loihi2
 from lava_spiked.bundled.digits_vit import digits_splits, load_default
+from lava_spiked.plan import loihi2
 
 OUT = pathlib.Path(__file__).parent / "results" / "loihi2_fidelity.md"
 CHUNK = 100

@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from lava_spiked import convert
-from lava_spiked.plan import loihi2
-from lava_spiked.plan.resources import resources
 from lava_spiked.bundled.digits_vit import digits_splits, load_default
 from lava_spiked.bundled.text_data import convert_minilm
+from lava_spiked.plan import loihi2
+from lava_spiked.plan.resources import resources
 
 OUT = pathlib.Path(__file__).parent / "results" / "loihi2_resources.md"
 T, B = 40, 1.15

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from lava_spiked import Engine
-from lava_spiked.numerics import phase
-from lava_spiked.capture import run_graph
-from lava_spiked.energy import energy
-from lava_spiked.numerics.fixed import usable_steps
-from lava_spiked.huggingface import embed
 from lava_spiked.bundled.text_data import (MAX_LENGTH, convert_minilm,
                                            load_minilm, sentiment_head, tweets)
+from lava_spiked.capture import run_graph
+from lava_spiked.energy import energy
+from lava_spiked.huggingface import embed
+from lava_spiked.numerics import phase
+from lava_spiked.numerics.fixed import usable_steps
 
 GRID = [(T, B) for T in (16, 24, 40) for B in (1.1, 1.15, 1.2, 1.4)]
 OUT = pathlib.Path(__file__).parent / "results"

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from lava.magma.core.run_configs import Loihi2SimCfg
 
-from lava_spiked.bundled.digits_vit import digits_splits, load_default
 from lava_spiked import convert
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
 from lava_spiked.validation import (check_base, check_count, check_steps,
                                     cli_type)
 

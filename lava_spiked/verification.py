@@ -25,9 +25,9 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked.numerics import phase
 from lava_spiked.capture import run_graph
 from lava_spiked.engine import Engine
+from lava_spiked.numerics import phase
 from lava_spiked.progress import bar
 from lava_spiked.validation import check_batch, check_count
 

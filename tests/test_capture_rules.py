@@ -15,8 +15,8 @@ from torch import nn
 
 from lava_spiked.capture import (RULES, UnsupportedModelError, capture,
                                  run_graph, export_program)
-from lava_spiked.numerics import nonlinear
 from lava_spiked.capture.frontend import op_name
+from lava_spiked.numerics import nonlinear
 
 
 class Wrap(nn.Module):

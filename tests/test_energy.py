@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from lava_spiked.conversion import convert
 from lava_spiked.energy import E_AC, E_MAC, energy, mean_report
 from lava_spiked.engine import Engine
-from lava_spiked.conversion import convert
 
 
 def test_energy_counts_by_hand():

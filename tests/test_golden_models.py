@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from lava.magma.core.run_configs import Loihi2SimCfg
 
-from lava_spiked.lava_backend.chain import PhaseChain
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
 from lava_spiked.conversion import convert
 from lava_spiked.engine import Engine
 from lava_spiked.golden.models import (CLIP_WARN_FRACTION, clip_sizes,
                                        golden_fixed, golden_float)
-from lava_spiked.bundled.digits_vit import digits_splits, load_default
+from lava_spiked.lava_backend.chain import PhaseChain
 from lava_spiked.network import SpikingNetwork
 
 MODES = {"fixed_pt": "fixed", "floating_pt": "float"}

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from lava_spiked import Engine, UnsupportedModelError
+from lava_spiked.bundled.text_data import load_minilm
 from lava_spiked.capture import run_graph
 from lava_spiked.huggingface import convert, convert_bert, embed
-from lava_spiked.bundled.text_data import load_minilm
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import TAGS, lava_children
-from lava_spiked.numerics import phase
-from lava_spiked.lava_backend.self_attention import SpikingSelfAttention
 from lava_spiked.golden.attention import softmax_attention
+from lava_spiked.lava_backend.self_attention import SpikingSelfAttention
+from lava_spiked.numerics import phase
 from lava_spiked.processes import (NormalizedPhaseNeuron, TraceMatMul,
                                    WOSSSoftmax)
 

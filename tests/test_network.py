@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from lava_spiked.engine import Engine
 from lava_spiked.conversion import convert
+from lava_spiked.engine import Engine
 
 
 def test_recode_lowers_the_same_calibration_anew():

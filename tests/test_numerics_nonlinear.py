@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lava_spiked import Engine, convert
-from lava_spiked.numerics import fixed, nonlinear, phase
 from lava_spiked.golden.models import golden_float
+from lava_spiked.numerics import fixed, nonlinear, phase
 
 TORCH = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
          "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}

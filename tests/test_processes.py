@@ -13,8 +13,8 @@ from lava.proc.io.sink import RingBuffer
 from lava.utils.weightutils import SignMode
 
 from conftest import TAGS, lava_children, run
-from lava_spiked.numerics import fixed, phase
 from lava_spiked.lava_backend.chain import PhaseChain
+from lava_spiked.numerics import fixed, phase
 from lava_spiked.processes import PhaseEncoder, PhaseNeuron, SpikeDelay
 
 

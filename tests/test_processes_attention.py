@@ -5,8 +5,8 @@ import pytest
 from lava.proc.io.sink import RingBuffer
 
 from conftest import TAGS, run
-from lava_spiked.numerics import fixed, phase
 from lava_spiked.golden.attention import woss, woss_fixed
+from lava_spiked.numerics import fixed, phase
 from lava_spiked.processes import (NormalizedPhaseNeuron, PhaseEncoder,
                                    PhaseNeuron, TraceMatMul, WOSSSoftmax)
 

@@ -45,7 +45,7 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
                         default=1.15)
     parser.add_argument("--target", choices=TARGETS, default="lava",
                         help="integer formats: Lava's, or conformant to "
-                        "Loihi 2 (lava_spiked.loihi2.conform)")
+                        "Loihi 2 (lava_spiked.plan.loihi2.conform)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse to write a Plan that does not fit "
                         "Loihi 2")
@@ -65,11 +65,11 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
         parser.error("give MODEL and OUT.h5, or --report FILE")
     if args.model == "bundled":
         from lava_spiked.conversion import convert
-        from lava_spiked.models import digits_splits, load_default
+        from lava_spiked.bundled.digits_vit import digits_splits, load_default
         net = convert(load_default(), digits_splits()["calibration"][0],
                       B=args.B, T=args.T)
     elif args.model == "minilm-sentiment":
-        from lava_spiked.text_data import convert_minilm
+        from lava_spiked.bundled.text_data import convert_minilm
         net = convert_minilm(B=args.B, T=args.T)
     else:
         net = _convert_checkpoint(parser, args)

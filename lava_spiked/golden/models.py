@@ -46,8 +46,8 @@ import warnings
 
 import numpy as np
 
-from lava_spiked.numerics import fixed, nonlinear, phase
 from lava_spiked.golden.attention import attention_fixed, attention_float
+from lava_spiked.numerics import fixed, nonlinear, phase
 from lava_spiked.plan import ActivationStage, Layer, Plan
 
 #: Clipped fraction (clipped neurons / (neurons x samples)) of a population

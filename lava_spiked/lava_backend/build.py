@@ -16,9 +16,9 @@ from lava_spiked.lava_backend.imports import (
     PhaseEncoder, PhaseNeuron, RingBuffer, SignMode, Sparse, SpikeDelay,
     SpikingBlock, TraceMatMul, WOSSSoftmax, connect)
 from lava_spiked.numerics import fixed
-from lava_spiked.plan.loihi2 import MAX_DELAY, connections
 from lava_spiked.plan import (ActivationStage, Layer, LoweredAttention,
                               NormStage, Plan, Synapse)
+from lava_spiked.plan.loihi2 import MAX_DELAY, connections
 
 
 def sparse_weights(syn: Synapse, dst_size: int,

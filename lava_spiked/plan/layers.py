@@ -128,11 +128,12 @@ class ActivationStage:
     Attributes
     ----------
     fn : str
-        A key of :data:`lava_spiked.nonlinear.ACTIVATIONS`.
+        A key of :data:`lava_spiked.numerics.nonlinear.ACTIVATIONS`.
     pre_scale : numpy.ndarray
         Scale of the membrane (the pre-activation), per neuron.
     knots : numpy.ndarray of int64
-        (rows, KNOTS) integer knots (:func:`lava_spiked.nonlinear.knot_table`).
+        (rows, KNOTS) integer knots
+        (:func:`lava_spiked.numerics.nonlinear.knot_table`).
     row : numpy.ndarray of int64
         Knot row of every neuron.
     """
@@ -155,7 +156,8 @@ class NormStage:
     eps : float
         LayerNorm's eps (real units).
     eps_state, gain, gain_shift
-        Integer constants (:func:`lava_spiked.nonlinear.layer_norm_constants`).
+        Integer constants
+        (:func:`lava_spiked.numerics.nonlinear.layer_norm_constants`).
     """
 
     pre_scale: float
@@ -195,9 +197,9 @@ class Layer:
         :data:`MASK`) never fire.
     gain_bits, acc_bits : int
         ``fixed_pt``: bits of the integration gains
-        (:func:`lava_spiked.fixed.layer_gains`) and of the dendritic
+        (:func:`lava_spiked.numerics.fixed.layer_gains`) and of the dendritic
         accumulator; 12 and 48 unless the Plan was lowered for Loihi 2
-        (:func:`lava_spiked.loihi2.conform`).
+        (:func:`lava_spiked.plan.loihi2.conform`).
     """
 
     name: str
@@ -247,7 +249,7 @@ class LoweredAttention:
     gains are the output layer's ``gain_bits``); the WOSS softmax decodes
     logit spikes with a ``woss_bits`` trace table. 12, 12, 48 and 12
     unless the Plan was lowered for Loihi 2
-    (:func:`lava_spiked.loihi2.conform`).
+    (:func:`lava_spiked.plan.loihi2.conform`).
     """
 
     x: str

@@ -26,12 +26,12 @@ def lower(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], B: float,
     graph : lava_spiked.capture.Graph
         Populations with real-unit synapses.
     sigmas : dict
-        From :func:`lava_spiked.calibrate.calibrate`.
+        From :func:`lava_spiked.calibration.calibrate`.
     B, T : float, int
         Base and window length of the phase code.
     target : {'lava', 'loihi2'}
         ``'loihi2'``: conformant integer formats where they exist
-        (:func:`lava_spiked.loihi2.conform`).
+        (:func:`lava_spiked.plan.loihi2.conform`).
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
