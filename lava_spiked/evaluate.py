@@ -165,8 +165,8 @@ def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
     names = [p.name for p in net.graph.populations if p.kind != "readout"]
     names += [op.logits for op in net.graph.attention]
     ann: dict = {}
-    capture.evaluate(net.graph, torch.from_numpy(x),
-                     lambda name, v: ann.__setitem__(name, v.numpy()))
+    capture.run_graph(net.graph, torch.from_numpy(x),
+                      lambda name, v: ann.__setitem__(name, v.numpy()))
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8))
     for ax, key in zip(np.atleast_1d(axes), names):
         snn = phase.decode(result.steps[key].cpu().numpy(),
