@@ -24,8 +24,9 @@ import time
 
 import numpy as np
 
-from lava_spiked import phase
-from lava_spiked.attention import SpikingSelfAttention, softmax_attention
+from lava_spiked.golden.attention import softmax_attention
+from lava_spiked.lava_backend.self_attention import SpikingSelfAttention
+from lava_spiked.numerics import phase
 
 HERE = pathlib.Path(__file__).resolve().parent
 H, N, D = 4, 16, 16

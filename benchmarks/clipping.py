@@ -14,9 +14,9 @@ import platform
 import time
 
 from lava_spiked import convert
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
 from lava_spiked.engine import Engine
-from lava_spiked.golden import CLIP_WARN_FRACTION, clip_sizes
-from lava_spiked.models import digits_splits, load_default
+from lava_spiked.golden.models import CLIP_WARN_FRACTION, clip_sizes
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -247,7 +247,7 @@ def nbytes(obj, seen=None) -> int:
 def worker(name: str, cfg: dict, repeats: int, profile: bool) -> dict:
     import torch
 
-    from lava_spiked.calibrate import absorb_masks, calibrate
+    from lava_spiked.calibration import absorb_masks, calibrate
     from lava_spiked.capture import capture
     from lava_spiked.engine import Engine
     from lava_spiked.network import SpikingNetwork

@@ -74,8 +74,9 @@ import torch
 from torch import nn
 
 from lava_spiked import convert
+from lava_spiked.bundled.digits_vit import (TokenBatchNorm, digits_splits,
+                                            load_default)
 from lava_spiked.engine import Engine, keep_freed_memory
-from lava_spiked.models import TokenBatchNorm, digits_splits, load_default
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -127,8 +128,9 @@ def minilm():
     shipped head), converted on its calibration tweets; the ANN and the
     engine inputs of a batch of test tweets (padded to 64 tokens)."""
     from lava_spiked.huggingface import embed
-    from lava_spiked.text_data import (MAX_LENGTH, convert_minilm,
-                                       load_minilm, sentiment_head, tweets)
+    from lava_spiked.bundled.text_data import (MAX_LENGTH, convert_minilm,
+                                               load_minilm, sentiment_head,
+                                               tweets)
 
     model, tok = load_minilm()
     head = sentiment_head()

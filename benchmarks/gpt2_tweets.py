@@ -3,9 +3,9 @@ agreement and greedy generation, ANN against SNN.
 
 The model is a stock ``transformers.GPT2LMHeadModel`` (4 layers, d = 128,
 4 heads, 64 positions) trained here on the training split of the bundled
-tweet corpus (``lava_spiked.text_data.tweets``), one character per token;
-the checkpoint is kept in ``benchmarks/results/gpt2_tweets.pt`` and trained
-again only with ``--train``. Converted with
+tweet corpus (``lava_spiked.bundled.text_data.tweets``), one character per
+token; the checkpoint is kept in ``benchmarks/results/gpt2_tweets.pt`` and
+trained again only with ``--train``. Converted with
 :func:`lava_spiked.huggingface.convert` on calibration tweets, it is
 measured on the first 64 characters of held-out test tweets:
 
@@ -133,13 +133,13 @@ def stage_errors(net, hidden, mask):
     unmasked logits only), over texts of full length, in graph order:
     kind -> error."""
     from lava_spiked import Engine
-    from lava_spiked.capture import evaluate
+    from lava_spiked.capture import run_graph
 
     exact = {}
-    evaluate(net.graph, torch.from_numpy(hidden), lambda name, v:
-             exact.__setitem__(name, v.numpy()),
-             torch.from_numpy(mask))
-    from lava_spiked import phase
+    run_graph(net.graph, torch.from_numpy(hidden), lambda name, v:
+              exact.__setitem__(name, v.numpy()),
+              torch.from_numpy(mask))
+    from lava_spiked.numerics import phase
 
     result = Engine(net, "fixed")(hidden, attention_mask=mask, warn=False)
     plan = net.plan
@@ -179,7 +179,7 @@ def main(argv=None):
 
     from lava_spiked import Engine
     from lava_spiked.huggingface import convert, embed, generate
-    from lava_spiked.text_data import tweets
+    from lava_spiked.bundled.text_data import tweets
 
     torch.set_num_threads(2)
     train_texts, _ = tweets("train")
@@ -279,7 +279,7 @@ def lava_check(model, chars, cal_texts, test_texts, args, heading):
     with the model converted for exactly the prompt and those characters
     (each Lava run costs time in proportion to the network's length)."""
     from lava_spiked.huggingface import convert, generate
-    from lava_spiked.lava_build import Loihi2SimCfg
+    from lava_spiked.lava_backend.imports import Loihi2SimCfg
 
     length = PROMPT + NEW
     net = convert(model, chars.encode(cal_texts[:args.calibration], length),

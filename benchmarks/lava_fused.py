@@ -44,7 +44,7 @@ MODES = {"fused": {}, "neuron level": {"select_sub_proc_model": True}}
 
 def bundled():
     """(network, samples, masks) of the bundled ViT; 21 test digits."""
-    from lava_spiked.models import digits_splits, load_default
+    from lava_spiked.bundled.digits_vit import digits_splits, load_default
     splits = digits_splits()
     net = convert(load_default(), splits["calibration"][0], T=40, B=1.15,
                   progress=False)
@@ -55,7 +55,7 @@ def two_blocks():
     """(network, samples, masks) of a random 2-layer nn.TransformerEncoder."""
     from torch import nn
 
-    from lava_spiked.models import TokenBatchNorm
+    from lava_spiked.bundled.digits_vit import TokenBatchNorm
 
     class Encoder(nn.Module):
         def __init__(self):
@@ -84,8 +84,8 @@ def two_blocks():
 def minilm_layer():
     """(network, samples, masks) of MiniLM's first layer and 3 tweets."""
     from lava_spiked.huggingface import embed
-    from lava_spiked.text_data import (MAX_LENGTH, convert_minilm,
-                                       load_minilm, tweets)
+    from lava_spiked.bundled.text_data import (MAX_LENGTH, convert_minilm,
+                                               load_minilm, tweets)
     model, tokenizer = load_minilm()
     model.encoder.layer = model.encoder.layer[:1]
     net = convert_minilm(model, tokenizer, T=40, B=1.2, progress=False)

@@ -44,18 +44,18 @@ def build(network: str, tag: str):
 
     rng = np.random.default_rng(0)
     if network == "chain":
-        from lava_spiked.chain import PhaseChain
+        from lava_spiked.lava_backend.chain import PhaseChain
         width, layers = 64, 4
         ws = [rng.normal(0, 1 / np.sqrt(width), (width, width))
               for _ in range(layers)]
         chain = PhaseChain(ws, [0.0] * layers, [1.0] * (layers + 1), B, 40,
                            unipolar=[False] * (layers - 1))
-        from lava_spiked.lava_build import _LavaNetwork
-        lava = _LavaNetwork(chain.plan, tag, record=False)
+        from lava_spiked.lava_backend.runs import LavaNetwork
+        lava = LavaNetwork(chain.plan, tag, record=False)
         lava.encoder.data.init = rng.uniform(-1, 1, width)
         return lava.encoder, chain.plan.num_steps
     if network == "vit":
-        from lava_spiked.models import digits_splits, load_default
+        from lava_spiked.bundled.digits_vit import digits_splits, load_default
         from lava_spiked import convert
         splits = digits_splits()
         net = convert(load_default(), splits["calibration"][0],
@@ -63,7 +63,7 @@ def build(network: str, tag: str):
         lava = net.lava(tag)
         lava.encoder.data.init = splits["test"][0][0]
         return lava.encoder, net.num_steps
-    from lava_spiked.attention import SpikingSelfAttention
+    from lava_spiked.lava_backend.self_attention import SpikingSelfAttention
     q, k, v = (rng.normal(0, 1, (4, 16, 16)) for _ in range(3))
     att = SpikingSelfAttention(
         heads=4, tokens=16, head_dim=16, B=B, T=16, start=0,

@@ -23,8 +23,8 @@ import time
 import numpy as np
 
 from lava_spiked import convert
-from lava_spiked.lava_build import Loihi2SimCfg
-from lava_spiked.models import digits_splits, load_default
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
+from lava_spiked.lava_backend.imports import Loihi2SimCfg
 
 OUT = pathlib.Path(__file__).parent / "results" / "lava_streaming.md"
 

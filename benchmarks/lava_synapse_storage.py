@@ -6,7 +6,7 @@ hold it as
 
 - dense:  ``Dense`` with the block-diagonal (N*C, N*K) ndarray (N copies),
 - sparse: ``Sparse`` with the block-diagonal csr (N copies; what
-  lava_spiked.lava_build builds today),
+  lava_spiked.lava_backend.lifecycle builds today),
 - conv:   ``Conv`` with a 1x1 kernel of shape (C, 1, 1, K) over input shape
   (N, 1, K) -> (N, 1, C): the weight stored once (as lava-dl netx does).
 
@@ -16,7 +16,8 @@ Loihi2SimCfg(select_tag="fixed_pt") and "floating_pt". Weights are
 lava_spiked's Dense-form mantissas ``2k``, k uniform in [-127, 127]
 (fixed.WEIGHT_MANT_MAX); spikes are graded payloads in {-1, 0, +1}
 (fixed.SPIKE_PAYLOAD_BITS = 2), ``num_message_bits=2``,
-``sign_mode=SignMode.MIXED`` for Dense/Sparse, as lava_build.py does.
+``sign_mode=SignMode.MIXED`` for Dense/Sparse, as
+lava_spiked/lava_backend/build.py does.
 
 Per run: build the processes, compile, create the runtime, run ``--warmup``
 steps, then time ``--steps`` steps (``--conv-steps`` for conv, whose step is
@@ -51,7 +52,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 def make_data(N: int, K: int, C: int, length: int, seed: int = 0):
     """Weight (C, K) of even mantissas 2k and graded spikes (N*K, length)."""
-    from lava_spiked import fixed
+    from lava_spiked.numerics import fixed
     rng = np.random.default_rng(seed)
     m = fixed.WEIGHT_MANT_MAX
     w = 2 * rng.integers(-m, m + 1, size=(C, K)).astype(np.int32)
@@ -89,7 +90,7 @@ def build(variant: str, w: np.ndarray, spikes: np.ndarray, N: int,
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.sparse.process import Sparse
     from lava.utils.weightutils import SignMode
-    from lava_spiked import fixed
+    from lava_spiked.numerics import fixed
 
     C, K = w.shape
     src = Source(data=spikes)
@@ -287,7 +288,7 @@ def main() -> None:
         "tokens x (K in -> C out), weights 2k with k uniform in "
         "[-127, 127]. dense = `Dense` with the block-diagonal (N*C, N*K) "
         "ndarray; sparse = `Sparse` with the block-diagonal csr "
-        "(lava_build.py today); conv = `Conv` weight (C, 1, 1, K), "
+        "(lava_backend/build.py today); conv = `Conv` weight (C, 1, 1, K), "
         "input_shape (N, 1, K). "
         f"Each run: {args.warmup} warm-up steps, then {args.steps} timed "
         f"steps (conv: {min(args.warmup, max(1, args.conv_steps // 4))} "

@@ -1,5 +1,5 @@
 """What lowering for Loihi 2 costs: accuracy and engine time, default
-formats vs ``target='loihi2'`` (:func:`lava_spiked.loihi2.conform`).
+formats vs ``target='loihi2'`` (:func:`lava_spiked.plan.loihi2.conform`).
 
     .venv/bin/python benchmarks/loihi2_fidelity.py [--tweets N]
 
@@ -27,8 +27,9 @@ import warnings
 import numpy as np
 import torch
 
-from lava_spiked import Engine, convert, loihi2
-from lava_spiked.models import digits_splits, load_default
+from lava_spiked import Engine, convert
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
+from lava_spiked.plan import loihi2
 
 OUT = pathlib.Path(__file__).parent / "results" / "loihi2_fidelity.md"
 CHUNK = 100
@@ -55,7 +56,8 @@ def _bundled():
 
 def _minilm(n):
     from minilm_sentiment import ann, inputs  # this folder
-    from lava_spiked.text_data import convert_minilm, load_minilm, tweets
+    from lava_spiked.bundled.text_data import (convert_minilm, load_minilm,
+                                               tweets)
     model, tok = load_minilm()
     net = convert_minilm(model, tok, T=40, B=1.2, progress=False)
     texts, y = tweets("val")

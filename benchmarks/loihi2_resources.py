@@ -16,11 +16,11 @@ Models, each converted at T = 40, B = 1.15:
     all-MiniLM-L6-v2 with the sentiment head (64 tokens x 384, 6 layers),
     calibrated on the 512 calibration tweets.
 
-For each: :func:`lava_spiked.export.resources` (neurons, synapses stored
-per token, product inputs, spikes, steps, cores and chips from the public
-per-chip figures) and :func:`lava_spiked.loihi2.check` of the Plan lowered
-with Lava's formats and with ``target='loihi2'``, grouped by quantity (how
-many layers, the worst value against its limit). Writes
+For each: :func:`lava_spiked.plan.resources.resources` (neurons, synapses
+stored per token, product inputs, spikes, steps, cores and chips from the
+public per-chip figures) and :func:`lava_spiked.plan.loihi2.check` of the Plan
+lowered with Lava's formats and with ``target='loihi2'``, grouped by quantity
+(how many layers, the worst value against its limit). Writes
 ``benchmarks/results/loihi2_resources.md``.
 """
 import collections
@@ -30,10 +30,11 @@ import time
 import torch
 from torch import nn
 
-from lava_spiked import convert, loihi2
-from lava_spiked.export import resources
-from lava_spiked.models import digits_splits, load_default
-from lava_spiked.text_data import convert_minilm
+from lava_spiked import convert
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
+from lava_spiked.bundled.text_data import convert_minilm
+from lava_spiked.plan import loihi2
+from lava_spiked.plan.resources import resources
 
 OUT = pathlib.Path(__file__).parent / "results" / "loihi2_resources.md"
 T, B = 40, 1.15

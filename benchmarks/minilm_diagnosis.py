@@ -26,12 +26,13 @@ import warnings
 import numpy as np
 import torch
 
-from lava_spiked import Engine, fixed, phase
-from lava_spiked.capture import evaluate
+from lava_spiked import Engine
+from lava_spiked.bundled.text_data import (MAX_LENGTH, load_minilm,
+                                           sentiment_head, tweets)
+from lava_spiked.capture import run_graph
 from lava_spiked.huggingface import convert, embed
+from lava_spiked.numerics import fixed, phase
 from lava_spiked.plan import _channel_scale, _source_scale
-from lava_spiked.text_data import (MAX_LENGTH, load_minilm, sentiment_head,
-                                   tweets)
 
 OUT = pathlib.Path(__file__).parent / "results" / "minilm_diagnosis.md"
 
@@ -48,9 +49,9 @@ def main():
     val, _ = tweets("val")
     hidden, mask = embed(model, tok(val[:8], **kw), MAX_LENGTH)
     ref = {}
-    evaluate(net.graph, torch.from_numpy(hidden),
-             lambda name, v: ref.__setitem__(name, v.numpy()),
-             torch.from_numpy(mask))
+    run_graph(net.graph, torch.from_numpy(hidden),
+              lambda name, v: ref.__setitem__(name, v.numpy()),
+              torch.from_numpy(mask))
     names = [p.name for p in net.graph.populations
              if p.name.startswith(("input", "encoder.layer.0.",
                                    "encoder.layer.1."))]

@@ -23,13 +23,14 @@ import warnings
 import numpy as np
 import torch
 
-from lava_spiked import Engine, phase
-from lava_spiked.capture import evaluate
+from lava_spiked import Engine
+from lava_spiked.bundled.text_data import (MAX_LENGTH, convert_minilm,
+                                           load_minilm, sentiment_head, tweets)
+from lava_spiked.capture import run_graph
 from lava_spiked.energy import energy
-from lava_spiked.fixed import usable_steps
 from lava_spiked.huggingface import embed
-from lava_spiked.text_data import (MAX_LENGTH, convert_minilm, load_minilm,
-                                   sentiment_head, tweets)
+from lava_spiked.numerics import phase
+from lava_spiked.numerics.fixed import usable_steps
 
 GRID = [(T, B) for T in (16, 24, 40) for B in (1.1, 1.15, 1.2, 1.4)]
 OUT = pathlib.Path(__file__).parent / "results"
@@ -51,7 +52,7 @@ def logits(net, hidden, mask, mode="fixed"):
 
 def ann(net, hidden, mask):
     with torch.no_grad():
-        return np.concatenate([evaluate(
+        return np.concatenate([run_graph(
             net.graph, torch.from_numpy(hidden[i:i + CHUNK]),
             attention_mask=torch.from_numpy(mask[i:i + CHUNK])).numpy()
             for i in range(0, len(hidden), CHUNK)])
@@ -61,9 +62,9 @@ def stage_errors(net, hidden, mask):
     """Relative error of every spiking population's decoded value against
     the ANN, over real tokens (pooled padded tokens are silenced)."""
     ref = {}
-    evaluate(net.graph, torch.from_numpy(hidden),
-             lambda name, v: ref.__setitem__(name, v.numpy()),
-             torch.from_numpy(mask))
+    run_graph(net.graph, torch.from_numpy(hidden),
+              lambda name, v: ref.__setitem__(name, v.numpy()),
+              torch.from_numpy(mask))
     res = Engine(net, "fixed")(hidden, attention_mask=mask, warn=False)
     plan, errs = net.plan, {}
     for layer in plan.layers:

@@ -56,7 +56,7 @@ def _shm(processes) -> int:
 def soak_lava(net, x, samples: int, chunk: int) -> list:
     """One row per ``infer`` call of the running network."""
     from lava_spiked.engine import Engine
-    from lava_spiked.lava_build import Loihi2SimCfg
+    from lava_spiked.lava_backend.imports import Loihi2SimCfg
     cfg = Loihi2SimCfg(select_tag="fixed_pt")
     engine, me, rows = Engine(net, "fixed"), psutil.Process(), []
     t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("CI", "true")  # no progress bars in the log
     from lava_spiked import convert
-    from lava_spiked.models import digits_splits, load_default
+    from lava_spiked.bundled.digits_vit import digits_splits, load_default
     splits = digits_splits()
     net = convert(load_default(), splits["calibration"][0], progress=False)
     x = splits["test"][0]

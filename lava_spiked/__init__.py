@@ -10,11 +10,11 @@ means ``+-sigma * B**-m``::
     with net:                                                  # Lava
         logits = net.infer(images, Loihi2SimCfg(select_tag="fixed_pt"))
 
-See ``lava_spiked.phase`` for the code itself, ``lava_spiked.fixed`` for the
-integer arithmetic of the ``fixed_pt`` models, ``lava_spiked.plan`` for the
-integer Plan every backend runs, and ``lava_spiked.processes`` for the Lava
-processes. Names are imported on first use (PEP 562), so the Plan and the
-engine work where Lava is not installed.
+See ``lava_spiked.numerics.phase`` for the code itself,
+``lava_spiked.numerics.fixed`` for the integer arithmetic of the ``fixed_pt``
+models, ``lava_spiked.plan`` for the integer Plan every backend runs, and
+``lava_spiked.processes`` for the Lava processes. Names are imported on first
+use (PEP 562), so the Plan and the engine work where Lava is not installed.
 """
 import importlib
 import typing as ty

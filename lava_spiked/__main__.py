@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from lava.magma.core.run_configs import Loihi2SimCfg
 
-from lava_spiked.models import digits_splits, load_default
 from lava_spiked import convert
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
 from lava_spiked.validation import (check_base, check_count, check_steps,
                                     cli_type)
 
@@ -100,8 +100,9 @@ def minilm(k: int, T: int, B: float, tag: str) -> None:
     """The MiniLM sentiment job (module docstring)."""
     from lava_spiked import Engine
     from lava_spiked.huggingface import embed
-    from lava_spiked.text_data import (MAX_LENGTH, SPLIT_SIZES,
-                                       convert_minilm, load_minilm, tweets)
+    from lava_spiked.bundled.text_data import (MAX_LENGTH, SPLIT_SIZES,
+                                               convert_minilm, load_minilm,
+                                               tweets)
 
     model, tok = load_minilm()
     texts, labels = (a[:k] for a in tweets("test"))

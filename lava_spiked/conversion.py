@@ -1,7 +1,7 @@
 """``convert``: a PyTorch transformer into a :class:`SpikingNetwork`.
 
 Capture (:mod:`lava_spiked.capture`), calibration
-(:mod:`lava_spiked.calibrate`) and lowering (:func:`lava_spiked.plan.lower`)
+(:mod:`lava_spiked.calibration`) and lowering (:func:`lava_spiked.plan.lower`)
 in one call; the network runs in Lava, on the engine, or goes to a file.
 """
 import typing as ty
@@ -9,8 +9,8 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked.calibrate import absorb_masks, calibrate
-from lava_spiked.calibrate import center_logits as center_logits_of
+from lava_spiked.calibration import absorb_masks, calibrate
+from lava_spiked.calibration import center_logits as center_logits_of
 from lava_spiked.capture import capture
 from lava_spiked.capture.token_mask import capture_masked
 from lava_spiked.network import SpikingNetwork
@@ -39,7 +39,7 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     B, T : float, int
         Base and window length of the phase code.
     statistic, percentile, granularity
-        See :func:`lava_spiked.calibrate.calibrate`.
+        See :func:`lava_spiked.calibration.calibrate`.
     output : int or str
         Which tensor of the model's output to convert: an index into its
         flattened tuples, dicts, dataclasses or Hugging Face outputs, or a
@@ -65,12 +65,12 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
         takes the mask).
     center_logits : bool
         Move each attention row's logits by a calibrated constant so that
-        its largest is near 0 (:func:`lava_spiked.calibrate.center_logits`).
+        its largest is near 0 (:func:`lava_spiked.calibration.center_logits`).
     target : {'lava', 'loihi2'}
         Integer formats of ``fixed_pt``: Lava's (default), or conformant
         to Loihi 2 where this library can make them so
-        (:func:`lava_spiked.loihi2.conform`; what still does not fit:
-        :func:`lava_spiked.loihi2.check`).
+        (:func:`lava_spiked.plan.loihi2.conform`; what still does not fit:
+        :func:`lava_spiked.plan.loihi2.check`).
 
     Raises
     ------

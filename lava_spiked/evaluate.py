@@ -37,12 +37,14 @@ from torch.utils.data.distributed import DistributedSampler
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lava_spiked import capture, phase  # noqa: E402
+from lava_spiked import capture  # noqa: E402
+from lava_spiked.bundled.digits_vit import (  # noqa: E402
+    digits_splits, load_default)
+from lava_spiked.conversion import convert  # noqa: E402
 from lava_spiked.energy import energy, mean_report  # noqa: E402
 from lava_spiked.engine import Engine, keep_freed_memory  # noqa: E402
+from lava_spiked.numerics import phase  # noqa: E402
 from lava_spiked.progress import bar  # noqa: E402
-from lava_spiked.models import digits_splits, load_default  # noqa: E402
-from lava_spiked.conversion import convert  # noqa: E402
 from lava_spiked.validation import (check_base, check_count,  # noqa: E402
                                     check_steps, cli_type)
 
@@ -163,8 +165,8 @@ def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
     names = [p.name for p in net.graph.populations if p.kind != "readout"]
     names += [op.logits for op in net.graph.attention]
     ann: dict = {}
-    capture.evaluate(net.graph, torch.from_numpy(x),
-                     lambda name, v: ann.__setitem__(name, v.numpy()))
+    capture.run_graph(net.graph, torch.from_numpy(x),
+                      lambda name, v: ann.__setitem__(name, v.numpy()))
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8))
     for ax, key in zip(np.atleast_1d(axes), names):
         snn = phase.decode(result.steps[key].cpu().numpy(),

@@ -14,7 +14,8 @@ a ``Sparse`` synapse per Plan synapse (its token-shared weight repeated for
 every token: block-diagonal, ``tokens x C x K`` stored weights), SpikeDelays
 where a source fired earlier than the others, and per attention the
 TraceMatMul / PhaseNeuron / WOSSSoftmax / TraceMatMul /
-NormalizedPhaseNeuron wiring of :func:`lava_spiked.lava_build.wire_attention`.
+NormalizedPhaseNeuron wiring of
+:func:`lava_spiked.lava_backend.build.wire_attention`.
 
 A streaming network (no runtime mask, no probes) groups these processes by
 the Plan's blocks (:meth:`lava_spiked.plan.Plan.blocks`: one attention
@@ -33,7 +34,8 @@ import typing as ty
 
 import numpy as np
 
-from lava_spiked import golden
+from lava_spiked.golden.models import (clip_sizes, golden_fixed, golden_float,
+                                       warn_clipped)
 from lava_spiked.plan import Plan
 from lava_spiked.progress import bar
 from lava_spiked.validation import check_batch
@@ -83,7 +85,7 @@ class SpikingNetwork:
         self.processes: ty.Dict[str, ty.Any] = {}
         self.recorded: ty.List[ty.Dict[str, ty.Tuple[np.ndarray,
                                                      np.ndarray]]] = []
-        self._lava: ty.Any = None  # lava_build._LavaNetwork once run
+        self._lava: ty.Any = None  # lava_backend.runs.LavaNetwork once run
         #: population -> neurons clipped in the last :meth:`infer` call
         self.clipped: ty.Dict[str, int] = {}
 
@@ -116,13 +118,13 @@ class SpikingNetwork:
                      attention_mask: ty.Any = None) -> np.ndarray:
         """Closed form of the network for one sample (floating_pt);
         ``attention_mask`` (N,) for a network that takes one."""
-        return golden.golden_float(self.plan, sample, attention_mask).readout
+        return golden_float(self.plan, sample, attention_mask).readout
 
     def golden_fixed(self, sample: ty.Any,
                      attention_mask: ty.Any = None) -> np.ndarray:
         """Integer golden model for one sample (fixed_pt, bit for bit);
         ``attention_mask`` (N,) for a network that takes one."""
-        return golden.golden_fixed(self.plan, sample, attention_mask).readout
+        return golden_fixed(self.plan, sample, attention_mask).readout
 
     def ann(self, samples: ty.Any,
             attention_mask: ty.Any = None) -> np.ndarray:
@@ -133,11 +135,11 @@ class SpikingNetwork:
                              "loaded from a file): no ANN to evaluate")
         import torch
 
-        from lava_spiked.capture import evaluate
+        from lava_spiked.capture import run_graph
         x = check_batch("samples", samples, self.plan[self.plan.input].shape)
         mask = self.plan.check_mask(attention_mask, len(x))
-        return evaluate(self.graph, torch.from_numpy(x), attention_mask=None
-                        if mask is None else torch.from_numpy(mask)).numpy()
+        return run_graph(self.graph, torch.from_numpy(x), attention_mask=None
+                         if mask is None else torch.from_numpy(mask)).numpy()
 
     # ---------------------------------------------------------------- Lava
     def lava(self, tag: ty.Optional[str]) -> ty.Any:
@@ -147,13 +149,14 @@ class SpikingNetwork:
         if self._lava is not None and self._lava.tag != tag:
             self.stop()
         if self._lava is None:
-            from lava_spiked.lava_build import _LavaNetwork, _uninterrupted
+            from lava_spiked.lava_backend.runs import LavaNetwork
+            from lava_spiked.lava_backend.lifecycle import uninterrupted
 
             # a Ctrl+C is held while the processes are built, then
             # delivered: raised in a garbage collector's callback it would
             # be reported and ignored (and building makes much garbage)
-            with _uninterrupted():
-                self._lava = _LavaNetwork(self.plan, tag, self.record)
+            with uninterrupted():
+                self._lava = LavaNetwork(self.plan, tag, self.record)
                 self.processes = self._lava.processes
         return self._lava
 
@@ -196,21 +199,20 @@ class SpikingNetwork:
         every spiking layer and every ``<attention>:logits``; not the
         readout) -> neurons clipped over this call's samples (a value beyond
         its population's scale, which decodes to the scale: see
-        :mod:`lava_spiked.golden`), as the engine's
+        :mod:`lava_spiked.golden.models`), as the engine's
         ``EngineResult.clipped`` summed over the batch. The call warns once
         (RuntimeWarning) naming the populations whose clipped fraction
-        exceeds :data:`lava_spiked.golden.CLIP_WARN_FRACTION`.
+        exceeds :data:`lava_spiked.golden.models.CLIP_WARN_FRACTION`.
         """
         x = check_batch("samples", samples, self.plan[self.plan.input].shape)
         valid = self.plan.check_mask(attention_mask, len(x))
         tag = getattr(run_cfg, "select_tag", None)
         lava = self.lava(tag)
-        from lava_spiked.lava_build import terminate_raises
+        from lava_spiked.lava_backend.lifecycle import terminate_raises
         with terminate_raises():
             logits = self._infer(lava, x, valid, run_cfg, progress)
         self.clipped = dict(lava.clipped)
-        golden.warn_clipped(self.clipped, golden.clip_sizes(self.plan),
-                            len(x))
+        warn_clipped(self.clipped, clip_sizes(self.plan), len(x))
         return self.plan.pool(np.array(logits), valid)
 
     def _infer(self, lava, x: np.ndarray, valid: ty.Optional[np.ndarray],
@@ -252,8 +254,8 @@ class SpikingNetwork:
         them anew, from the first step.
 
         A failed or interrupted run (Ctrl+C, SIGTERM) stops them itself,
-        waiting at most ``lava_build.STOP_TIMEOUT`` seconds before it
-        terminates them, and a network still running when the interpreter
+        waiting at most ``lava_backend.lifecycle.STOP_TIMEOUT`` seconds before
+        it terminates them, and a network still running when the interpreter
         exits is stopped then.
         """
         if self._lava is not None:

@@ -13,8 +13,8 @@ reports per layer in one table:
   (the code clips them to ``sigma``): many means the calibration data does
   not cover yours; and how many of the spiking network's own membranes do
   (the engine's ``EngineResult.clipped``, the count of the Lava models'
-  ``clip_count``; see :mod:`lava_spiked.golden`), which must equal Lava's
-  under ``fixed_pt``;
+  ``clip_count``; see :mod:`lava_spiked.golden.models`), which must equal
+  Lava's under ``fixed_pt``;
 
 plus, for the readout, the logits' agreement (Lava vs engine, SNN vs ANN,
 arg-max) and the saturation events of the integer state.
@@ -25,9 +25,9 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked import phase
-from lava_spiked.capture import evaluate
+from lava_spiked.capture import run_graph
 from lava_spiked.engine import Engine
+from lava_spiked.numerics import phase
 from lava_spiked.progress import bar
 from lava_spiked.validation import check_batch, check_count
 
@@ -149,8 +149,9 @@ def verify(net: ty.Any, samples: ty.Any, k: int = 3,
     valid = plan.check_mask(attention_mask, len(x))
     k = check_count(k, "k")
     x, valid = x[:k], None if valid is None else valid[:k]
-    from lava_spiked.lava_build import Loihi2SimCfg, _LavaNetwork
-    lava = _LavaNetwork(plan, tag, record=True)
+    from lava_spiked.lava_backend.imports import Loihi2SimCfg
+    from lava_spiked.lava_backend.runs import LavaNetwork
+    lava = LavaNetwork(plan, tag, record=True)
     states, probes = [], []
     try:
         for i, sample in enumerate(bar(x, f"verify in Lava {tag}",
@@ -166,10 +167,10 @@ def verify(net: ty.Any, samples: ty.Any, k: int = 3,
     # the table reports clipping: no warning on top
     result = Engine(plan, TAGS[tag])(x, warn=False, attention_mask=valid)
     exact: ty.Dict[str, np.ndarray] = {}
-    ann = evaluate(net.graph, torch.from_numpy(x),
-                   lambda name, v: exact.__setitem__(name, v.numpy()),
-                   None if valid is None else torch.from_numpy(valid)
-                   ).numpy()
+    ann = run_graph(net.graph, torch.from_numpy(x),
+                    lambda name, v: exact.__setitem__(name, v.numpy()),
+                    None if valid is None else torch.from_numpy(valid)
+                    ).numpy()
     logits = result.logits.cpu().numpy()
     checks = []
     for name in probes[0]:

@@ -9,8 +9,8 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lava_spiked import fixed
-from lava_spiked.phase import threshold_factor
+from lava_spiked.numerics import fixed
+from lava_spiked.numerics.phase import threshold_factor
 from lava_spiked.proc_models import register, window_step
 from lava_spiked.processes.phase_encoder import PhaseEncoder
 
@@ -93,7 +93,7 @@ class PyPhaseEncoderModelFloat(AbstractPhaseEncoderModel):
 @tag("fixed_pt")
 class PyPhaseEncoderModelFixed(AbstractPhaseEncoderModel):
     """Integer PhaseEncoder: 24-bit state, threshold table of
-    :mod:`lava_spiked.fixed`."""
+    :mod:`lava_spiked.numerics.fixed`."""
 
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=2)
     data: np.ndarray = LavaPyType(np.ndarray, float)

@@ -9,8 +9,8 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lava_spiked import fixed, nonlinear
-from lava_spiked.phase import threshold_factor
+from lava_spiked.numerics import fixed, nonlinear
+from lava_spiked.numerics.phase import threshold_factor
 from lava_spiked.proc_models import register, window_step
 from lava_spiked.processes.phase_neuron import (ActivationPhaseNeuron,
                                                  LayerNormPhaseNeuron,
@@ -131,7 +131,7 @@ class FloatArithmetic(AbstractPhaseNeuronModel):
 
 class FixedArithmetic(AbstractPhaseNeuronModel):
     """Integer arithmetic: 24-bit saturating state, 12-bit gain table and
-    integer thresholds, all from :mod:`lava_spiked.fixed`."""
+    integer thresholds, all from :mod:`lava_spiked.numerics.fixed`."""
 
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)

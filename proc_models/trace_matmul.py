@@ -9,7 +9,7 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 from lava_spiked.proc_models import register, window_step
 from lava_spiked.processes.trace_matmul import TraceMatMul
 

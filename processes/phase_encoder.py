@@ -27,8 +27,8 @@ class PhaseEncoder(AbstractProcess):
     weights carry ``scale``. Elements with ``|u|`` below
     ``c_B * B**-(T-1)`` stay silent. ``fixed_pt`` first converts ``u`` to
     24-bit state integers and compares them with the integer threshold table
-    of :mod:`lava_spiked.fixed`; values of ``|u|`` above 128 saturate and are
-    counted in ``sat_count``. NaN or inf written into ``data`` with
+    of :mod:`lava_spiked.numerics.fixed`; values of ``|u|`` above 128 saturate
+    and are counted in ``sat_count``. NaN or inf written into ``data`` with
     ``Var.set`` after construction (the constructor refuses them) give no
     spike and are counted in ``invalid_count``: a model that raised would
     leave Lava's runtime waiting forever.

@@ -7,7 +7,7 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
-from lava_spiked import fixed, nonlinear
+from lava_spiked.numerics import fixed, nonlinear
 from lava_spiked.validation import (broadcast, check_base, check_finite,
                                     check_period, check_scale, check_shape,
                                     check_start, check_steps)
@@ -37,7 +37,7 @@ class PhaseNeuron(AbstractProcess):
     error; it is ignored and counted in ``stray_count``.
 
     ``fixed_pt`` runs the same steps with the functions of
-    :mod:`lava_spiked.fixed`: the ``acc_bits`` (48) bit dendritic
+    :mod:`lava_spiked.numerics.fixed`: the ``acc_bits`` (48) bit dendritic
     accumulator sums ``a_in * G_r`` exactly (``gain_bits`` (12) bit gain
     table ``G_r``), and when the window closes the signed 24-bit membrane
     becomes ``round(bias / scale * 2**16) +
@@ -68,10 +68,11 @@ class PhaseNeuron(AbstractProcess):
     at most 0 and never clip).
 
     Synapses are Lava ``Dense`` processes (one step of latency) whose weights
-    are the 8-bit mantissas of :func:`lava_spiked.fixed.quantize_weights`,
-    with the presynaptic scale folded in; this neuron applies their shared
-    exponent ``weight_exp``. Dense needs ``num_message_bits > 0`` so that the
-    sign of graded spikes survives.
+    are the 8-bit mantissas of
+    :func:`lava_spiked.numerics.fixed.quantize_weights`, with the presynaptic
+    scale folded in; this neuron applies their shared exponent ``weight_exp``.
+    Dense needs ``num_message_bits > 0`` so that the sign of graded spikes
+    survives.
 
     Parameters
     ----------
@@ -87,7 +88,7 @@ class PhaseNeuron(AbstractProcess):
         Exponent of the incoming weight mantissas. Default 0.
     gain_bits : int, optional
         ``fixed_pt``: bits of the integration gains, 1..12
-        (:func:`lava_spiked.fixed.layer_gains`). Default 12.
+        (:func:`lava_spiked.numerics.fixed.layer_gains`). Default 12.
     acc_bits : int, optional
         ``fixed_pt``: width of the saturating dendritic accumulator, 24
         (Loihi 2's neuron state) or 48. Default 48.
@@ -195,7 +196,7 @@ class ActivationPhaseNeuron(PhaseNeuron):
     """PhaseNeuron that fires ``Q(f(A))``: a pointwise activation (GELU,
     its tanh form, SiLU, tanh, sigmoid) applied when the input window
     closes (docs/semantics.md, "Window-close stages";
-    :mod:`lava_spiked.nonlinear`).
+    :mod:`lava_spiked.numerics.nonlinear`).
 
     The membrane integrates ``A`` in units of ``pre_scale`` (the calibrated
     range of the pre-activation; the incoming weight mantissas are
@@ -206,16 +207,16 @@ class ActivationPhaseNeuron(PhaseNeuron):
         floating_pt:  v = f(clip(v, -1, 1) * pre_scale) / scale
         fixed_pt:     v = fixed.activation(v, knots, row)
 
-    (integer knots of :func:`lava_spiked.nonlinear.knot_table`, linear
+    (integer knots of :func:`lava_spiked.numerics.nonlinear.knot_table`, linear
     interpolation; error bound
-    :func:`lava_spiked.nonlinear.activation_error_bound`), and the neuron
-    fires as a bipolar PhaseNeuron. A neuron clips where its pre-activation
-    lies beyond ``pre_scale`` or its output beyond ``scale``.
+    :func:`lava_spiked.numerics.nonlinear.activation_error_bound`), and the
+    neuron fires as a bipolar PhaseNeuron. A neuron clips where its
+    pre-activation lies beyond ``pre_scale`` or its output beyond ``scale``.
 
     Parameters
     ----------
     fn : str
-        A key of :data:`lava_spiked.nonlinear.ACTIVATIONS`.
+        A key of :data:`lava_spiked.numerics.nonlinear.ACTIVATIONS`.
     pre_scale : float or array_like
         Positive scale of the membrane.
     **kwargs
@@ -249,8 +250,9 @@ class LayerNormPhaseNeuron(PhaseNeuron):
         fixed_pt:     v = fixed.layer_norm(v, eps_state, gain, gain_shift)
 
     (integer mean, variance and 24-bit inverse square root; constants of
-    :func:`lava_spiked.nonlinear.layer_norm_constants`). This per-token
-    statistics stage is a **non-spike operation** (docs/semantics.md);
+    :func:`lava_spiked.numerics.nonlinear.layer_norm_constants`). This
+    per-token statistics stage is a **non-spike operation**
+    (docs/semantics.md);
     ``norm_count`` counts the normalised elements, which the energy model
     charges as multiply-accumulates. LayerNorm's gamma and beta are not
     applied here: they fold into the weights and biases that read the

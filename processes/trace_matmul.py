@@ -8,7 +8,7 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 from lava_spiked.validation import (broadcast, check_base, check_finite,
                                     check_period, check_shape, check_start,
                                     check_steps)
@@ -37,12 +37,13 @@ class TraceMatMul(AbstractProcess):
     previous step) integrates ``sum_j B**-j a_out`` and so receives exactly
     ``weights * 4096 * sum_k x_hat[i,k] * y_hat[j,k]`` with the operand scales
     folded into ``weights``. ``weights`` are the Dense-form mantissas ``2k`` of
-    :func:`lava_spiked.fixed.quantize_weights` (per output element, e.g.
+    :func:`lava_spiked.numerics.fixed.quantize_weights` (per output element,
+    e.g.
     ``sigma_x[i] * sigma_y[j] / (sqrt(d) * sigma_out[i])``); give the
     receiving PhaseNeuron ``weight_exp = exp - 12`` for the 4096.
 
     ``fixed_pt`` latches the ``trace_bits`` (12) bit trace table
-    (:func:`lava_spiked.fixed.layer_gains`; 12 bits: ``round(B**-m *
+    (:func:`lava_spiked.numerics.fixed.layer_gains`; 12 bits: ``round(B**-m *
     4096)``) instead of ``4096 * B**-m``; its products are exact integers,
     and a current beyond the ``out_bits`` (32) bit message range saturates
     and is counted in ``sat_count``. Spikes that arrive outside an
@@ -103,7 +104,7 @@ class TraceMatMul(AbstractProcess):
                             out_shape)
         if np.any(weights != np.round(weights)):
             raise ValueError("weights must be integer mantissas (see "
-                             "lava_spiked.fixed.quantize_weights)")
+                             "lava_spiked.numerics.fixed.quantize_weights)")
         B, T = check_base(B), check_steps(T)
         if trace_bits not in range(1, fixed.GAIN_FRAC_BITS + 1):
             raise ValueError(f"trace_bits must be an int in 1..12, got "

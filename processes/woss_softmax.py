@@ -8,7 +8,7 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 from lava_spiked.validation import (broadcast, check_base, check_period,
                                     check_scale, check_shape, check_start,
                                     check_steps)
@@ -42,7 +42,7 @@ class WOSSSoftmax(AbstractProcess):
     ``fixed_pt`` holds ``v`` in 2**-16 logit units (24-bit, saturating,
     counted), adds ``round(round(scale * 2**16) * G_r / 2**b)`` per spike
     with the ``b = trace_bits`` (12) bit trace table ``G``
-    (:func:`lava_spiked.fixed.layer_gains`), compares with
+    (:func:`lava_spiked.numerics.fixed.layer_gains`), compares with
     ``-round((m + 1/2) ln B 2**16)`` and sums ``G_m * 2**(12 - b)`` into
     ``row_sum`` (12-bit trace units whatever ``b``).
 

@@ -1,15 +1,15 @@
 """Train the bundled default model (DigitsViT) and save its weights.
 
 Usage: .venv/bin/python scripts/train_default_model.py [--epochs 120]
-Writes lava_spiked/data/digits_vit.pt and prints test accuracy. Trains on
-the train split only; calibration and test splits stay unseen.
+Writes lava_spiked/bundled/data/digits_vit.pt and prints test accuracy.
+Trains on the train split only; calibration and test splits stay unseen.
 """
 import argparse
 
 import torch
 from tqdm import trange
 
-from lava_spiked.models import WEIGHTS, DigitsViT, digits_splits
+from lava_spiked.bundled.digits_vit import WEIGHTS, DigitsViT, digits_splits
 
 
 def main() -> None:

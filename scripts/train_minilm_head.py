@@ -6,9 +6,9 @@ The head is ``nn.Linear(384, 2)`` on the mean-pooled last hidden state (the
 sentence embedding of sentence-transformers), fitted by full-batch L-BFGS on
 the first ``--n-train`` tweets of the train split with a small L2 penalty.
 The calibration split stays unseen; the test split is only measured.
-Writes lava_spiked/data/minilm_sentiment_head.npz and prints the train, val
-and test accuracies. Encoding about 9,000 tweets takes about 4 minutes on 2
-CPU cores.
+Writes lava_spiked/bundled/data/minilm_sentiment_head.npz and prints the
+train, val and test accuracies. Encoding about 9,000 tweets takes about 4
+minutes on 2 CPU cores.
 """
 import argparse
 import time
@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from lava_spiked.text_data import (HEAD, load_minilm, sentence_embeddings,
-                                   tweets)
+from lava_spiked.bundled.text_data import (HEAD, load_minilm,
+                                           sentence_embeddings, tweets)
 
 
 def fit_head(x: torch.Tensor, y: torch.Tensor, weight_decay: float,

@@ -1,10 +1,17 @@
-"""Shared helpers for the Lava tests."""
+"""Shared helpers and fixtures of the tests."""
 import numpy as np
 import psutil
 import pytest
+import torch
 from hypothesis import settings
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
+from torch import nn
+
+from lava_spiked.bundled.digits_vit import (DigitsViT, digits_splits,
+                                            load_default)
+from lava_spiked.conversion import convert
+from toy_models import randomize_norms
 
 TAGS = ["floating_pt", "fixed_pt"]
 
@@ -90,3 +97,47 @@ def level_gap(res, plan, sample=None) -> float:
                                         np.abs(v - lv[i])).min(
                                             initial=np.inf)))
     return gap
+
+
+@pytest.fixture(scope="module")
+def small_vit():
+    """A one-block DigitsViT (8 channels, 2 heads) with random norms, and
+    32 calibration and 8 test samples."""
+    torch.manual_seed(1)
+    model = randomize_norms(DigitsViT(dim=8, heads=2, mlp=16), seed=1)
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 1, (40, 1, 8, 8)).astype(np.float32)
+    return model, data[:32], data[32:]
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    splits = digits_splits()
+    return convert(load_default(), splits["calibration"][0],
+                   progress=False), splits["test"][0][:8]
+
+
+@pytest.fixture(scope="module")
+def encoder_net():
+    """Another shape: nn.TransformerEncoderLayer (its MHA) with BatchNorm
+    in place of LayerNorm, ReLU, mean pooling."""
+    class Norm(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(c)
+
+        def forward(self, x):
+            return self.bn(x.transpose(1, 2)).transpose(1, 2)
+
+    torch.manual_seed(3)
+    layer = nn.TransformerEncoderLayer(12, 3, 24, dropout=0.0,
+                                       batch_first=True)
+    layer.norm1, layer.norm2 = Norm(12), Norm(12)
+    model = nn.Sequential(layer, nn.Flatten(), nn.Linear(5 * 12, 4))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 5, 12))
+    data = torch.randn(24, 5, 12)
+    return convert(model.eval(), data[:16], T=16, B=1.2,
+                   progress=False), data[16:].numpy()

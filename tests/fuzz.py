@@ -34,8 +34,8 @@ from torch import nn
 
 from conftest import DECIDED, level_gap
 from lava_spiked import Engine, convert
+from lava_spiked.bundled.digits_vit import TokenBatchNorm
 from lava_spiked.capture import UnsupportedModelError
-from lava_spiked.models import TokenBatchNorm
 
 #: Causal masks as models write them: a boolean mask for ``masked_fill``
 #: (or ``attn_mask``), or added to the logits

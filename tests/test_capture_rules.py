@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lava_spiked.capture import (RULES, UnsupportedModelError, capture,
-                                 evaluate, export)
-from lava_spiked import nonlinear
+                                 run_graph, export_program)
 from lava_spiked.capture.frontend import op_name
+from lava_spiked.numerics import nonlinear
 
 
 class Wrap(nn.Module):
@@ -96,7 +96,7 @@ def _exact(model, shape, n=5):
     graph = capture(model, shape)
     with torch.no_grad():
         want = model(x)
-    np.testing.assert_allclose(evaluate(graph, x).reshape(want.shape),
+    np.testing.assert_allclose(run_graph(graph, x).reshape(want.shape),
                                want, rtol=1e-9, atol=1e-12)
     return graph
 
@@ -196,7 +196,8 @@ def test_every_op_has_one_rule_of_a_known_kind():
 def test_in_place_ops_are_functionalised():
     """``add_`` and ``mul_`` never reach a rule: the export is
     functionalised first, so no in-place op needs one."""
-    ep, _ = export(Wrap(MOVES["in-place add and mul"]).double(), (4, 4))
+    ep, _ = export_program(Wrap(MOVES["in-place add and mul"]).double(),
+                           (4, 4))
     names = {op_name(n.target) for n in ep.graph.nodes
              if n.op == "call_function"}
     assert {"add", "mul"} <= names and not {"add_", "mul_"} & names
@@ -205,12 +206,12 @@ def test_in_place_ops_are_functionalised():
 
 def test_casts_between_floats_pass_values_on():
     model = Wrap(lambda m, x: x.double()).float().eval()
-    ep, _ = export(model, (4, 4))
+    ep, _ = export_program(model, (4, 4))
     assert "_to_copy" in {op_name(n.target) for n in ep.graph.nodes}
     x = torch.randn(5, 4, 4)
     with torch.no_grad():
         want = model(x)
-    np.testing.assert_allclose(evaluate(capture(model, (4, 4)), x).reshape(
+    np.testing.assert_allclose(run_graph(capture(model, (4, 4)), x).reshape(
         want.shape), want, rtol=1e-6, atol=1e-6)
 
 
@@ -218,13 +219,13 @@ def test_metadata_asserts_are_dropped():
     """A cast as Hugging Face's eager attention writes it exports an
     ``_assert_tensor_metadata``, which converts as nothing."""
     model = Wrap(lambda m, x: x.to(torch.float32)).float().eval()
-    ep, _ = export(model, (4, 4))
+    ep, _ = export_program(model, (4, 4))
     assert "_assert_tensor_metadata" in {op_name(n.target)
                                          for n in ep.graph.nodes}
     x = torch.randn(5, 4, 4)
     with torch.no_grad():
         want = model(x)
-    np.testing.assert_allclose(evaluate(capture(model, (4, 4)), x).reshape(
+    np.testing.assert_allclose(run_graph(capture(model, (4, 4)), x).reshape(
         want.shape), want, rtol=1e-5, atol=1e-6)
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from lava_spiked import fixed, phase
+from lava_spiked.numerics import fixed, phase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

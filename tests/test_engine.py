@@ -11,14 +11,15 @@ from lava.magma.core.run_configs import Loihi2SimCfg
 
 import fuzz
 from conftest import DECIDED, TAGS, level_gap
+from lava_spiked.bundled.digits_vit import (DigitsViT, digits_splits,
+                                            load_default)
+from lava_spiked.conversion import convert
 from lava_spiked.engine import compiling, fixed_mode, ops, products, stages
-from lava_spiked import fixed
 from lava_spiked.engine import Engine
 from lava_spiked.engine.ops import round_half_away, round_to_int
 from lava_spiked.engine.products import Product, exact_in_f32, pruned
-from lava_spiked.models import DigitsViT, digits_splits, load_default
-from lava_spiked.phase import threshold_factor
-from lava_spiked.conversion import convert
+from lava_spiked.numerics import fixed
+from lava_spiked.numerics.phase import threshold_factor
 from lava_spiked.plan import Synapse
 
 MODES = {"fixed_pt": "fixed", "floating_pt": "float"}
@@ -400,7 +401,8 @@ def test_keep_freed_memory_takes_effect_in_a_fresh_process():
     import sys
     script = ("import numpy as np\n"
               "from lava_spiked.engine import Engine, keep_freed_memory\n"
-              "from lava_spiked.models import digits_splits, load_default\n"
+              "from lava_spiked.bundled.digits_vit import (digits_splits,"
+              " load_default)\n"
               "from lava_spiked import convert\n"
               "s = digits_splits()\n"
               "net = convert(load_default(), s['calibration'][0][:32],"

@@ -13,7 +13,7 @@ from torch import nn
 
 import fuzz
 from lava_spiked import Engine, convert
-from lava_spiked.capture import UnsupportedModelError, capture, evaluate
+from lava_spiked.capture import UnsupportedModelError, capture, run_graph
 
 #: seed -> what it found when it failed (fixed since)
 FOUND = {
@@ -92,7 +92,7 @@ def test_a_branch_on_a_constant_is_taken_and_one_on_the_data_refused():
     graph = capture(model, (5, 8))
     with torch.no_grad():
         torch.testing.assert_close(
-            evaluate(graph, x.double()).reshape(4, 5, 8),
+            run_graph(graph, x.double()).reshape(4, 5, 8),
             model(x).double(), rtol=1e-5, atol=1e-6)
 
     class Branch(nn.Module):

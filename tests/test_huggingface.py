@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from lava_spiked import Engine, UnsupportedModelError
-from lava_spiked.capture import evaluate
+from lava_spiked.bundled.text_data import load_minilm
+from lava_spiked.capture import run_graph
 from lava_spiked.huggingface import convert, convert_bert, embed
-from lava_spiked.text_data import load_minilm
 
 transformers = pytest.importorskip("transformers")
 
@@ -46,7 +46,7 @@ def _classifier(layers=1):
 def _assert_lava_is_the_engine(net, hidden, mask):
     """Lava fixed_pt, one sample after another with its own mask, equals
     the engine bit for bit."""
-    from lava_spiked.lava_build import Loihi2SimCfg
+    from lava_spiked.lava_backend.imports import Loihi2SimCfg
 
     with net:
         got = net.infer(hidden, Loihi2SimCfg(select_tag="fixed_pt"),
@@ -67,8 +67,8 @@ def test_capture_equals_the_model_with_its_attention_mask(tokenizer):
     hidden, mask = embed(model, enc, 16)
     with torch.no_grad():
         want = model(**enc).logits.numpy()
-    got = evaluate(net.graph, torch.from_numpy(hidden),
-                   attention_mask=torch.from_numpy(mask))
+    got = run_graph(net.graph, torch.from_numpy(hidden),
+                    attention_mask=torch.from_numpy(mask))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
 
     head = nn.Linear(16, 2).double()
@@ -78,8 +78,8 @@ def test_capture_equals_the_model_with_its_attention_mask(tokenizer):
         h = bare(**enc).last_hidden_state
         m = enc["attention_mask"][..., None].double()
         want = head((h * m).sum(1) / m.sum(1)).numpy()
-    got = evaluate(net.graph, torch.from_numpy(hidden),
-                   attention_mask=torch.from_numpy(mask))
+    got = run_graph(net.graph, torch.from_numpy(hidden),
+                    attention_mask=torch.from_numpy(mask))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
     assert net.plan.mean_pool and net.plan.tokens == 16
 
@@ -184,7 +184,7 @@ def test_one_minilm_layer_in_lava_is_bit_exact_with_the_engine():
     tweet: bit for bit the engine."""
     import copy
 
-    from lava_spiked.text_data import sentiment_head, tweets
+    from lava_spiked.bundled.text_data import sentiment_head, tweets
 
     model, tok = load_minilm()
     one = copy.deepcopy(model)
@@ -208,6 +208,7 @@ def test_export_cli_converts_a_checkpoint_directory(tokenizer, tmp_path,
     Python; a bare BertModel checkpoint and a missing calibration file
     are refused with what to do instead."""
     from lava_spiked import export
+    from lava_spiked.export.__main__ import main as export_main
 
     model = _classifier().float()
     model.save_pretrained(tmp_path / "ckpt")
@@ -215,7 +216,7 @@ def test_export_cli_converts_a_checkpoint_directory(tokenizer, tmp_path,
                     truncation=True, return_tensors="np")
     np.savez(tmp_path / "cal.npz", **cal)
     out = tmp_path / "bert.h5"
-    export.main([str(tmp_path / "ckpt"), str(out), "--calibration",
+    export_main([str(tmp_path / "ckpt"), str(out), "--calibration",
                  str(tmp_path / "cal.npz"), "--T", "16", "--B", "1.4"])
     assert "neurons" in capsys.readouterr().out
     want = convert(model, cal, length=16, T=16, B=1.4, progress=False)
@@ -227,11 +228,11 @@ def test_export_cli_converts_a_checkpoint_directory(tokenizer, tmp_path,
         Engine(want, "fixed")(hidden, attention_mask=mask,
                               warn=False).logits.numpy())
     with pytest.raises(SystemExit):
-        export.main([str(tmp_path / "ckpt"), str(out)])
+        export_main([str(tmp_path / "ckpt"), str(out)])
     assert "needs --calibration" in capsys.readouterr().err
     transformers.BertModel(_config()).save_pretrained(tmp_path / "bare")
     with pytest.raises(SystemExit):
-        export.main([str(tmp_path / "bare"), str(out), "--calibration",
+        export_main([str(tmp_path / "bare"), str(out), "--calibration",
                      str(tmp_path / "cal.npz")])
     assert "names ending in ForSequenceClassification" in \
         capsys.readouterr().err
@@ -319,7 +320,7 @@ def test_tokens_generated_in_lava_are_the_engines():
     """Three greedy tokens from a one-layer GPT-2 in Lava (fixed_pt, one
     run per token in one running network) equal the engine's."""
     from lava_spiked.huggingface import generate
-    from lava_spiked.lava_build import Loihi2SimCfg
+    from lava_spiked.lava_backend.imports import Loihi2SimCfg
 
     model = _gpt2()
     net = convert(model, _prompts(16, 0, 6), length=6, T=12, B=1.4,

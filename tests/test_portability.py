@@ -27,7 +27,7 @@ SUMMING = ["tests/test_engine.py::test_compiled_engine_equals_eager",
            "tests/test_engine.py::test_engine_equals_lava_layer_by_layer",
            "tests/test_engine.py::"
            "test_engine_equals_golden_models_on_the_default_model",
-           "tests/test_convert.py::test_calibration_statistics"]
+           "tests/test_calibration.py::test_calibration_statistics"]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """PhaseEncoder and PhaseNeuron in Lava, under both tags, against the golden
-models of lava_spiked.phase (float) and lava_spiked.fixed (integer)."""
+models of lava_spiked.numerics.phase (float) and lava_spiked.numerics.fixed
+(integer)."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,8 +13,8 @@ from lava.proc.io.sink import RingBuffer
 from lava.utils.weightutils import SignMode
 
 from conftest import TAGS, lava_children, run
-from lava_spiked import fixed, phase
-from lava_spiked.chain import PhaseChain
+from lava_spiked.lava_backend.chain import PhaseChain
+from lava_spiked.numerics import fixed, phase
 from lava_spiked.processes import PhaseEncoder, PhaseNeuron, SpikeDelay
 
 

@@ -13,7 +13,7 @@ sys.modules["lava"] = None  # import lava fails, as where it is missing
 import numpy as np
 import lava_spiked
 from lava_spiked import Engine, convert, export
-from lava_spiked.models import digits_splits, load_default
+from lava_spiked.bundled.digits_vit import digits_splits, load_default
 s = digits_splits()
 net = convert(load_default(), s["calibration"][0][:32], progress=False)
 x = s["test"][0][:8]

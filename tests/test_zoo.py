@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lava_spiked import convert
-from lava_spiked.capture import UnsupportedModelError, capture, evaluate
+from lava_spiked.capture import UnsupportedModelError, capture, run_graph
 from lava_spiked.engine import Engine
 from lava_spiked.huggingface import convert as convert_text
 from lava_spiked.huggingface import embed
@@ -42,7 +42,7 @@ def test_zoo_model(name):
     g = torch.Generator().manual_seed(1)
     x = torch.randn((40,) + SHAPE, generator=g)
     want = _logits(model, x[32:]).double()
-    got = evaluate(capture(model, SHAPE), x[32:]).reshape(want.shape)
+    got = run_graph(capture(model, SHAPE), x[32:]).reshape(want.shape)
     assert float((got - want).abs().max() / want.abs().max()) < 1e-5
     net = convert(model, x[:32], progress=False)
     fixed, real = (np.asarray(Engine(net, mode)(x[32:].numpy(),
@@ -85,8 +85,8 @@ def test_text_zoo_model(name):
     with torch.no_grad():
         want = model(**{k: torch.from_numpy(v) for k, v in enc.items()})[0]
     hidden, mask = embed(model, enc, TOKENS)
-    got = evaluate(net.graph, torch.from_numpy(hidden),
-                   attention_mask=torch.from_numpy(mask)).reshape(want.shape)
+    got = run_graph(net.graph, torch.from_numpy(hidden),
+                    attention_mask=torch.from_numpy(mask)).reshape(want.shape)
     real = torch.from_numpy(mask).bool() if want.dim() == 3 else \
         torch.ones(len(want), dtype=torch.bool)
     assert float((got - want)[real].abs().max() /
@@ -123,7 +123,7 @@ def test_tiny_swin_runs_in_lava_as_on_the_engine():
     blocks) bit for bit as on the engine."""
     from torchvision.models.swin_transformer import SwinTransformer
 
-    from lava_spiked.lava_build import Loihi2SimCfg
+    from lava_spiked.lava_backend.imports import Loihi2SimCfg
 
     torch.manual_seed(0)
     model = SwinTransformer([2, 2], 8, [2, 1], [1, 2], [2, 2],

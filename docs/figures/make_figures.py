@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lava_spiked import attention, phase  # noqa: E402
+from lava_spiked.golden import attention  # noqa: E402
+from lava_spiked.numerics import phase  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 

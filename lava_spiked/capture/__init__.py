@@ -11,9 +11,9 @@ The pipeline, one module per step:
    symbolic values (:mod:`~lava_spiked.capture.symbolic`): constants fold,
    ops that move values run on index maps, and populations are made where
    values must be spikes.
-4. :mod:`~lava_spiked.capture.graph`: the result, and its exact evaluation
-   (no quantisation), which equals the model's output when the capture is
-   right.
+4. :mod:`~lava_spiked.capture.graph`: the result, and its exact run
+   (:func:`~lava_spiked.capture.graph.run_graph`, no quantisation), which
+   equals the model's output when the capture is right.
 
 The export runs at batch size 1; every backend runs the resulting network
 at any batch size, so nothing is specialised to a batch.
@@ -23,14 +23,15 @@ import typing as ty
 import torch
 from torch import nn
 
-from lava_spiked.capture.frontend import export
+from lava_spiked.capture.frontend import export_program
 from lava_spiked.capture.graph import (AttentionOp, Graph, Population,
-                                       evaluate, mask_tokens)
+                                       mask_tokens, run_graph)
 from lava_spiked.capture.interpreter import Interpreter
 from lava_spiked.capture.rules import RULES, unsupported
 from lava_spiked.capture.symbolic import UnsupportedModelError
 
-__all__ = ["capture", "evaluate", "mask_tokens", "export", "unsupported",
+__all__ = ["capture", "run_graph", "mask_tokens", "export_program",
+           "unsupported",
            "Graph", "Population", "AttentionOp", "UnsupportedModelError",
            "RULES"]
 
@@ -75,7 +76,7 @@ def capture(model: nn.Module, sample_shape: ty.Tuple[int, ...],
     ValueError
         If ``output`` or ``input_name`` names nothing the model has.
     """
-    ep, names = export(model, sample_shape, input_name, given)
+    ep, names = export_program(model, sample_shape, input_name, given)
     output = output_index(output, names)
     bad = unsupported(ep)
     if bad:

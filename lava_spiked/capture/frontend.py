@@ -177,10 +177,10 @@ def eval_mode(model: nn.Module):
             m.training = training
 
 
-def export(model: nn.Module, sample_shape: ty.Tuple[int, ...],
-           input_name: ty.Optional[str] = None,
-           given: ty.Optional[ty.Mapping[str, torch.Tensor]] = None
-           ) -> ty.Tuple[torch.export.ExportedProgram, ty.List[str]]:
+def export_program(model: nn.Module, sample_shape: ty.Tuple[int, ...],
+                   input_name: ty.Optional[str] = None,
+                   given: ty.Optional[ty.Mapping[str, torch.Tensor]] = None
+                   ) -> ty.Tuple[torch.export.ExportedProgram, ty.List[str]]:
     """``torch.export`` of ``model`` in eval mode for one sample, fed the
     constant keyword inputs ``given`` (a batch of one); also the names of
     its flattened outputs (see :class:`_Flat`).

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from lava_spiked.capture.symbolic import UnsupportedModelError
-from lava_spiked.nonlinear import ACTIVATIONS
+from lava_spiked.numerics.nonlinear import ACTIVATIONS
 from lava_spiked.plan import STAGED, Synapse
 
 
@@ -31,7 +31,7 @@ class Population:
         (size,) real-unit bias.
     fn : str
         Activation of an ``'activation'`` population
-        (:data:`lava_spiked.nonlinear.ACTIVATIONS`).
+        (:data:`lava_spiked.numerics.nonlinear.ACTIVATIONS`).
     eps : float
         LayerNorm's eps of a ``'layernorm'`` population.
     token_mask : bool
@@ -165,10 +165,10 @@ def _pooled_tokens(graph: Graph, n: int) -> ty.Set[str]:
 Recorder = ty.Callable[[str, torch.Tensor], None]
 
 
-def evaluate(graph: Graph, x: torch.Tensor,
-             record: ty.Optional[Recorder] = None,
-             attention_mask: ty.Optional[torch.Tensor] = None
-             ) -> torch.Tensor:
+def run_graph(graph: Graph, x: torch.Tensor,
+              record: ty.Optional[Recorder] = None,
+              attention_mask: ty.Optional[torch.Tensor] = None
+              ) -> torch.Tensor:
     """The captured network without quantisation, batched, in float64:
     the folded synapses, ReLU, the activations and LayerNorm (unclipped)
     and exact softmax attention. It equals the

@@ -26,9 +26,9 @@ from lava_spiked.capture.frontend import (constants, module_path,
 from lava_spiked.capture.graph import AttentionOp, Graph, Population
 from lava_spiked.capture.rules import RULES, flat, map_args
 from lava_spiked.capture.symbolic import (
-    SYMBOLIC, Affine, Pointwise, Product, UnsupportedModelError, direct,
+    SYMBOLIC, Affine, Pointwise, SpikeProduct, UnsupportedModelError, direct,
     scaled, synapse)
-from lava_spiked.nonlinear import ACTIVATIONS, identify
+from lava_spiked.numerics.nonlinear import ACTIVATIONS, identify
 
 
 class Interpreter:
@@ -53,7 +53,7 @@ class Interpreter:
             elif node.op == "call_function":
                 args, kwargs = torch.fx.node.map_arg(
                     (node.args, node.kwargs), lambda n: env[n.name])
-                env[node.name] = self.evaluate(node, args, kwargs)
+                env[node.name] = self.run_node(node, args, kwargs)
             elif node.op == "output":
                 outs = flat(node.args[0], {})
                 value = self.activate(env[outs[self.output].name])
@@ -64,7 +64,7 @@ class Interpreter:
                              name, self.macs)
         raise UnsupportedModelError("the exported graph has no output")
 
-    def evaluate(self, node, args, kwargs):
+    def run_node(self, node, args, kwargs):
         rule = RULES.get(op_name(node.target))
         try:
             if rule is not None and not rule.pointwise:
@@ -157,10 +157,11 @@ class Interpreter:
         """``x`` itself, or a Pointwise as an activation population (one
         per Pointwise) read as ``a * g + b``, where its function is
         ``a * g(c * source + d) + b`` for ``g`` one of
-        :data:`lava_spiked.nonlinear.ACTIVATIONS` and ``(c, d)`` one of its
-        ``bases`` (:func:`lava_spiked.nonlinear.identify`); where not, its
-        arguments become populations first and its op runs on them (GELU
-        of GELU is two activation stages, ``x + gelu(x)`` one and a sum)."""
+        :data:`lava_spiked.numerics.nonlinear.ACTIVATIONS` and ``(c, d)`` one
+        of its ``bases`` (:func:`lava_spiked.numerics.nonlinear.identify`);
+        where not, its arguments become populations first and its op runs on
+        them (GELU of GELU is two activation stages, ``x + gelu(x)`` one and
+        a sum)."""
         if not isinstance(x, Pointwise):
             return x
         key = x.node.name
@@ -189,7 +190,7 @@ class Interpreter:
                 f"{where(x.node)}: a pointwise function of an activation "
                 f"that is none of {', '.join(ACTIVATIONS)} (up to a scale "
                 "and a shift), which are what an activation stage computes "
-                "(lava_spiked.nonlinear.ACTIVATIONS)")
+                "(lava_spiked.numerics.nonlinear.ACTIVATIONS)")
         self.materialized[key] = value
         return value
 
@@ -202,7 +203,7 @@ class Interpreter:
         self.materialize(x, name, "operand")
         return name
 
-    def attention_output(self, node, prod: Product, v: Affine) -> Affine:
+    def attention_output(self, node, prod: SpikeProduct, v: Affine) -> Affine:
         """``softmax(prod) @ v``: an attention population."""
         path = module_path(node)
         v_name = self.operand(v, self.unique(path, "v"))

@@ -37,7 +37,7 @@ import torch
 from lava_spiked.capture.frontend import (module_path, module_type, op_name,
                                           where)
 from lava_spiked.capture.symbolic import (
-    SYMBOLIC, Affine, Pointwise, Product, Softmax, UnsupportedModelError,
+    SYMBOLIC, Affine, Pointwise, SpikeProduct, Softmax, UnsupportedModelError,
     Term, add, add_to_product, affine_of, as_constant, live, scaled,
     uniform)
 
@@ -164,7 +164,7 @@ def masked_fill(cap, node, x, mask, value):
     writes it) masks logits."""
     if isinstance(mask, SYMBOLIC) or isinstance(value, SYMBOLIC):
         raise UnsupportedModelError("a mask computed from activations")
-    if isinstance(x, Product):
+    if isinstance(x, SpikeProduct):
         if float(value) > torch.finfo(torch.float32).min:
             raise UnsupportedModelError(
                 f"masked_fill of q @ k with {float(value)}; only -inf or "
@@ -180,9 +180,9 @@ def select_where(cap, node, condition, x, other):
     ``q @ k`` and a constant, a masked_fill; on activations, a move."""
     if isinstance(condition, SYMBOLIC):
         raise UnsupportedModelError("a condition computed from activations")
-    if isinstance(x, Product) and not isinstance(other, SYMBOLIC):
+    if isinstance(x, SpikeProduct) and not isinstance(other, SYMBOLIC):
         return masked_fill(cap, node, x, ~condition.bool(), other)
-    if isinstance(other, Product) and not isinstance(x, SYMBOLIC):
+    if isinstance(other, SpikeProduct) and not isinstance(x, SYMBOLIC):
         return masked_fill(cap, node, other, condition.bool(), x)
     return moved(node, node.target, (condition, x, other), {},
                  *map_args((condition, x, other), {}, _blank))
@@ -192,7 +192,7 @@ def moved(node, target, args, kwargs, blank_args, blank_kwargs):
     """``target`` run on the bias (with ``args``), and on each term's index
     map (shifted by one, so that 0 is "no source") and scales (with
     ``blank_args``: constants zeroed); a list for list results."""
-    if any(isinstance(a, (Product, Softmax)) for a in flat(args, kwargs)):
+    if any(isinstance(a, (SpikeProduct, Softmax)) for a in flat(args, kwargs)):
         return regrouped_logits(node, target, args, kwargs)
     syms = [a for a in flat(args, kwargs) if isinstance(a, Affine)]
 
@@ -231,7 +231,7 @@ def regrouped_logits(node, target, args, kwargs):
     value = args[0]
     prod = value.product if isinstance(value, Softmax) else value
     if op_name(node.target) not in RESHAPES + ("unsqueeze", "squeeze") or \
-            not isinstance(prod, Product):
+            not isinstance(prod, SpikeProduct):
         raise UnsupportedModelError(
             "only a regrouping of the leading (batch, head) axes may act on "
             "q @ k or its softmax")
@@ -272,7 +272,7 @@ def arithmetic(cap, node, a, b=1, alpha=1.0, **kwargs):
             return done
         a, b = (cap.activate(v) if isinstance(v, Pointwise) else v
                 for v in (a, b))
-    if any(isinstance(v, (Product, Softmax)) for v in (a, b)):
+    if any(isinstance(v, (SpikeProduct, Softmax)) for v in (a, b)):
         return logit_arithmetic(name, a, b, alpha)
     if name == "neg":
         return scaled(a, -1.0, 0.0)
@@ -302,9 +302,9 @@ def arithmetic(cap, node, a, b=1, alpha=1.0, **kwargs):
 
 def logit_arithmetic(name, a, b, alpha=1.0):
     """``q @ k`` scaled by a constant, or plus or minus one."""
-    prod = a if isinstance(a, Product) else b
+    prod = a if isinstance(a, SpikeProduct) else b
     other = b if prod is a else a
-    if not isinstance(prod, Product) or isinstance(other, SYMBOLIC) or \
+    if not isinstance(prod, SpikeProduct) or isinstance(other, SYMBOLIC) or \
             name not in ("add", "sub", "mul", "div") or (
                 name in ("div", "sub") and prod is not a) or (
                 alpha != 1 and prod is not a):
@@ -567,14 +567,14 @@ def matmul(cap, node, a, b):
     y = cap.operand(b, cap.unique(path, "k"))
     shape = a.shape[:-1] + b.shape[-1:]
     cap.macs += float(np.prod(shape)) * a.shape[-1]
-    return Product(x, y, torch.ones(shape, dtype=torch.float64),
-                   torch.zeros(shape, dtype=torch.float64),
-                   torch.zeros(shape, dtype=torch.bool))
+    return SpikeProduct(x, y, torch.ones(shape, dtype=torch.float64),
+                        torch.zeros(shape, dtype=torch.float64),
+                        torch.zeros(shape, dtype=torch.bool))
 
 
 @rule("softmax")
 def softmax(cap, node, x, dim, *rest, **kwargs):
-    if not isinstance(x, Product) or dim not in (-1, len(x.shape) - 1):
+    if not isinstance(x, SpikeProduct) or dim not in (-1, len(x.shape) - 1):
         raise UnsupportedModelError(
             "softmax must act on the last axis of a q @ k product")
     return Softmax(x)

@@ -9,10 +9,10 @@
     Ops that move values without arithmetic run as themselves on these index
     maps, so memory grows with the model's activations, never with their
     square.
-``Product``
+``SpikeProduct``
     ``coef * (x @ y) + bias`` of two operand populations, masked.
 ``Softmax``
-    The softmax of a Product, which becomes a WOSS population.
+    The softmax of a SpikeProduct, which becomes a WOSS population.
 ``Pointwise``
     ``f(source)`` elementwise, for an Affine ``source`` and a function
     composed from the pointwise ops that act on it (GELU written out as
@@ -60,7 +60,7 @@ class Affine:
 
 
 @dataclasses.dataclass
-class Product:
+class SpikeProduct:
     """Pending ``coef * (x @ y) + bias`` of two populations, masked; the
     tensors have the shape of the model's logits."""
 
@@ -77,9 +77,9 @@ class Product:
 
 @dataclasses.dataclass
 class Softmax:
-    """Softmax of a Product along its last axis."""
+    """Softmax of a SpikeProduct along its last axis."""
 
-    product: Product
+    product: SpikeProduct
 
     @property
     def shape(self) -> ty.Tuple[int, ...]:
@@ -109,7 +109,7 @@ class Pointwise:
         return self.source.shape
 
 
-SYMBOLIC = (Affine, Product, Softmax, Pointwise)
+SYMBOLIC = (Affine, SpikeProduct, Softmax, Pointwise)
 
 
 def direct(name: str, shape: ty.Tuple[int, ...]) -> Affine:
@@ -211,7 +211,7 @@ def _same(x: ty.Optional[torch.Tensor], y: ty.Optional[torch.Tensor]
     return x is y or (x.shape == y.shape and torch.equal(x, y))
 
 
-def add_to_product(prod: Product, c: torch.Tensor) -> Product:
+def add_to_product(prod: SpikeProduct, c: torch.Tensor) -> SpikeProduct:
     """An additive constant on the logits; -inf entries are a mask."""
     c = torch.broadcast_to(c, prod.coef.shape)
     masked = torch.isneginf(c)

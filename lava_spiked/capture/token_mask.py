@@ -27,7 +27,7 @@ from torch import nn
 
 from lava_spiked.capture import capture, output_index
 from lava_spiked.capture.frontend import _Flat, eval_mode, extra_inputs
-from lava_spiked.capture.graph import Graph, evaluate, mask_tokens
+from lava_spiked.capture.graph import Graph, mask_tokens, run_graph
 from lava_spiked.capture.symbolic import UnsupportedModelError
 
 #: The largest difference at real tokens, relative to the model's largest
@@ -97,7 +97,7 @@ def capture_masked(model: nn.Module, sample_shape: ty.Tuple[int, ...],
                     if not pool:
                         tried.append(f"{what}: {err}")
                     continue  # no mean over tokens to take over real ones
-                got = evaluate(masked, x, attention_mask=real)
+                got = run_graph(masked, x, attention_mask=real)
                 error = _difference(got.reshape(want.shape), want, real)
                 if error <= TOLERANCE:
                     return masked

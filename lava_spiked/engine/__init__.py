@@ -7,7 +7,8 @@ membrane is a closed form of its sources' spikes:
 
 ``float`` (= ``floating_pt``)
     ``A = sum_s W_s @ (x_hat_s / sigma_s) + b / sigma``, then the phase
-    quantiser; attention as :func:`lava_spiked.attention.attention_float`.
+    quantiser; attention as
+    :func:`lava_spiked.golden.attention.attention_float`.
 ``fixed`` (= ``fixed_pt``, bit for bit)
     The 48-bit dendritic accumulator of a PhaseNeuron sums ``a_in * G_j``
     exactly and is rounded once when the window closes, so it equals

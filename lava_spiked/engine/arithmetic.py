@@ -11,7 +11,7 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 from lava_spiked.engine.ops import tensor
 from lava_spiked.engine.stages import run_numpy
 from lava_spiked.engine.thresholds import LOWER, FallingThresholds
@@ -149,7 +149,7 @@ class Arithmetic(abc.ABC):
     def clipped(self, v: torch.Tensor, unipolar: bool) -> torch.Tensor:
         """Clipped neurons per sample, (batch,) int64: a closed membrane
         beyond one sigma, ``|v| > 2**16`` in state units or ``|v| > 1``;
-        ReLU layers only above (see :mod:`lava_spiked.golden`)."""
+        ReLU layers only above (see :mod:`lava_spiked.golden.models`)."""
         v = v.reshape(v.shape[0], -1)
         if unipolar:
             return torch.count_nonzero(v > self.silent + self.one, dim=1)

@@ -7,7 +7,7 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 from lava_spiked.engine.arithmetic import Arithmetic
 from lava_spiked.engine.ops import (INT_LIMIT, exact_matmul, lookup,
                                     round_half_away, round_to_int)

@@ -6,13 +6,13 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 from lava_spiked.engine.arithmetic import Arithmetic
 from lava_spiked.engine.ops import lookup
 from lava_spiked.engine.stages import ActivationFloat, LayerNormFloat
 from lava_spiked.engine.thresholds import ThresholdBuckets
-from lava_spiked.golden import stage_float
-from lava_spiked.phase import threshold_factor
+from lava_spiked.golden.models import stage_float
+from lava_spiked.numerics.phase import threshold_factor
 from lava_spiked.plan import ActivationStage
 
 

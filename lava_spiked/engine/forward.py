@@ -6,7 +6,7 @@ import typing as ty
 
 import torch
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 from lava_spiked.engine.fixed_mode import FixedArithmetic
 from lava_spiked.engine.float_mode import FloatArithmetic
 from lava_spiked.engine.compiling import Compiler
@@ -14,7 +14,7 @@ from lava_spiked.engine.layers import attention_layer, dense_layer
 from lava_spiked.engine.ops import regain
 from lava_spiked.engine.products import Products
 from lava_spiked.engine.result import EngineResult
-from lava_spiked.golden import clip_sizes, warn_clipped
+from lava_spiked.golden.models import clip_sizes, warn_clipped
 from lava_spiked.validation import check_batch
 
 ARITHMETIC = {"fixed": FixedArithmetic, "float": FloatArithmetic}
@@ -43,8 +43,8 @@ class Engine:
         batch dimension, whose code runs up to about 1.1x slower than the
         first size's (measured on the encoder ViT). LayerNorm and
         activation stages are in the same graph
-        (:mod:`lava_spiked.torch_stages`). The default, ``'auto'``, runs
-        eagerly until the eager calls of one batch size have taken as long
+        (:mod:`lava_spiked.numerics.torch_stages`). The default, ``'auto'``,
+        runs eagerly until the eager calls of one batch size have taken as long
         as a first compile of this network is expected to take
         (``compiler.estimate_s``), then compiles for that batch size
         (calls of other sizes, such as a dataset's last batch, stay
@@ -131,7 +131,7 @@ class Engine:
             states the memory either takes).
         warn : bool
             Warn (one RuntimeWarning per call, naming the populations) where
-            more than :data:`lava_spiked.golden.CLIP_WARN_FRACTION` of a
+            more than :data:`lava_spiked.golden.models.CLIP_WARN_FRACTION` of a
             population's values in this batch were clipped, as
             :meth:`lava_spiked.network.SpikingNetwork.infer` does; the counts
             are in :attr:`EngineResult.clipped` either way.

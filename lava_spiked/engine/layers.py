@@ -10,7 +10,7 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 from lava_spiked.engine.arithmetic import Arithmetic
 from lava_spiked.engine.ops import EXACT
 from lava_spiked.engine.products import Products

@@ -6,7 +6,7 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked import fixed
+from lava_spiked.numerics import fixed
 
 EXACT = 2.0 ** 53  # float64 integers are exact below this
 # fixed membranes are int32 table rows; clamping a membrane to this keeps
@@ -44,9 +44,10 @@ def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def round_half_away(x: torch.Tensor) -> torch.Tensor:
-    """Round half away from zero, as :func:`lava_spiked.fixed.round_shift`
-    does: exact for ``x = k * 2**-n`` with integer ``k`` below 2**53, which
-    is what the engine rounds (shifts are folded into the weights)."""
+    """Round half away from zero, as
+    :func:`lava_spiked.numerics.fixed.round_shift` does: exact for ``x = k *
+    2**-n`` with integer ``k`` below 2**53, which is what the engine rounds
+    (shifts are folded into the weights)."""
     # sign * floor(|x| + 1/2): floor is vectorised, trunc and copysign are
     # not (3x slower on CPU)
     return x.abs().add_(0.5).floor_().mul_(x.sign())

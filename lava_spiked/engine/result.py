@@ -27,10 +27,10 @@ class EngineResult:
         neurons per sample, as the ``clip_count`` Vars of the Lava models
         count them: ``|v| > 2**16`` (fixed) or ``|v| > 1`` (float) on the
         closed membrane, ``v`` only above for ReLU layers (see
-        :mod:`lava_spiked.golden`). Counted with ``record=False`` too.
+        :mod:`lava_spiked.golden.models`). Counted with ``record=False`` too.
         Divide by the population sizes of
-        :func:`lava_spiked.golden.clip_sizes` (also ``Engine.clip_sizes``)
-        for fractions.
+        :func:`lava_spiked.golden.models.clip_sizes` (also
+        ``Engine.clip_sizes``) for fractions.
     """
 
     def __init__(self, logits: torch.Tensor, saturated: torch.Tensor,

@@ -1,6 +1,6 @@
 """LayerNorm and activation stages in the engine: each staged layer's
 constants as a typed record whose ``run`` computes the stage in torch
-(:mod:`lava_spiked.torch_stages`, inside a compiled graph), and
+(:mod:`lava_spiked.numerics.torch_stages`, inside a compiled graph), and
 :func:`run_numpy`, the golden model's own numpy functions on a few samples
 at a time (eager calls). Each returns the stage's output as membranes
 (fixed: table rows), its clipped neurons and its saturation events per
@@ -11,8 +11,8 @@ import typing as ty
 import numpy as np
 import torch
 
-from lava_spiked import fixed, torch_stages
-from lava_spiked.golden import stage_fixed, stage_float
+from lava_spiked.numerics import fixed, torch_stages
+from lava_spiked.golden.models import stage_fixed, stage_float
 
 STAGE_CHUNK = 1 << 16  # membranes per numpy stage call (int64: 512 kB)
 ONE = 1 << fixed.STATE_FRAC_BITS  # one sigma in state units
@@ -99,7 +99,7 @@ class LayerNormFloat:
 
 
 def run_numpy(layer: ty.Any, m: torch.Tensor, fixed_mode: bool, top: int):
-    """A stage by :func:`lava_spiked.golden.stage_fixed` and
+    """A stage by :func:`lava_spiked.golden.models.stage_fixed` and
     ``stage_float``, on a few samples at a time, so that numpy's dozen
     passes over its temporaries stay in cache (with the flat knot reads
     of :func:`fixed.activation`, a MiniLM engine call 1.37x faster than

@@ -1,0 +1,58 @@
+"""The evaluation CLI (``python -m lava_spiked.evaluate``, and
+``python -m lava_spiked``'s argument checks), one process and torchrun."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lava_spiked import evaluate
+from lava_spiked.__main__ import main as lava_main
+
+
+@pytest.mark.slow
+def test_torchrun_shards_and_merges_like_one_process(tmp_path):
+    """Two gloo processes on 101 samples (DistributedSampler pads one
+    repeat, which must not count) write the table of one process."""
+    args = ["--T", "16", "--B", "1.4", "--samples", "101"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run",
+                           "--standalone", "--nproc_per_node=2", "-m",
+                           "lava_spiked.evaluate", *args, "--out",
+                           str(tmp_path / "two")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    evaluate.main(args + ["--out", str(tmp_path / "one")])
+
+    def table(d):  # the lines after the command and machine
+        return (tmp_path / d / "accuracy_sweep.md").read_text() \
+            .split("test images; ANN accuracy", 1)[1]
+    assert "101 test images" in (tmp_path / "two" /
+                                 "accuracy_sweep.md").read_text()
+    assert table("two") == table("one")
+
+
+def test_evaluate_cli_writes_table_and_figures(tmp_path, capsys):
+    evaluate.main(["--T", "12", "--B", "1.3", "1.4", "--samples", "24",
+                   "--out", str(tmp_path)])
+    table = (tmp_path / "accuracy_sweep.md").read_text()
+    assert "Command: `python -m lava_spiked.evaluate --T 12 --B 1.3 1.4" \
+        in table
+    assert table.count("| 12 | 1.") == 2
+    for png in ("accuracy_vs_T.png", "accuracy_vs_energy.png",
+                "correlation.png"):
+        assert (tmp_path / png).stat().st_size > 5000
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--T", "0"], "T must be an integer in"),
+    (["--B", "1.0"], "B must be in"),
+    (["--samples", "0"], "samples must be an integer >= 1"),
+])
+def test_cli_rejects_bad_arguments_without_traceback(argv, match, capsys):
+    for main in (evaluate.main, lava_main):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2  # argparse's usage error
+        assert match in capsys.readouterr().err
