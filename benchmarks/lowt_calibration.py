@@ -5,14 +5,14 @@ A research prototype, not a library feature (results and conclusions:
 ``benchmarks/results/lowt_calibration.md``). It holds
 
 - :func:`quant_forward`, a differentiable model of the code: the captured
-  graph evaluated as :func:`lava_spiked.capture.graph.evaluate` does, but
+  graph evaluated as :func:`lava_spiked.capture.graph.run_graph` does, but
   every population's value phase-coded with its scale, every attention's
   logits coded and its softmax WOSS (forward: the ``floating_pt`` value;
   backward: straight through, :meth:`Code.quantize`). It is checked
   against ``Engine(net, 'float')`` on the same scales (:func:`validate`):
   the same logits up to float rounding once the Plan's 8-bit weights are
   put into the graph (:func:`plan_weights`);
-- ways of choosing the scales: ``max`` (:func:`lava_spiked.calibrate.
+- ways of choosing the scales: ``max`` (:func:`lava_spiked.calibration.
   calibrate`, what ``convert`` does); ``mse`` (per calibration group the
   ``alpha * max``, alpha on a grid 0.30..1.00, that minimises the code's
   squared error of that population's own float values); the gradient
@@ -23,7 +23,7 @@ A research prototype, not a library feature (results and conclusions:
   readout's squared error); ``search`` and ``mse+search`` (a coordinate
   search of one multiplier per population on the readout's error,
   :func:`search`); a ``c`` prefix runs a method on the graph with
-  centred logits (:func:`lava_spiked.calibrate.center_logits`);
+  centred logits (:func:`lava_spiked.calibration.center_logits`);
 - :func:`attribute`: the readout error with one code on at a time;
 - the measurement: each set of scales lowered with
   :func:`lava_spiked.plan.lower` and run on ``Engine(net, 'fixed')`` over
@@ -60,14 +60,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lava_spiked import fixed, phase
-from lava_spiked.calibrate import (absorb_masks, calibrate, center_logits,
-                                   groups)
-from lava_spiked.capture import capture, evaluate
+from lava_spiked.calibration import (absorb_masks, calibrate, center_logits,
+                                     groups)
+from lava_spiked.capture import capture, run_graph
 from lava_spiked.capture.graph import Graph, _apply
 from lava_spiked.engine import Engine
 from lava_spiked.network import SpikingNetwork
-from lava_spiked.plan import Plan, _channel_scale, _source_scale, lower
+from lava_spiked.numerics import fixed, phase
+from lava_spiked.plan import Plan, lower
+from lava_spiked.plan.lowering import _channel_scale, _source_scale
 
 CODES = ((16, 1.4), (24, 1.15), (40, 1.15))
 ALPHAS = np.round(np.arange(0.30, 1.001, 0.05), 2)
@@ -86,7 +87,7 @@ def _gelu_tanh(x):
                                        (x + 0.044715 * x ** 3)))
 
 
-#: torch twins of :data:`lava_spiked.nonlinear.ACTIVATIONS` (autograd
+#: torch twins of :data:`lava_spiked.numerics.nonlinear.ACTIVATIONS` (autograd
 #: needs them; numpy's values and these agree to float rounding)
 TORCH_ACTIVATIONS = {"gelu": _gelu, "gelu_tanh": _gelu_tanh,
                      "silu": F.silu, "tanh": torch.tanh,
@@ -96,9 +97,10 @@ TORCH_ACTIVATIONS = {"gelu": _gelu, "gelu_tanh": _gelu_tanh,
 class Code:
     """The phase code (B, T): decision points and levels as torch tensors.
 
-    The decision points are computed exactly as :func:`lava_spiked.phase.
-    quantize` computes them (``c_B * B**-m`` in numpy float64), so that a
-    value lands on the same side of a threshold as in the golden model.
+    The decision points are computed exactly as
+    :func:`lava_spiked.numerics.phase.quantize` computes them (``c_B *
+    B**-m`` in numpy float64), so that a value lands on the same side of
+    a threshold as in the golden model.
     """
 
     def __init__(self, B: float, T: int) -> None:
@@ -164,7 +166,7 @@ class Code:
 
     def woss(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Unnormalised WOSS probabilities of decoded logits ``z`` (real
-        units) as :func:`lava_spiked.attention.woss` computes them; the
+        units) as :func:`lava_spiked.golden.attention.woss` computes them; the
         backward is that of ``exp(z - z_max)`` (straight through)."""
         positive = (z > 0) & ~mask
         z_max = torch.where(positive, z, torch.zeros_like(z)).amax(
@@ -173,8 +175,8 @@ class Code:
         with torch.no_grad():
             # the golden model's step counts the thresholds above d; the
             # ascending thresholds at or below d are the rest
-            step = self.T - torch.searchsorted(self.woss_points, d.contiguous(),
-                                               right=True)
+            step = self.T - torch.searchsorted(
+                self.woss_points, d.contiguous(), right=True)
             p = torch.where((step >= self.T) | mask, 0.0,
                             self.levels[step.clamp(max=self.T)])
         e = torch.where(mask, 0.0, torch.exp(d.clamp(max=0.0)))
@@ -207,7 +209,7 @@ def run(graph: Graph, sig: ty.Optional[ty.Mapping[str, torch.Tensor]],
         ``<attention>:logits``); None with ``code=None``.
     code : Code or None
         The phase code; None evaluates the float graph (exactly as
-        :func:`lava_spiked.capture.evaluate`).
+        :func:`lava_spiked.capture.run_graph`).
     val : dict
         Population -> (batch, size) float64 values already known (the
         sources of ``names``); updated in place and returned.
@@ -374,9 +376,9 @@ class Scales:
 def float_values(graph: Graph, x: torch.Tensor
                  ) -> ty.Dict[str, torch.Tensor]:
     """Every population's float value (and the logits and membranes), as
-    :func:`lava_spiked.capture.evaluate` records them."""
+    :func:`lava_spiked.capture.run_graph` records them."""
     rec: ty.Dict[str, torch.Tensor] = {}
-    evaluate(graph, x, lambda k, v: rec.__setitem__(k, v.clone()))
+    run_graph(graph, x, lambda k, v: rec.__setitem__(k, v.clone()))
     return rec
 
 
@@ -521,8 +523,8 @@ def search(graph: Graph, sigmas, x: torch.Tensor, code: Code,
         if p.kind == "activation":
             knobs.append((p.name, p.name + ":pre"))
         knobs.append((p.name, p.name))
-    log(f"  search: calibration error {logit_error(graph, s, code, x, ref):.4g}"
-        f", {len(knobs)} knobs")
+    err = logit_error(graph, s, code, x, ref)
+    log(f"  search: calibration error {err:.4g}, {len(knobs)} knobs")
     t0 = time.perf_counter()
     for sweep in range(sweeps):
         moved = 0
@@ -621,7 +623,8 @@ def fashion(out: pathlib.Path, epochs: int, n_cal: int, log=print):
     """Trained FashionViT and (calibration, test) splits: calibration from
     the last 5k training images (not trained on), test the full 10k."""
     if not FASHION.exists():
-        sys.exit(f"{FASHION} is missing: apt-get install dataset-fashion-mnist")
+        sys.exit(f"{FASHION} is missing: "
+                 "apt-get install dataset-fashion-mnist")
     xtr = _idx(FASHION / "train-images-idx3-ubyte.gz", True)
     ytr = _idx(FASHION / "train-labels-idx1-ubyte.gz", False)
     xte = _idx(FASHION / "t10k-images-idx3-ubyte.gz", True)
@@ -656,7 +659,7 @@ def fashion(out: pathlib.Path, epochs: int, n_cal: int, log=print):
 
 
 def digits():
-    from lava_spiked.models import digits_splits, load_default
+    from lava_spiked.bundled.digits_vit import digits_splits, load_default
     s = digits_splits()
     return load_default(), s["calibration"][0], s["test"]
 
@@ -666,7 +669,8 @@ def digits():
 
 
 def accuracy(plan: Plan, graph, sigmas, x: np.ndarray, y: np.ndarray,
-             mode: str = "fixed", batch: int = 500) -> ty.Tuple[float, np.ndarray]:
+             mode: str = "fixed",
+             batch: int = 500) -> ty.Tuple[float, np.ndarray]:
     eng = Engine(SpikingNetwork(plan, graph, sigmas), mode, compile=False)
     logits = np.concatenate([
         eng(x[i:i + batch], record=False, warn=False).logits.numpy()
@@ -858,8 +862,8 @@ def write_results(args, rows, checks, where, bs) -> None:
     for name in dict.fromkeys(w[0] for w in where):
         sub = [w for w in where if w[0] == name]
         out += [f"### {name}", "",
-                "| code | " + " | ".join(f"T={T}, B={B}"
-                                        for _, T, B, _ in sub) + " |",
+                "| code | " + " | ".join(
+                    f"T={T}, B={B}" for _, T, B, _ in sub) + " |",
                 "|---|" + "---|" * len(sub)]
         for k in dict.fromkeys(k for w in sub for k in w[3]):
             out.append(f"| {k} | " + " | ".join(

@@ -32,7 +32,7 @@ from lava_spiked.bundled.text_data import (MAX_LENGTH, load_minilm,
 from lava_spiked.capture import run_graph
 from lava_spiked.huggingface import convert, embed
 from lava_spiked.numerics import fixed, phase
-from lava_spiked.plan import _channel_scale, _source_scale
+from lava_spiked.plan.lowering import _channel_scale, _source_scale
 
 OUT = pathlib.Path(__file__).parent / "results" / "minilm_diagnosis.md"
 
