@@ -13,13 +13,15 @@ from lava_spiked.calibration import absorb_masks, calibrate
 from lava_spiked.calibration import center_logits as center_logits_of
 from lava_spiked.capture import capture
 from lava_spiked.capture.token_mask import capture_masked
+from lava_spiked.code_error import candidates, choose_base
 from lava_spiked.network import SpikingNetwork
 from lava_spiked.plan import lower
 from lava_spiked.validation import check_base, check_steps
 
 
 def convert(model: torch.nn.Module, calibration_data: ty.Any,
-            B: float = 1.15, T: int = 40, statistic: str = "max",
+            B: ty.Union[float, str, ty.Sequence[float]] = 1.15,
+            T: int = 40, statistic: str = "max",
             percentile: float = 99.9, granularity: str = "channel",
             output: ty.Union[int, str] = 0,
             input_name: ty.Optional[str] = None, progress: bool = True,
@@ -36,8 +38,15 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     calibration_data : array_like, torch.Tensor or iterable of batches
         (n, *sample_shape) inputs for calibration, separate from the data
         you evaluate on.
-    B, T : float, int
-        Base and window length of the phase code.
+    B : float, 'auto' or sequence of float
+        Base of the phase code, 1 < B <= 2; ``'auto'``: the base among
+        :data:`lava_spiked.code_error.AUTO_B` (1.1 to 1.5) with the least
+        readout error of the coded network on the first
+        :data:`lava_spiked.code_error.AUTO_SAMPLES` (256) calibration
+        samples (:func:`lava_spiked.code_error.choose_base`; recorded in
+        ``net.plan.code_choice``); a sequence: the same among its values.
+    T : int
+        Window length of the phase code.
     statistic, percentile, granularity
         See :func:`lava_spiked.calibration.calibrate`.
     output : int or str
@@ -79,7 +88,10 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     ValueError
         On invalid B, T or calibration data.
     """
-    check_base(B), check_steps(T)
+    grid = candidates(B)
+    if grid is None:
+        check_base(B)
+    check_steps(T)
     first = next(iter(_first_batch(calibration_data)))
     if attention_mask is not None:
         graph = capture_masked(model, tuple(first.shape[1:]), output,
@@ -97,8 +109,10 @@ def convert(model: torch.nn.Module, calibration_data: ty.Any,
     sigmas = calibrate(graph, calibration_data, statistic, percentile,
                        granularity, progress=progress,
                        attention_mask=attention_mask)
-    return SpikingNetwork(lower(graph, sigmas, B, T, target), graph, sigmas,
-                          record)
+    plan = lower(graph, sigmas, B, T, target) if grid is None else \
+        choose_base(graph, sigmas, T, calibration_data, grid, attention_mask,
+                    target, progress=progress)
+    return SpikingNetwork(plan, graph, sigmas, record)
 
 
 def _first_batch(data: ty.Any) -> ty.Iterator[np.ndarray]:

@@ -89,29 +89,49 @@ class SpikingNetwork:
         #: population -> neurons clipped in the last :meth:`infer` call
         self.clipped: ty.Dict[str, int] = {}
 
-    def recode(self, B: ty.Optional[float] = None,
+    def recode(self, B: ty.Union[None, float, str,
+                                 ty.Sequence[float]] = None,
                T: ty.Optional[int] = None,
-               target: ty.Optional[str] = None) -> "SpikingNetwork":
+               target: ty.Optional[str] = None,
+               calibration_data: ty.Any = None,
+               attention_mask: ty.Any = None,
+               progress: bool = True) -> "SpikingNetwork":
         """The same calibrated model with another phase code or integer
         target: lowered anew at ``B``, ``T`` and ``target`` (default: this
         network's; see :func:`lava_spiked.plan.lower`), without calibrating
         again (a sweep over T and B costs one calibration).
 
+        ``B="auto"`` (or a sequence of candidate bases) chooses B as
+        :func:`lava_spiked.convert` does, on ``calibration_data`` (and its
+        ``attention_mask``), which it then needs
+        (:func:`lava_spiked.code_error.choose_base`).
+
         Raises
         ------
         ValueError
-            For a network without its captured model (loaded from a file).
+            For a network without its captured model (loaded from a file),
+            or ``B="auto"`` without ``calibration_data``.
         """
         if self.graph is None or self.sigmas is None:
             raise ValueError("this network has no captured model (it was "
                              "loaded from a file): convert the model again "
                              "with the new B and T")
+        from lava_spiked.code_error import candidates, choose_base
         from lava_spiked.plan import lower
-        return SpikingNetwork(
-            lower(self.graph, self.sigmas, self.B if B is None else B,
-                  self.T if T is None else T,
-                  self.plan.target if target is None else target),
-            self.graph, self.sigmas, self.record)
+        T = self.T if T is None else T
+        target = self.plan.target if target is None else target
+        grid = candidates(B)
+        if grid is None:
+            plan = lower(self.graph, self.sigmas, self.B if B is None else B,
+                         T, target)
+        elif calibration_data is None:
+            raise ValueError("B='auto' chooses B on calibration samples: "
+                             "pass calibration_data=")
+        else:
+            plan = choose_base(self.graph, self.sigmas, T, calibration_data,
+                               grid, attention_mask, target,
+                               progress=progress)
+        return SpikingNetwork(plan, self.graph, self.sigmas, self.record)
 
     # ------------------------------------------------------------- golden
     def golden_float(self, sample: ty.Any,

@@ -160,6 +160,61 @@ def test_bad_files_name_the_problem(bundled, tmp_path, edit, match):
         export.load(path)
 
 
+@pytest.fixture(scope="module")
+def auto_bundled(bundled):
+    """The bundled network with B chosen (``code_choice``)."""
+    from lava_spiked.bundled.digits_vit import digits_splits
+    net, _ = bundled
+    return net.recode(B=(1.2, 1.25, 1.3), T=16, progress=False,
+                      calibration_data=digits_splits()["calibration"][0])
+
+
+def test_the_code_choice_round_trips(auto_bundled, tmp_path):
+    path = tmp_path / "auto.h5"
+    export.save(auto_bundled, path)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["version"] == hdf5.VERSION == 6
+        assert f["code_choice/grid"][()].tolist() == [1.2, 1.25, 1.3]
+    back = export.load(path)
+    assert back.plan.code_choice == auto_bundled.plan.code_choice
+    assert back.plan.code_choice.chosen == back.B
+    _assert_same_plan(auto_bundled.plan, back.plan)
+
+
+def test_version_5_files_load_without_a_code_choice(bundled, auto_bundled,
+                                                    tmp_path):
+    """Files of version 5 (checksummed, no record) still load; a record in
+    one is not read."""
+    for net in (bundled[0], auto_bundled):
+        path = tmp_path / "v5.h5"
+        export.save(net, path)
+        _broken(path, lambda f: f.attrs.__setitem__("version", 5))
+        back = export.load(path)
+        assert back.plan.code_choice is None
+        _assert_same_plan(dataclasses.replace(net.plan, code_choice=None),
+                          back.plan)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: (f.__delitem__("code_choice/errors"),
+                f.create_dataset("code_choice/errors", data=np.ones(2))),
+     "errors has shape \\(2,\\)"),
+    (lambda f: f["code_choice/errors"].__setitem__(0, -1.0), "finite"),
+    (lambda f: f["code_choice/grid"].__setitem__(0, 2.5), "B must be in"),
+    (lambda f: f["code_choice/errors"].__setitem__(0, 0.0),
+     "chose B = 1.2, the Plan has B = 1.25"),
+    (lambda f: f["code_choice"].attrs.__delitem__("samples"),
+     "missing attribute /code_choice:samples"),
+])
+def test_bad_code_choices_are_refused(auto_bundled, tmp_path, edit, match):
+    assert auto_bundled.B == 1.25
+    path = tmp_path / "auto.h5"
+    export.save(auto_bundled, path)
+    _broken(path, edit)
+    with pytest.raises(export.ExportError, match=match):
+        export.load(path)
+
+
 def test_truncated_or_foreign_file(bundled, tmp_path):
     net, _ = bundled
     path = tmp_path / "net.h5"

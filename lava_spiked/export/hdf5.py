@@ -30,18 +30,19 @@ import numpy as np
 
 from lava_spiked.network import SpikingNetwork
 from lava_spiked.numerics import fixed, nonlinear
-from lava_spiked.plan import (KINDS, MASK, ActivationStage, Layer,
-                              LoweredAttention, NormStage, Plan, RuntimeInput,
-                              Synapse, Window, loihi2)
+from lava_spiked.plan import (KINDS, MASK, ActivationStage, CodeChoice,
+                              Layer, LoweredAttention, NormStage, Plan,
+                              RuntimeInput, Synapse, Window, loihi2)
 from lava_spiked.validation import check_base, check_steps
 
 FORMAT = "lava-spiked plan"
 # 2 added the stages of activation and LayerNorm layers and a weight
 # exponent per synapse, 3 one per output channel of a synapse, 4 the
 # gain and accumulator bits of a layer (Loihi 2 conformant Plans), 5 a
-# checksum on every dataset and on every group's attributes
-VERSION = 5
-READABLE = (1, 2, 3, 4, 5)
+# checksum on every dataset and on every group's attributes, 6 the
+# record of how B was chosen (``code_choice``, where it was)
+VERSION = 6
+READABLE = (1, 2, 3, 4, 5, 6)
 CHECKSUM = "sha256"  # the attribute that holds an object's checksum
 
 
@@ -111,6 +112,11 @@ def save(plan: Plan, path: ty.Union[str, pathlib.Path],
             a["logit_scale"] = np.asarray(op.logit_scale, np.float64)
             a["logit_bias"] = np.asarray(op.logit_bias, np.float64)
             a["mask"] = np.asarray(op.mask, bool)
+        if plan.code_choice is not None:
+            c = f.create_group("code_choice")
+            c.attrs["samples"] = plan.code_choice.samples
+            c["grid"] = np.asarray(plan.code_choice.grid, np.float64)
+            c["errors"] = np.asarray(plan.code_choice.errors, np.float64)
         _sign(f)
 
 
@@ -154,8 +160,8 @@ def _sign(f) -> None:
 
 
 def _verify(f) -> None:
-    """Raise ValueError naming the first object of a version 5 file whose
-    checksum is missing or does not match its contents."""
+    """Raise ValueError naming the first object of a file of version 5 or
+    later whose checksum is missing or does not match its contents."""
     for obj in _objects(f):
         what = "dataset" if isinstance(obj, h5py.Dataset) else "group"
         if CHECKSUM not in obj.attrs:
@@ -416,4 +422,19 @@ def _read(f) -> Plan:
                 _attr(f, "input", str), _attr(f, "output", str),
                 _attr(f, "num_steps", int), _attr(f, "ann_macs", float),
                 [RuntimeInput(MASK, (tokens,))] if tokens else [],
-                bool(f.attrs.get("mean_pool", False)))
+                bool(f.attrs.get("mean_pool", False)),
+                _read_code_choice(f) if version >= 6 else None)
+
+
+def _read_code_choice(f) -> ty.Optional[CodeChoice]:
+    """The record of how B was chosen, None where the file has none (B
+    was given); the Plan checks that it chose the file's B."""
+    if "code_choice" not in f:
+        return None
+    c = f["code_choice"]
+    grid = _array(c, "grid", "f", 1)
+    for b in grid:
+        check_base(b)
+    return CodeChoice(tuple(grid), tuple(_array(c, "errors", "f", 1,
+                                                grid.size)),
+                      _attr(c, "samples", int))

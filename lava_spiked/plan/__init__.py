@@ -20,8 +20,8 @@ from lava_spiked.plan.layers import (KINDS, MASK, STAGED, TARGETS,
                                      ActivationStage, Layer, LoweredAttention,
                                      NormStage, RuntimeInput, Synapse, Window)
 from lava_spiked.plan.lowering import lower
-from lava_spiked.plan.plan import Plan
+from lava_spiked.plan.plan import CodeChoice, Plan
 
-__all__ = ["KINDS", "MASK", "STAGED", "TARGETS", "ActivationStage", "Layer",
-           "LoweredAttention", "NormStage", "Plan", "RuntimeInput", "Synapse",
-           "Window", "lower"]
+__all__ = ["KINDS", "MASK", "STAGED", "TARGETS", "ActivationStage",
+           "CodeChoice", "Layer", "LoweredAttention", "NormStage", "Plan",
+           "RuntimeInput", "Synapse", "Window", "lower"]

@@ -47,6 +47,49 @@ from lava_spiked.numerics import fixed
 from lava_spiked.plan.layers import Layer, LoweredAttention, RuntimeInput
 
 
+@dataclasses.dataclass(frozen=True)
+class CodeChoice:
+    """How the base B of a Plan's code was chosen (``convert(...,
+    B="auto")``, :func:`lava_spiked.code_error.choose_base`): the readout
+    error (:func:`lava_spiked.code_error.readout_error`) of each candidate
+    on the first ``samples`` calibration samples; the Plan's B is the
+    candidate of the least error, :attr:`chosen`.
+
+    Attributes
+    ----------
+    grid : tuple of float
+        The candidate bases, in the order measured.
+    errors : tuple of float
+        Readout error of each.
+    samples : int
+        Calibration samples the errors were measured on.
+    """
+
+    grid: ty.Tuple[float, ...]
+    errors: ty.Tuple[float, ...]
+    samples: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(float(b) for b in self.grid))
+        object.__setattr__(self, "errors",
+                           tuple(float(e) for e in self.errors))
+        if not self.grid or len(self.grid) != len(self.errors):
+            raise ValueError(f"a CodeChoice needs one error per candidate "
+                             f"B, got {len(self.grid)} candidates and "
+                             f"{len(self.errors)} errors")
+        if not all(np.isfinite(self.errors)) or min(self.errors) < 0:
+            raise ValueError(f"readout errors must be finite and >= 0, got "
+                             f"{self.errors}")
+        if int(self.samples) < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        object.__setattr__(self, "samples", int(self.samples))
+
+    @property
+    def chosen(self) -> float:
+        """The candidate of the least error (the first of equal ones)."""
+        return self.grid[int(np.argmin(self.errors))]
+
+
 @dataclasses.dataclass
 class Plan:
     """A converted network for one code (B, T); see the module docstring.
@@ -68,6 +111,9 @@ class Plan:
     mean_pool : bool
         The readout is a mean over tokens: :meth:`pool` divides it by the
         real ones.
+    code_choice : CodeChoice or None
+        How B was chosen where ``convert`` chose it (``B="auto"``); None
+        where B was given.
     """
 
     B: float
@@ -81,8 +127,14 @@ class Plan:
     runtime_inputs: ty.List[RuntimeInput] = dataclasses.field(
         default_factory=list)
     mean_pool: bool = False
+    code_choice: ty.Optional[CodeChoice] = None
 
     def __post_init__(self) -> None:
+        if self.code_choice is not None and \
+                self.code_choice.chosen != self.B:
+            raise ValueError(f"the code choice chose B = "
+                             f"{self.code_choice.chosen}, the Plan has "
+                             f"B = {self.B}")
         self._by_name = {layer.name: layer for layer in self.layers}
         self._attention = {op.out: op for op in self.attention}
 
