@@ -134,8 +134,10 @@ def choose_base(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], T: int,
 
     Costs one float forward of the samples through the graph and, per
     candidate, one lowering and one engine run (floating_pt): on one CPU
-    thread about 0.1 s per candidate for the bundled DigitsViT and 0.4 s
-    for a 3-block ViT of 17 tokens x 64 channels (256 samples).
+    thread the seven candidates of :data:`AUTO_B` took 0.3 s for the
+    bundled DigitsViT (200 samples) and 4 s for a 3-block ViT of 17
+    tokens x 64 channels (256 samples;
+    ``benchmarks/results/lowt_calibration.md``).
 
     Raises
     ------
