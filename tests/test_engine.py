@@ -195,12 +195,15 @@ def _product(syn, w, dtype=torch.float64):
     return p, lambda x: p.pick(p(x), 0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int8])
 @pytest.mark.parametrize("structure", ["plain", "gathered", "two rows"])
-def test_synapse_equals_the_integer_product(structure):
+def test_synapse_equals_the_integer_product(structure, dtype):
     """The engine's token-shared product (with or without the row gather
     and the output pick, with unused entries; a pick that reads two of
-    the rows, as a CLS head reads one token) gives exactly the int64
-    result of the Plan's own Synapse.apply and of a hand-built matrix."""
+    the rows, as a CLS head reads one token), in float64 and as int8
+    products, gives exactly the int64 result of the Plan's own
+    Synapse.apply and of a hand-built matrix, traces at +-4096
+    included."""
     rng = np.random.default_rng(2)
     r, k, c, src_size = 5, 4, 3, 20
     w = rng.integers(-127, 128, (c, k)) * 2
@@ -215,6 +218,7 @@ def test_synapse_equals_the_integer_product(structure):
         out = np.array([3 * c + 2, -1, 1 * c + 1, 3 * c])
     syn = Synapse("src", rows, w.astype(np.int32), out)
     x = rng.integers(-4096, 4097, (7, src_size))
+    x[0, :3], x[1, :3] = (-4096, 4096, -1), (127, 128, -129)
     dense = np.zeros((len(out), src_size), np.int64)  # by hand
     for o, idx in enumerate(out):
         if idx < 0:
@@ -225,12 +229,30 @@ def test_synapse_equals_the_integer_product(structure):
                 dense[o, rows[row, kk]] += w[ch, kk]
     want = x @ dense.T
     np.testing.assert_array_equal(syn.apply(x), want)
-    fast, apply = _product(syn, w.astype(float))
-    got = apply(torch.as_tensor(x, dtype=torch.float64))
+    fast, apply = _product(syn, w.astype(float), dtype)
+    got = apply(torch.as_tensor(x, dtype=torch.float32))
     assert (got.shape[1], fast.rows is None) == (len(out),
                                                  structure == "plain")
     assert fast.r == (2 if structure == "two rows" else r)  # rows computed
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_int8_rows_take_each_rows_largest_power_of_two():
+    """Hand-checked rows: even mantissas up to 254 halve to int8, a row
+    of multiples of 2**-5 keeps 2**-5, a zero row gets 1; mantissas
+    beyond int8, or inputs whose int32 sums could overflow, are
+    refused."""
+    w = np.array([[254.0, -2.0, 0.0], [3 * 2.0 ** -5, 2.0 ** -4, 0.0],
+                  [0.0, 0.0, 0.0]])
+    mant, scale = products.int8_rows(w)
+    np.testing.assert_array_equal(mant, [[127, -1, 0], [3, 2, 0],
+                                         [0, 0, 0]])
+    np.testing.assert_array_equal(scale, [2.0, 2.0 ** -5, 1.0])
+    assert mant.dtype == np.int8
+    with pytest.raises(ValueError, match="int8"):
+        products.int8_rows(np.array([[255.0, 2.0]]))
+    with pytest.raises(ValueError, match="int32"):
+        products.int8_rows(np.zeros((1, 2 ** 31 // 127 ** 2 + 1)))
 
 
 def test_synapses_sharing_a_product_pick_their_own_outputs():
@@ -263,13 +285,13 @@ def test_products_stop_at_their_column_cap(monkeypatch, mode):
     the default cap's wider products (:func:`_agree`)."""
     net, x = _small_net()
     default = Engine(net, mode)
-    assert max(g.f64.w.shape[1]
+    assert max(g.exact.w.shape[1]
                for g in default.products.groups.values()) > 8
     wide = default(x, warn=False)
     monkeypatch.setattr(products, "PRODUCT_COLUMNS", 8)
     capped = Engine(net, mode)
     for g in capped.products.groups.values():
-        assert g.f64.w.shape[1] <= 8 or len(g.f64.columns) == 1
+        assert g.exact.w.shape[1] <= 8 or len(g.exact.columns) == 1
     got = capped(x, warn=False)
     _agree(wide, got, net.plan)  # float: other widths may round otherwise
 
@@ -326,10 +348,11 @@ def _extreme_net():
     return net, x
 
 
-def test_fixed_float32_path_equals_float64_path_and_golden(monkeypatch):
+def test_fixed_float32_path_equals_int8_path_and_golden(monkeypatch):
     """On weights at the mantissa extremes, with and without saturation,
-    the float32 path (taken: asserted) gives the float64 path's bits and the
-    integer golden model's logits."""
+    the float32 path (taken: asserted) gives the int8 path's bits (taken
+    where float32 is not allowed) and the integer golden model's
+    logits."""
     net, x = _extreme_net()
     rng = np.random.default_rng(6)
     x = np.concatenate([x, rng.uniform(-3, 3, (4, 1, 8, 8)), x[:1] * 400])
@@ -343,7 +366,12 @@ def test_fixed_float32_path_equals_float64_path_and_golden(monkeypatch):
     mixed = fast(x)
     monkeypatch.setattr(fixed_mode, "f32_products_exact",
                         lambda device: False)
-    want = Engine(net, "fixed")(x)
+    monkeypatch.setattr(products, "int8_instructions", lambda: True)
+    exact = Engine(net, "fixed")
+    # without float32, every product runs as int8 products on CPU
+    assert all(g.exact.w.dtype == torch.int8
+               for g in exact.products.groups.values())
+    want = exact(x)
     np.testing.assert_array_equal(got.logits.numpy(), want.logits.numpy())
     np.testing.assert_array_equal(mixed.logits.numpy(), want.logits.numpy())
     np.testing.assert_array_equal(got.saturated.numpy(),

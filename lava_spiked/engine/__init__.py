@@ -16,8 +16,9 @@ membrane is a closed form of its sources' spikes:
     product, a pair of spikes at steps m and m' adds
     ``s s' G[min] * G[max] = s G[m] * s' G[m']`` whatever their order, so
     the logit accumulator is ``w * (X_G @ Y_G)`` and the attention output's
-    is ``w * (P_G @ V_G)``. Products run in float64 (or float32, below),
-    exact because the constructor proves every sum stays below 2**53; it
+    is ``w * (P_G @ V_G)``. Products run in float64 (or float32 or int8,
+    below), exact because the constructor proves every sum stays below
+    2**53; it
     also proves that
     no accumulator, trace-product current or WOSS membrane can saturate
     mid-window (where step order would matter) and refuses networks for
@@ -38,25 +39,30 @@ its traces (13-bit integers) and weights (8-bit mantissas times a power of
 two) are exact in float32, and so is every partial sum while the sum of
 ``|k| * 4096`` over a row stays at most 2**24 (proved per synapse when the
 engine is built; such a product costs about a third of a float64 one on
-CPU). A synapse beyond that bound and the attention products (whose
-traces multiply to 24 bits) stay in float64; a layer whose summed bound
-exceeds 2**24 adds its float32 products in float64. The membranes are
-int32 table rows, so a layer costs its products, the rounding, a clamp and
-a gather. Splitting traces into int8 halves for ``torch._int_mm`` was
-measured and not taken: on a CPU without VNNI (AVX2 only) it runs about 25x
-slower than a float32 product; on an AVX-512 CPU with VNNI it takes a third
-of one alone, but in the compiled encoder ViT the two halves' products
-took longer than the float32 ones and the split slowed the fused passes
-around them (a call 1.3x slower, batch 256, one thread).
+CPU). A synapse beyond that bound runs as two int8 products with int32 sums
+on a CPU with int8 instructions (VNNI or AMX), its traces split into a
+high and a low part (:meth:`~lava_spiked.engine.products.Product._int8`;
+MiniLM, compiled, batch 64, one thread: a call 1.17x faster than with
+float64 products, ``benchmarks/int8_products.py``), else in float64; the
+attention products (whose traces multiply to 24 bits) stay in float64,
+and a layer whose summed bound exceeds 2**24 adds its float32 products in
+float64. The membranes are int32 table rows, so a layer costs its
+products, the rounding, a clamp and a gather. Int8 products in place of
+the float32 ones were measured and not taken: on a CPU without VNNI (AVX2
+only) they run about 25x slower than a float32 product; on an AVX-512 CPU
+with VNNI one takes a third of a float32 one alone, but in the compiled
+encoder ViT the two halves' products took longer than the float32 ones
+and the split slowed the fused passes around them (a call 1.3x slower,
+batch 256, one thread).
 
 What each mode promises, on any CPU (x86-64 with AVX2 or AVX-512, eager
 or compiled) and GPU:
 
 ``fixed``
     Bit for bit ``fixed_pt``: every sum is of integers times one power of
-    two and stays within float64's (or float32's) exact range, so it is
-    exact in any order; no BLAS kernel, vector width, fused multiply-add
-    or reduction order can change a bit.
+    two and stays within float64's (float32's, int32's) exact range, so it
+    is exact in any order; no BLAS kernel, vector width, fused
+    multiply-add or reduction order can change a bit.
 ``float``
     The same formulas in float64, whose sums of non-integers round by the
     order the hardware's kernels choose: MKL's products round differently

@@ -104,7 +104,7 @@ class Engine:
             else:
                 self.layers[layer.name] = dense_layer(
                     self.arith, self.products, layer, i)
-        self.products.build(self.device)
+        self.products.build(self.device, mode == "fixed")
         for key, group in self.products.groups.items():
             self.last_read[key] = group.last
             self.last_read[group.src] = max(
@@ -224,8 +224,7 @@ class Engine:
         acc = None
         for key, member in a.synapses:
             group = self.products[key]
-            product = group.f32 if f32 and group.f32 is not None \
-                else group.f64
+            product = group.product(f32)
             if key not in products:  # its first member
                 products[key] = product(regain(traces[group.src],
                                                group.bits))
