@@ -348,11 +348,13 @@ def _extreme_net():
     return net, x
 
 
-def test_fixed_float32_path_equals_int8_path_and_golden(monkeypatch):
+@pytest.mark.parametrize("int8", [True, False])
+def test_fixed_float32_path_equals_exact_path_and_golden(monkeypatch, int8):
     """On weights at the mantissa extremes, with and without saturation,
-    the float32 path (taken: asserted) gives the int8 path's bits (taken
-    where float32 is not allowed) and the integer golden model's
-    logits."""
+    the float32 path (taken: asserted) gives the bits of the exact path
+    taken where float32 is not allowed (int8 products on a CPU with int8
+    instructions, float64 on one without: both asserted) and the integer
+    golden model's logits."""
     net, x = _extreme_net()
     rng = np.random.default_rng(6)
     x = np.concatenate([x, rng.uniform(-3, 3, (4, 1, 8, 8)), x[:1] * 400])
@@ -366,10 +368,9 @@ def test_fixed_float32_path_equals_int8_path_and_golden(monkeypatch):
     mixed = fast(x)
     monkeypatch.setattr(fixed_mode, "f32_products_exact",
                         lambda device: False)
-    monkeypatch.setattr(products, "int8_instructions", lambda: True)
+    monkeypatch.setattr(products, "int8_instructions", lambda: int8)
     exact = Engine(net, "fixed")
-    # without float32, every product runs as int8 products on CPU
-    assert all(g.exact.w.dtype == torch.int8
+    assert all(g.exact.w.dtype == (torch.int8 if int8 else torch.float64)
                for g in exact.products.groups.values())
     want = exact(x)
     np.testing.assert_array_equal(got.logits.numpy(), want.logits.numpy())

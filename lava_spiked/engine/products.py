@@ -16,7 +16,6 @@ INT8_MAX = 127
 # an integer trace t (|t| <= 2**12) as hi * 2**LOW_BITS + lo, hi in
 # [-32, 32] and lo in [0, 128): both int8
 LOW_BITS = 7
-TRACE_MAX = 1 << 12
 # columns of one shared product (Product): wider, MKL's products on the
 # AVX-512 CPU measured ran up to 2.2x slower per column (float64, K <= 64)
 PRODUCT_COLUMNS = 128
