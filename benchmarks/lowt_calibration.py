@@ -183,6 +183,23 @@ class Code:
         return e + (p - e).detach()
 
 
+class PerPopulation(dict):
+    """A code per population (key -> :class:`Code`, keys as in
+    :func:`attribute`), ``default`` for the others: a base B per
+    population (``benchmarks/population_bases.py``)."""
+
+    def __init__(self, default: Code, codes=()) -> None:
+        super().__init__(codes)
+        self.default = default
+
+    def of(self, key: str) -> Code:
+        return self.get(key, self.default)
+
+
+def _code_of(code, key: str) -> Code:
+    return code.of(key) if isinstance(code, PerPopulation) else code
+
+
 def _stage_input(pop, a: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     """Value a staged population codes, from its membrane ``a``."""
     if pop.kind == "activation":
@@ -207,8 +224,9 @@ def run(graph: Graph, sig: ty.Optional[ty.Mapping[str, torch.Tensor]],
     sig : dict or None
         Name -> sigma (size,) tensors (also ``<name>:pre`` and
         ``<attention>:logits``); None with ``code=None``.
-    code : Code or None
-        The phase code; None evaluates the float graph (exactly as
+    code : Code, PerPopulation or None
+        The phase code (or one per population); None evaluates the float
+        graph (exactly as
         :func:`lava_spiked.capture.run_graph`).
     val : dict
         Population -> (batch, size) float64 values already known (the
@@ -237,9 +255,10 @@ def run(graph: Graph, sig: ty.Optional[ty.Mapping[str, torch.Tensor]],
             # three codes, each switched off alone by ``exact``: the
             # logits', the WOSS softmax's and the output's
             if code is not None and op.logits not in exact:
-                z = code.quantize(z, sig[op.logits].reshape(op.coef.shape))
+                z = _code_of(code, op.logits).quantize(
+                    z, sig[op.logits].reshape(op.coef.shape))
             if code is not None and name + ":softmax" not in exact:
-                p = code.woss(z, mask)
+                p = _code_of(code, name + ":softmax").woss(z, mask)
             else:
                 p = torch.softmax(z.masked_fill(mask, -math.inf), -1)
                 p = torch.nan_to_num(p, nan=0.0)
@@ -249,7 +268,8 @@ def run(graph: Graph, sig: ty.Optional[ty.Mapping[str, torch.Tensor]],
             if gains is not None and name in gains:
                 out = out * torch.from_numpy(gains[name])
             if coded:
-                out = code.quantize(out.reshape(n, -1), sig[name])
+                out = _code_of(code, name).quantize(
+                    out.reshape(n, -1), sig[name])
             val[name] = out.reshape(n, -1)
             continue
         a = torch.from_numpy(pop.bias).expand(n, -1)
@@ -266,10 +286,11 @@ def run(graph: Graph, sig: ty.Optional[ty.Mapping[str, torch.Tensor]],
             else:
                 val[name] = a
         elif pop.kind in ("activation", "layernorm"):
-            val[name] = code.quantize(
+            val[name] = _code_of(code, name).quantize(
                 _stage_input(pop, a, sig[name + ":pre"]), sig[name])
         else:
-            val[name] = code.quantize(a, sig[name], pop.kind == "relu")
+            val[name] = _code_of(code, name).quantize(a, sig[name],
+                                                      pop.kind == "relu")
     return val
 
 
@@ -281,7 +302,7 @@ def quant_forward(graph: Graph, sig, code: ty.Optional[Code],
     n = len(x)
     x = x.reshape(n, -1).double()
     first = x if code is None or graph.input in exact else \
-        code.quantize(x, sig[graph.input])
+        _code_of(code, graph.input).quantize(x, sig[graph.input])
     val = run(graph, sig, code, {graph.input: first},
               [p.name for p in graph.populations[1:]], gains, exact)
     return val[graph.output].reshape((n,) + graph[graph.output].shape)

@@ -17,6 +17,7 @@ the engine in fixed mode, which equals Lava's ``fixed_pt`` bit for bit
 """
 import argparse
 import time
+import typing as ty
 
 import numpy as np
 import torch
@@ -24,8 +25,8 @@ from lava.magma.core.run_configs import Loihi2SimCfg
 
 from lava_spiked import convert
 from lava_spiked.bundled.digits_vit import digits_splits, load_default
-from lava_spiked.validation import (check_base, check_count, check_steps,
-                                    cli_type)
+from lava_spiked.validation import (check_base_choice, check_count,
+                                    check_steps, cli_type)
 
 
 def main(argv=None) -> None:
@@ -38,8 +39,10 @@ def main(argv=None) -> None:
                         "tweets)")
     parser.add_argument("--T", type=cli_type(check_steps, int), default=40,
                         help="window steps")
-    parser.add_argument("--B", type=cli_type(check_base, float),
-                        default=1.15, help="base (1, 2]")
+    parser.add_argument("--B", type=cli_type(check_base_choice, str),
+                        default=1.15, help="base (1, 2], or 'auto': the "
+                        "base of least readout error on the calibration "
+                        "samples")
     parser.add_argument("--tag", default="fixed_pt",
                         choices=["fixed_pt", "floating_pt"])
     parser.add_argument("--neuron-level", action="store_true",
@@ -60,7 +63,7 @@ def main(argv=None) -> None:
           f" parameters) on scikit-learn digits, T={args.T}, B={args.B}")
     t0 = time.perf_counter()
     net = convert(model, x_cal, T=args.T, B=args.B)
-    print(f"converted in {time.perf_counter() - t0:.1f} s: "
+    print(f"converted in {time.perf_counter() - t0:.1f} s{_chosen(net)}: "
           f"{len(net.plan.layers)} layers "
           f"({', '.join(layer.name for layer in net.plan.layers)}), "
           f"{net.num_steps} steps per "
@@ -96,7 +99,14 @@ def main(argv=None) -> None:
           "start-up included)")
 
 
-def minilm(k: int, T: int, B: float, tag: str) -> None:
+def _chosen(net) -> str:
+    """What ``--B auto`` chose, for the conversion line."""
+    choice = net.plan.code_choice
+    return "" if choice is None else \
+        f" (B = {choice.chosen} chosen of {', '.join(map(str, choice.grid))})"
+
+
+def minilm(k: int, T: int, B: ty.Union[float, str], tag: str) -> None:
     """The MiniLM sentiment job (module docstring)."""
     from lava_spiked import Engine
     from lava_spiked.huggingface import embed
@@ -111,7 +121,7 @@ def minilm(k: int, T: int, B: float, tag: str) -> None:
           f"parameters) + linear sentiment head, T={T}, B={B}")
     t0 = time.perf_counter()
     net = convert_minilm(model, tok, T=T, B=B)
-    print(f"converted in {time.perf_counter() - t0:.0f} s: "
+    print(f"converted in {time.perf_counter() - t0:.0f} s{_chosen(net)}: "
           f"{len(net.plan.layers)} populations, {net.num_steps} steps per "
           f"tweet (calibrated on {SPLIT_SIZES['calibration']} held-out "
           f"tweets, {MAX_LENGTH} tokens)")

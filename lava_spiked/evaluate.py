@@ -1,7 +1,9 @@
 """Dataset-scale evaluation of the bundled model: ANN vs SNN.
 
 ``python -m lava_spiked.evaluate`` converts the bundled DigitsViT for every
-(T, B) of a sweep, runs the whole test split through the batched engine
+(T, B) of a sweep (``--B auto`` lets each T choose its base on the
+calibration split, :func:`lava_spiked.code_error.choose_base`), runs the
+whole test split through the batched engine
 (bit-exact with Lava's ``fixed_pt`` by default), and writes to ``--out``:
 
 - ``accuracy_sweep.md``: ANN and SNN accuracy, ANN/SNN agreement, accuracy
@@ -45,8 +47,8 @@ from lava_spiked.energy import energy, mean_report  # noqa: E402
 from lava_spiked.engine import Engine, keep_freed_memory  # noqa: E402
 from lava_spiked.numerics import phase  # noqa: E402
 from lava_spiked.progress import bar  # noqa: E402
-from lava_spiked.validation import (check_base, check_count,  # noqa: E402
-                                    check_steps, cli_type)
+from lava_spiked.validation import (  # noqa: E402
+    check_base_choice, check_count, check_steps, cli_type)
 
 
 def _shard(n: int) -> np.ndarray:
@@ -86,9 +88,12 @@ def _run_split(net, engine, x: np.ndarray, desc: str):
     return logits, report, (results[0], x[batches[0]])
 
 
-def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
-          device: str, samples: ty.Optional[int] = None) -> dict:
-    """Evaluate every (T, B); returns rows and what the figures need."""
+def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[ty.Union[float, str]],
+          mode: str, device: str, samples: ty.Optional[int] = None) -> dict:
+    """Evaluate every (T, B); returns rows and what the figures need.
+
+    A B of ``'auto'`` is chosen per T on the calibration split
+    (:func:`lava_spiked.code_error.choose_base`); its rows say so."""
     splits = digits_splits()
     model = load_default()
     x, y = splits["test"]
@@ -98,15 +103,18 @@ def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
         ann_logits = model(torch.from_numpy(x)).numpy()
     ann_acc = float((ann_logits.argmax(1) == y).mean())
     rows, first = [], None
-    calibrated = convert(model, splits["calibration"][0], T=Ts[0], B=Bs[0],
-                         progress=False)
+    x_cal = splits["calibration"][0]
+    calibrated = convert(model, x_cal, T=Ts[0], progress=False)
     for T in Ts:
-        for B in Bs:
-            net = calibrated.recode(B, T)
+        for given in Bs:
+            net = calibrated.recode(given, T, calibration_data=x_cal,
+                                    progress=False)
+            B = net.B
             logits, report, batch = _run_split(
                 net, Engine(net, mode, device), x, f"T={T} B={B}")
             acc = float((logits.argmax(1) == y).mean())
-            rows.append(dict(T=T, B=B, acc=acc, drop=ann_acc - acc,
+            rows.append(dict(T=T, B=B, given=given, acc=acc,
+                             drop=ann_acc - acc,
                              agree=float((logits.argmax(1) ==
                                           ann_logits.argmax(1)).mean()),
                              snn_nj=report.snn_joules * 1e9,
@@ -114,6 +122,10 @@ def sweep(Ts: ty.Sequence[int], Bs: ty.Sequence[float], mode: str,
             if first is None:
                 first = (net, report) + batch
     return dict(rows=rows, ann_acc=ann_acc, n=len(y), first=first)
+
+
+def _base(row: dict) -> str:
+    return f"{row['B']} (auto)" if row["given"] == "auto" else str(row["B"])
 
 
 def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
@@ -131,7 +143,8 @@ def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
         "ANN nJ | SNN/ANN energy |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['T']} | {r['B']} | {r['acc']:.2%} | {100 * r['drop']:.2f}"
+            f"| {r['T']} | {_base(r)} | {r['acc']:.2%} | "
+            f"{100 * r['drop']:.2f}"
             f" | {r['agree']:.2%} | {r['snn_nj']:.1f} | {r['ann_nj']:.1f} | "
             f"{r['snn_nj'] / r['ann_nj']:.2f} |")
     lines += ["", f"Per-layer energy per sample at T={rows[0]['T']}, "
@@ -140,9 +153,9 @@ def write(out: pathlib.Path, res: dict, mode: str, command: str) -> None:
     (out / "accuracy_sweep.md").write_text("\n".join(lines))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for B in sorted({r["B"] for r in rows}):
-        pts = [(r["T"], r["acc"]) for r in rows if r["B"] == B]
-        ax.plot(*zip(*pts), "o-", label=f"B = {B}")
+    for given in dict.fromkeys(r["given"] for r in rows):
+        pts = [(r["T"], r["acc"]) for r in rows if r["given"] == given]
+        ax.plot(*zip(*pts), "o-", label=f"B = {given}")
     ax.axhline(res["ann_acc"], color="k", ls="--", label="ANN")
     ax.set(xlabel="T (steps per window)", ylabel="test accuracy",
            title="SNN accuracy vs window length")
@@ -189,8 +202,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=cli_type(check_steps, int), nargs="+",
                         default=[40, 24, 16])
-    parser.add_argument("--B", type=cli_type(check_base, float), nargs="+",
-                        default=[1.15, 1.1, 1.2, 1.4])
+    parser.add_argument("--B", type=cli_type(check_base_choice, str),
+                        nargs="+", default=[1.15, 1.1, 1.2, 1.4],
+                        help="bases (1, 2]; 'auto': chosen per T on the "
+                        "calibration split by the code's readout error")
     parser.add_argument("--mode", choices=["fixed", "float"], default="fixed")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samples", type=cli_type(check_count, int),

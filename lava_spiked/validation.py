@@ -120,6 +120,13 @@ def check_batch(name: str, data: ty.Any,
     return arr
 
 
+def check_base_choice(B: ty.Any) -> ty.Union[float, str]:
+    """Return ``'auto'``, or ``B`` checked by :func:`check_base`: the
+    command lines' ``--B``, which may leave the base to
+    :func:`lava_spiked.code_error.choose_base`."""
+    return "auto" if B == "auto" else check_base(B)
+
+
 def cli_type(check: ty.Callable, cast: ty.Callable) -> ty.Callable:
     """An argparse ``type``: ``check(cast(text))``, its ValueError turned
     into argparse's usage error (no traceback)."""

@@ -247,6 +247,21 @@ def test_export_cli(tmp_path, capsys):
     assert "fits the Loihi 2 conventions checked" in capsys.readouterr().out
 
 
+def test_export_cli_chooses_B_and_keeps_the_record(tmp_path, capsys):
+    """``--B auto`` with ``--target loihi2``: the file holds the choice
+    made in Loihi 2's formats, the B it chose, and the CLI says so."""
+    from lava_spiked.bundled.digits_vit import digits_splits, load_default
+    out = tmp_path / "auto.h5"
+    export_main(["bundled", str(out), "--T", "16", "--B", "auto",
+                 "--target", "loihi2"])
+    plan = export.load(out).plan
+    want = convert(load_default(), digits_splits()["calibration"][0], T=16,
+                   B="auto", target="loihi2", progress=False).plan
+    assert plan.target == "loihi2" and plan.code_choice == want.code_choice
+    assert plan.B == want.B == want.code_choice.chosen
+    assert f"B = {plan.B} (auto), target loihi2" in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def staged_net():
     """LayerNorm, GELU (erf and tanh forms), SiLU: every stage kind."""

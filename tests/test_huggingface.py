@@ -332,3 +332,28 @@ def test_tokens_generated_in_lava_are_the_engines():
                        run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
     np.testing.assert_array_equal(got[0], want[0])
     assert len(got[0]) == 6
+
+
+def test_B_auto_through_the_hugging_face_entry_and_loihi2(tokenizer):
+    """``huggingface.convert(B='auto', target='loihi2')`` chooses B on the
+    embedded calibration tweets with their token masks, in Loihi 2's
+    formats: each recorded error is the readout error of the network
+    recoded at that B, measured with the masks."""
+    from lava_spiked.code_error import readout_error
+
+    model = _classifier(layers=1)
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    net = convert(model, enc, length=16, B=(1.2, 1.3, 1.4), T=16,
+                  target="loihi2", progress=False)
+    choice = net.plan.code_choice
+    assert net.plan.target == "loihi2" and choice.samples == len(TEXTS)
+    assert net.B == choice.grid[int(np.argmin(choice.errors))]
+    hidden, mask = embed(model, enc, 16)
+    for b, err in zip(choice.grid, choice.errors):
+        other = net.recode(b)
+        assert other.plan.target == "loihi2"
+        np.testing.assert_allclose(readout_error(other, hidden, mask), err,
+                                   rtol=1e-9)
+    # the masks matter: without them the padded keys would fire
+    assert readout_error(net, hidden, np.ones_like(mask)) != \
+        pytest.approx(min(choice.errors), rel=1e-6)

@@ -10,7 +10,7 @@ from lava_spiked.export.hdf5 import ExportError, load, save
 from lava_spiked.network import SpikingNetwork
 from lava_spiked.plan import TARGETS, loihi2
 from lava_spiked.plan.resources import resources
-from lava_spiked.validation import check_base, check_steps
+from lava_spiked.validation import check_base_choice, check_steps
 
 
 def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
@@ -41,8 +41,10 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
                         "max_length=64, truncation=True, "
                         "return_tensors='np'))")
     parser.add_argument("--T", type=cli_type(check_steps, int), default=40)
-    parser.add_argument("--B", type=cli_type(check_base, float),
-                        default=1.15)
+    parser.add_argument("--B", type=cli_type(check_base_choice, str),
+                        default=1.15, help="base (1, 2], or 'auto': the "
+                        "base of least readout error on the calibration "
+                        "samples (recorded in the file)")
     parser.add_argument("--target", choices=TARGETS, default="lava",
                         help="integer formats: Lava's, or conformant to "
                         "Loihi 2 (lava_spiked.plan.loihi2.conform)")
@@ -63,22 +65,23 @@ def main(argv: ty.Optional[ty.Sequence[str]] = None) -> None:
         return
     if not (args.model and args.out):
         parser.error("give MODEL and OUT.h5, or --report FILE")
+    code = dict(B=args.B, T=args.T, target=args.target)
     if args.model == "bundled":
         from lava_spiked.conversion import convert
         from lava_spiked.bundled.digits_vit import digits_splits, load_default
         net = convert(load_default(), digits_splits()["calibration"][0],
-                      B=args.B, T=args.T)
+                      **code)
     elif args.model == "minilm-sentiment":
         from lava_spiked.bundled.text_data import convert_minilm
-        net = convert_minilm(B=args.B, T=args.T)
+        net = convert_minilm(**code)
     else:
-        net = _convert_checkpoint(parser, args)
+        net = _convert_checkpoint(parser, args, code)
     try:
-        net = net.recode(target=args.target)
         save(net, args.out, strict=args.strict)
     except ValueError as err:
         parser.error(str(err))
-    print(f"wrote {args.out} (T = {args.T}, B = {args.B}, target "
+    chosen = " (auto)" if net.plan.code_choice is not None else ""
+    print(f"wrote {args.out} (T = {args.T}, B = {net.B}{chosen}, target "
           f"{args.target})")
     print(resources(net.plan))
 
@@ -90,7 +93,7 @@ _HEADS = {"ForSequenceClassification": "AutoModelForSequenceClassification",
           "ForCausalLM": "AutoModelForCausalLM"}
 
 
-def _convert_checkpoint(parser, args) -> SpikingNetwork:
+def _convert_checkpoint(parser, args, code: dict) -> SpikingNetwork:
     """A Hugging Face checkpoint directory with a head, calibrated on the
     tokenised samples of ``--calibration``."""
     if not pathlib.Path(args.model).is_dir():
@@ -120,7 +123,7 @@ def _convert_checkpoint(parser, args) -> SpikingNetwork:
         parser.error(f"{args.calibration}: no input_ids (keys "
                      f"{sorted(encodings)}); see --help")
     return convert(model, encodings, length=encodings["input_ids"].shape[1],
-                   B=args.B, T=args.T)
+                   **code)
 
 
 if __name__ == "__main__":
