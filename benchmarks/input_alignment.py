@@ -108,7 +108,7 @@ def main() -> None:
         base = t.make("max", args.steps[0], args.bases[0])
         ann = {s: float((t.ann(base, split).argmax(1) == split[1]).mean())
                for s, split in (("val", t.val), ("test", t.test))}
-        xc = t.calib[0][:AUTO_SAMPLES]
+        xc = t.calib[:AUTO_SAMPLES]
         for T in args.steps:
             for B in args.bases:
                 s = aligned(base.graph, base.sigmas, B, T, xc, args.only)

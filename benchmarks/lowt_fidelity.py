@@ -93,7 +93,7 @@ class Task:
 class Vision(Task):
     def __init__(self, model, calib, val, test):
         self.model = model
-        self.calib = (calib, None, None)
+        self.calib = calib
         self.val, self.test = (*val, None), (*test, None)
 
     def ann(self, net, split):
@@ -103,7 +103,7 @@ class Vision(Task):
                 for i in range(0, len(split[0]), 1000)])
 
     def make(self, statistic, T, B, target="lava"):
-        return convert(self.model, self.calib[0], B=B, T=T,
+        return convert(self.model, self.calib, B=B, T=T,
                        statistic=statistic, target=target, progress=False)
 
 
