@@ -154,14 +154,16 @@ def choose_base(graph: ty.Any, sigmas: ty.Dict[str, np.ndarray], T: int,
                          "bases")
     x, mask = first_samples(calibration_data, tuple(graph[graph.input].shape),
                             samples, attention_mask)
-    plans, errors, ref = [], [], None
+    errors, ref, best = [], None, None
     for b in bar(usable, f"Choosing B (T = {T})", progress):
         net = SpikingNetwork(lower(graph, sigmas, b, T, target), graph,
                              sigmas)
         if ref is None:
             ref = net.ann(x, mask)
-        plans.append(net.plan)
         errors.append(readout_error(net, x, mask, ref))
+        # only the best Plan so far is kept: a large network's Plans are
+        # gigabytes each; the first of equal errors wins, as in chosen
+        if errors[-1] < min(errors[:-1], default=np.inf):
+            best = net.plan
     choice = CodeChoice(usable, errors, len(x))
-    return dataclasses.replace(plans[usable.index(choice.chosen)],
-                               code_choice=choice)
+    return dataclasses.replace(best, code_choice=choice)
